@@ -1,0 +1,1 @@
+//! Credentials store and HTTP digest authentication (being written).

@@ -1,0 +1,1 @@
+//! Shared stats region (being written).
