@@ -1,1 +1,451 @@
-fn main() {}
+//! rtedge-loadgen: load scenarios for rtedge and other WebSocket servers.
+//!
+//! Structure: `engine` (threads, phases, control loop), `report` (the
+//! shared result), `scenario::*` (one module per scenario), `ws` (client
+//! framer and handshake), `net` (URLs, TCP/TLS), `payload` (self-checking
+//! messages), `sys` (rlimits, rusage, /proc).
+
+mod engine;
+mod net;
+mod payload;
+mod report;
+mod rng;
+mod scenario;
+mod sys;
+mod ws;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::{EngineConfig, ProgressMode};
+use net::{ConnectOptions, Connector, Target};
+use report::Report;
+
+const EXAMPLES: &str = "\
+Examples:
+  # closed loop: 10 connections × 64 B, 16 messages in flight each, 10 s
+  rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ --subprotocol echo \\
+      --connections 10 --size 64 --window 16 --duration 10s
+
+  # open loop: 20k msg/s in total over 100 connections, 4 KiB text frames
+  rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ --subprotocol echo \\
+      --connections 100 --size 4096 --text --rate 20000 --duration 30s
+
+  # exactly one million messages, then stop; JSON result
+  rtedge-loadgen ws-echo --url wss://127.0.0.1:8443/ --insecure --subprotocol echo \\
+      --count 1000000 --json result.json
+
+  # hold 10k idle connections for 60 s (keep-alive pings every 15 s)
+  rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --subprotocol sip \\
+      --connections 10000 --duration 60s --connect-rate 2000
+
+Exit status: 0 OK; 1 a message was lost, corrupted, duplicated or
+reordered; 3 connections failed or died (no integrity problem);
+2 usage or runtime error.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rtedge-loadgen",
+    version,
+    about = "Load generator for rtedge and other WebSocket servers",
+    long_about = "Load generator for rtedge and other WebSocket servers.\n\n\
+        Thread-per-core (--threads, each a tokio current_thread runtime), own RFC 6455 \
+        client framer with batched writes, hdrhistogram latencies, integrity checks on \
+        every echoed message, per-second series and a JSON result (--json).",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Echo load: send self-checking messages and verify every echo.
+    #[command(after_help = WS_ECHO_HELP)]
+    WsEcho(WsEchoArgs),
+    /// Connection load: open N connections, hold them idle, check which survive.
+    #[command(after_help = WS_CONNECT_HELP)]
+    WsConnect(WsConnectArgs),
+}
+
+const WS_ECHO_HELP: &str = "\
+Closed loop (default): each connection keeps --window messages in flight;
+every batch of echoes is answered by one write of all frames that fit.
+Open loop (--rate): each connection sends on its own schedule and latency is
+measured from the intended send time (coordinated omission corrected);
+--window then caps messages in flight (default 65536).
+
+Payloads (--size ≥ 24 binary, ≥ 44 text) start with a header: magic RTLG,
+connection id, sequence number and a 64-bit checksum of the body; every echo
+is checked and counted as lost, duplicated, reordered or corrupted.
+
+Example:
+  rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ --subprotocol echo \\
+      --connections 10 --size 64 --window 16 --duration 10s --json out.json";
+
+const WS_CONNECT_HELP: &str = "\
+Each connection does TCP connect (+TLS) and the upgrade (timed into the
+handshake histogram), then stays idle for --duration, answering server pings
+and sending a keep-alive ping every --ping-interval. At the end every
+connection sends a final ping; it survived if the pong arrives.
+With --server-pid the server's RSS before and after connecting is reported
+(bytes per connection). Connections beyond ~28k per source address need
+more loopback sources (--local-addr 127.0.0.2 ...; automatic above 25k on
+loopback targets). RLIMIT_NOFILE is raised to its hard limit.
+
+Example:
+  rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --subprotocol echo \\
+      --connections 10000 --duration 30s --server-pid $(pidof rtedge)";
+
+/// A duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or plain seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Dur(Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+        let secs = match unit.trim() {
+            "" | "s" => v,
+            "ms" => v / 1e3,
+            "us" | "µs" => v / 1e6,
+            "m" | "min" => v * 60.0,
+            "h" => v * 3600.0,
+            u => return Err(format!("unknown duration unit {u:?} in {s:?}")),
+        };
+        if !secs.is_finite() || secs < 0.0 {
+            return Err(format!("bad duration {s:?}"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0.as_secs_f64())
+    }
+}
+
+#[derive(Args, Debug, Serialize)]
+struct TargetArgs {
+    /// Server URL (ws:// or wss://).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
+    url: String,
+    /// Sub-protocol to request; the server must select exactly it.
+    #[arg(long)]
+    subprotocol: Option<String>,
+    /// wss://: accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// wss://: trust this PEM CA file (besides the system bundle).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Local source address(es), used round-robin (comma-separated or repeated).
+    #[arg(long = "local-addr", value_delimiter = ',', value_name = "IP")]
+    local_addrs: Vec<IpAddr>,
+    /// Time allowed for TCP connect + TLS + upgrade.
+    #[arg(long, default_value = "10s", value_name = "DUR")]
+    connect_timeout: Dur,
+    /// Connection attempts in progress at once, per thread.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    connect_concurrency: usize,
+}
+
+#[derive(Args, Debug, Serialize)]
+struct RunArgs {
+    /// Worker threads (each a tokio current_thread runtime).
+    #[arg(long, short = 't', default_value_t = 1)]
+    threads: usize,
+    /// Not-measured time at the start of the traffic phase.
+    #[arg(long, value_name = "DUR")]
+    warmup: Option<Dur>,
+    /// Longest wait for outstanding replies after the measured window.
+    #[arg(long, default_value = "2s", value_name = "DUR")]
+    drain: Dur,
+    /// Time allowed for each closing handshake.
+    #[arg(long, default_value = "1s", value_name = "DUR")]
+    close_timeout: Dur,
+    /// Write the full result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Sample this process's CPU and RSS (/proc) as the server under test.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Write FILE (JSON) once every connection attempt has finished.
+    #[arg(long, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+    /// No progress output.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+    /// Plain progress lines on stderr even on a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+#[derive(Args, Debug, Serialize)]
+struct WsEchoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    target: TargetArgs,
+    /// Connections.
+    #[arg(long, short = 'c', default_value_t = 10)]
+    connections: usize,
+    /// Message size in bytes (binary ≥ 24, text ≥ 44).
+    #[arg(long, short = 's', default_value_t = 64)]
+    size: usize,
+    /// Messages in flight per connection (closed loop) or in-flight cap
+    /// (open loop, default 65536).
+    #[arg(long, short = 'w')]
+    window: Option<usize>,
+    /// Open loop: total messages per second over all connections.
+    #[arg(long, short = 'r', value_name = "MSG/S")]
+    rate: Option<f64>,
+    /// Binary frames (default).
+    #[arg(long, conflicts_with = "text")]
+    binary: bool,
+    /// Text frames (ASCII payloads).
+    #[arg(long)]
+    text: bool,
+    /// Measured duration (default 10s; unbounded with --count).
+    #[arg(long, short = 'd', value_name = "DUR")]
+    duration: Option<Dur>,
+    /// Total messages over all connections, then stop.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Debug, Serialize)]
+struct WsConnectArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    target: TargetArgs,
+    /// Connections to open and hold.
+    #[arg(long, short = 'c', alias = "hold", default_value_t = 1000)]
+    connections: usize,
+    /// New connections per second over all threads (default: as fast as possible).
+    #[arg(long, value_name = "CONN/S")]
+    connect_rate: Option<f64>,
+    /// Keep-alive ping period while holding (0 disables).
+    #[arg(long, default_value = "15s", value_name = "DUR")]
+    ping_interval: Dur,
+    /// How long to hold the connections once all are open.
+    #[arg(long, short = 'd', default_value = "10s", value_name = "DUR")]
+    duration: Dur,
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: RunArgs,
+}
+
+fn connector(t: &TargetArgs, connections: usize) -> Result<Connector> {
+    let target = Target::parse(&t.url)?;
+    let mut local = t.local_addrs.clone();
+    if local.is_empty() && !target.tls && target.is_loopback() && connections > 25_000 {
+        local = net::loopback_sources(connections.div_ceil(25_000));
+        if target.addrs.iter().any(|a| a.is_ipv6()) {
+            local.clear();
+        }
+    }
+    Connector::new(
+        target,
+        ConnectOptions {
+            insecure: t.insecure,
+            ca_file: t.ca.clone(),
+            subprotocol: t.subprotocol.clone(),
+            local_addrs: local,
+            connect_timeout: t.connect_timeout.0,
+        },
+    )
+}
+
+fn engine_config(
+    run: &RunArgs,
+    duration: Option<Duration>,
+    warmup: Duration,
+    label: &str,
+    stop_when_finished: bool,
+) -> EngineConfig {
+    EngineConfig {
+        threads: run.threads.max(1),
+        duration,
+        warmup,
+        drain: run.drain.0,
+        stop_when_finished,
+        server_pid: run.server_pid,
+        ready_file: run.ready_file.clone(),
+        progress: if run.quiet {
+            ProgressMode::Quiet
+        } else if run.plain {
+            ProgressMode::Lines
+        } else {
+            ProgressMode::Auto
+        },
+        label: format!("[{label}]"),
+    }
+}
+
+fn ws_echo(a: WsEchoArgs) -> Result<Report> {
+    let min = payload::header_len(a.text);
+    if a.size < min {
+        bail!(
+            "--size {} is below the {min}-byte integrity header ({} frames)",
+            a.size,
+            if a.text { "text" } else { "binary" }
+        );
+    }
+    if a.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if let Some(r) = a.rate {
+        if !(r > 0.0 && r.is_finite()) {
+            bail!("--rate must be a positive number of messages per second");
+        }
+    }
+    let window = a
+        .window
+        .unwrap_or(if a.rate.is_some() { 65_536 } else { 16 })
+        .max(1);
+    let sc = Arc::new(scenario::ws_echo::WsEcho {
+        connector: connector(&a.target, a.connections)?,
+        connections: a.connections,
+        size: a.size,
+        text: a.text,
+        window,
+        rate: a.rate,
+        count: a.count,
+        connect_concurrency: a.target.connect_concurrency,
+        close_timeout: a.run.close_timeout.0,
+    });
+    let duration = match (a.duration, a.count) {
+        (Some(d), _) => Some(d.0),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let warmup = a.run.warmup.map(|d| d.0).unwrap_or(if a.count.is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(1)
+    });
+    let cfg = engine_config(&a.run, duration, warmup, "ws-echo", a.count.is_some());
+    let mut config = serde_json::to_value(&a).context("config")?;
+    config["window"] = window.into();
+    config["engine"] = serde_json::to_value(&cfg).context("config")?;
+    let (threads, run) = engine::run(sc.clone(), &cfg)?;
+    Ok(sc.report(threads, &run, config, cfg.threads))
+}
+
+fn ws_connect(a: WsConnectArgs) -> Result<Report> {
+    if a.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let sc = Arc::new(scenario::ws_connect::WsConnect {
+        connector: connector(&a.target, a.connections)?,
+        connections: a.connections,
+        connect_rate: a.connect_rate.filter(|r| *r > 0.0),
+        connect_concurrency: a.target.connect_concurrency,
+        ping_interval: Some(a.ping_interval.0).filter(|d| !d.is_zero()),
+        close_timeout: a.run.close_timeout.0,
+    });
+    let warmup = a.run.warmup.map(|d| d.0).unwrap_or(Duration::ZERO);
+    let mut cfg = engine_config(&a.run, Some(a.duration.0), warmup, "ws-connect", false);
+    // The final-ping check needs time to come back.
+    cfg.drain = cfg.drain.max(Duration::from_secs(2));
+    let mut config = serde_json::to_value(&a).context("config")?;
+    config["engine"] = serde_json::to_value(&cfg).context("config")?;
+    let (threads, run) = engine::run(sc.clone(), &cfg)?;
+    Ok(sc.report(threads, &run, config, cfg.threads))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let (json, result) = match cli.cmd {
+        Cmd::WsEcho(a) => (a.run.json.clone(), ws_echo(a)),
+        Cmd::WsConnect(a) => (a.run.json.clone(), ws_connect(a)),
+    };
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rtedge-loadgen: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(&path, text + "\n") {
+            eprintln!("rtedge-loadgen: writing {}: {e}", path.display());
+            std::process::exit(2);
+        }
+    }
+    let code = if report.ok {
+        0
+    } else if scenario::ws_echo::integrity_failed(&report) && report.scenario == "ws-echo" {
+        1
+    } else {
+        3
+    };
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!("10s".parse::<Dur>().unwrap().0, Duration::from_secs(10));
+        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
+        assert_eq!("1.5".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
+        assert!("x".parse::<Dur>().is_err());
+        assert!("5 parsecs".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "rtedge-loadgen",
+            "ws-echo",
+            "--url",
+            "ws://127.0.0.1:1/",
+            "--subprotocol",
+            "echo",
+            "--connections",
+            "3",
+            "--text",
+            "--rate",
+            "100",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+        let Cmd::WsEcho(a) = c.cmd else {
+            panic!("ws-echo expected")
+        };
+        assert_eq!(a.connections, 3);
+        assert!(a.text);
+        assert_eq!(a.rate, Some(100.0));
+        assert!(Cli::try_parse_from(["x", "ws-echo", "--text", "--binary"]).is_err());
+        let c = Cli::try_parse_from(["x", "ws-connect", "--hold", "50"]).unwrap();
+        let Cmd::WsConnect(a) = c.cmd else {
+            panic!("ws-connect expected")
+        };
+        assert_eq!(a.connections, 50);
+    }
+}

@@ -440,7 +440,9 @@ impl Config {
                 ));
             }
             for (j, other) in self.listen.iter().enumerate().skip(i + 1) {
-                if other.address == l.address && (other.transport == Transport::SipUdp) == (l.transport == Transport::SipUdp) {
+                if other.address == l.address
+                    && (other.transport == Transport::SipUdp) == (l.transport == Transport::SipUdp)
+                {
                     return Err(invalid(
                         &format!("listen[{j}].address"),
                         format!("{} is already used by listen[{i}]", l.address),
@@ -468,7 +470,10 @@ impl Config {
             return Err(invalid("websocket.max_message_size", "must be ≥ 125"));
         }
         if ws.max_request_header_size < 256 {
-            return Err(invalid("websocket.max_request_header_size", "must be ≥ 256"));
+            return Err(invalid(
+                "websocket.max_request_header_size",
+                "must be ≥ 256",
+            ));
         }
         if ws.handshake_timeout == 0 {
             return Err(invalid("websocket.handshake_timeout", "must be ≥ 1"));
@@ -613,7 +618,10 @@ path = "/tmp/x.region"
     #[test]
     fn ping_data_limited_to_control_frame() {
         let long = "x".repeat(126);
-        let e = parse(&format!("[websocket]\nping_application_data = \"{long}\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "[websocket]\nping_application_data = \"{long}\"\n"
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("ping_application_data"), "{e}");
     }
 

@@ -9,7 +9,9 @@
 //!   control frames (§5.5), close handshake (§5.5.1, §7), UTF-8 (§8.1),
 //!   keep-alive.
 
+pub mod close;
 pub mod frame;
 pub mod handshake;
 pub mod session;
 pub mod unmask;
+pub mod utf8;

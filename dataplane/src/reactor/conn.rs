@@ -1,0 +1,169 @@
+//! One connection as a worker holds it: socket, transport state, the protocol
+//! engine in use, and the buffers that must outlive in-flight operations.
+
+use crate::config::{SubProtocol, Transport};
+use crate::transport::TlsSession;
+use crate::ws::session::WsSession;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+/// Which engine the connection's plaintext goes to.
+pub enum Proto {
+    /// Waiting for (the rest of) the HTTP upgrade request.
+    Handshake,
+    /// An established WebSocket.
+    Ws(Box<WsConn>),
+    /// Bytes are not interpreted (outbound connections before an engine
+    /// claims them, rejected handshakes draining out).
+    Raw,
+}
+
+pub struct WsConn {
+    pub session: WsSession,
+    pub sub_protocol: SubProtocol,
+}
+
+/// Where the connection is on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// Normal operation.
+    Open,
+    /// Close once pending output has been sent (rejections, close handshake).
+    AfterFlush,
+    /// Close now, dropping pending output (peer gone, fatal error).
+    Abort,
+}
+
+pub struct Conn {
+    pub fd: RawFd,
+    pub generation: u32,
+    /// Stable id shown in dumps and used by management commands.
+    pub id: u64,
+    pub transport: Transport,
+    pub listener: u16,
+    pub outbound: bool,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: Option<Box<TlsSession>>,
+    pub proto: Proto,
+    /// Bytes of an incomplete handshake request or frame, plaintext.
+    pub partial: Vec<u8>,
+    /// Ciphertext received but not yet accepted by rustls.
+    pub tls_pending: Vec<u8>,
+    /// Plaintext produced by the engines, not yet handed to the socket.
+    pub out: Vec<u8>,
+    /// Records rustls produced on its own (handshake, alerts).
+    pub wire: Vec<u8>,
+    /// The buffer owned by the in-flight send, and how much of it has gone.
+    pub inflight: Vec<u8>,
+    pub inflight_sent: usize,
+    pub sending: bool,
+    pub recv_armed: bool,
+    pub cancel_sent: bool,
+    pub connecting: bool,
+    pub teardown: Teardown,
+    /// Deadline registered in the timer wheel (0 = none).
+    pub timer_at: u64,
+    pub accepted_ms: u64,
+    pub created_unix_ms: u64,
+    pub last_used_unix_ms: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Queued in the worker's flush list.
+    pub dirty: bool,
+}
+
+impl Conn {
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || !self.wire.is_empty()
+    }
+
+    pub fn is_ws_open(&self) -> bool {
+        matches!(self.proto, Proto::Ws(_))
+    }
+}
+
+/// A slab of connections indexed by slot, with a generation per slot so
+/// completions for a previous occupant are recognised and ignored.
+pub struct ConnTable {
+    slots: Vec<Option<Conn>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl ConnTable {
+    pub fn new() -> ConnTable {
+        ConnTable {
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reserve a slot: returns (index, generation) for the new occupant.
+    pub fn reserve(&mut self) -> (u32, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let g = &mut self.generations[idx as usize];
+        *g = g.wrapping_add(1) & super::token::GENERATION_MASK;
+        (idx, *g)
+    }
+
+    pub fn insert(&mut self, idx: u32, conn: Conn) {
+        self.slots[idx as usize] = Some(conn);
+        self.len += 1;
+    }
+
+    /// The connection at `idx` if it is still generation `generation`.
+    pub fn get_mut(&mut self, idx: u32, generation: u32) -> Option<&mut Conn> {
+        match self.slots.get_mut(idx as usize) {
+            Some(Some(c)) if c.generation == generation => Some(c),
+            _ => None,
+        }
+    }
+
+    pub fn get_any(&mut self, idx: u32) -> Option<&mut Conn> {
+        self.slots.get_mut(idx as usize).and_then(|s| s.as_mut())
+    }
+
+    pub fn remove(&mut self, idx: u32) -> Option<Conn> {
+        let c = self.slots.get_mut(idx as usize)?.take()?;
+        self.free.push(idx);
+        self.len -= 1;
+        Some(c)
+    }
+
+    /// Indices of live connections.
+    pub fn indices(&self) -> Vec<u32> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+}
+
+impl Default for ConnTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}

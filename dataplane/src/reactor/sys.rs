@@ -1,0 +1,98 @@
+//! Process and socket set-up the reactors need: io_uring availability,
+//! RLIMIT_NOFILE, SO_REUSEPORT listeners.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// Create and drop a small ring, so a kernel or sandbox without io_uring is
+/// reported before anything else starts.
+pub fn probe_io_uring() -> io::Result<()> {
+    match io_uring::IoUring::new(8) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .map(|s| s.trim().to_string());
+            match sysctl.as_deref() {
+                Some("1") | Some("2") => Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; kernel.io_uring_disabled = {}",
+                        sysctl.unwrap_or_default()
+                    ),
+                )),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Raise the soft (and, when permitted, hard) open-file limit towards
+/// `wanted`. Returns the soft limit now in force.
+pub fn raise_nofile(wanted: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the live struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur >= wanted {
+        return Ok(lim.rlim_cur);
+    }
+    let mut new = libc::rlimit {
+        rlim_cur: wanted.min(lim.rlim_max.max(wanted)),
+        rlim_max: lim.rlim_max.max(wanted),
+    };
+    // SAFETY: setrlimit reads the live struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+        // Not privileged to raise the hard limit: go as far as it allows.
+        new = libc::rlimit {
+            rlim_cur: lim.rlim_max.min(wanted),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(new.rlim_cur)
+}
+
+/// A listening TCP socket in the address's SO_REUSEPORT group.
+pub fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_tcp_nodelay(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_group_shares_a_port_but_not_with_strangers() {
+        let a = reuseport_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = a.local_addr().unwrap().as_socket().unwrap();
+        let _b = reuseport_listener(addr).unwrap();
+        // A socket outside the group (no SO_REUSEPORT) is refused.
+        assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+
+    #[test]
+    fn nofile_is_at_least_what_it_was() {
+        let before = raise_nofile(0).unwrap();
+        let after = raise_nofile(before + 16).unwrap_or(before);
+        assert!(after >= before);
+    }
+}

@@ -1,0 +1,1001 @@
+//! One reactor: a thread, pinned to its core, owning one io_uring instance,
+//! its listeners (SO_REUSEPORT), its connection table, its provided-buffer
+//! ring, its timer wheel and its inbox. The only place that does I/O.
+//!
+//! Per loop iteration: wait for completions, handle each (accept, recv, send,
+//! tick, inbox), then flush: every connection that produced output while the
+//! batch was handled gets exactly one send of everything it produced (corked).
+
+use super::bufring::BufRing;
+use super::conn::{Conn, ConnTable, Proto, Teardown, WsConn};
+use super::stats::WorkerStats;
+use super::timer::TimerWheel;
+use super::token::{Op, Token};
+use super::{InboxMsg, Shared};
+use crate::config::{SubProtocol, Transport};
+use crate::ws::frame::{self, OpCode};
+use crate::ws::handshake::{self, Outcome, RejectReason};
+use crate::ws::session::{MessageKind, SessionEvent, State, WsSession};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::sync::Arc;
+
+/// Timer wheel resolution and the period of the worker's tick.
+const TICK_MS: u64 = 50;
+const WHEEL_SLOTS: usize = 4096;
+/// Output buffers kept for reuse per worker.
+const POOL_MAX: usize = 256;
+/// Buffers larger than this are freed rather than pooled.
+const POOL_BUF_MAX: usize = 256 * 1024;
+
+pub struct Listener {
+    pub socket: socket2::Socket,
+    pub transport: Transport,
+    pub index: u16,
+    pub local: SocketAddr,
+}
+
+pub struct Worker {
+    core: u32,
+    ring: IoUring,
+    bufs: BufRing,
+    shared: Arc<Shared>,
+    listeners: Vec<Option<Listener>>,
+    conns: ConnTable,
+    wheel: TimerWheel,
+    stats: WorkerStats,
+    dirty: Vec<u32>,
+    rearm: Vec<(u32, u32)>,
+    pool: Vec<Vec<u8>>,
+    /// Scratch for decrypted TLS plaintext.
+    scratch: Vec<u8>,
+    tick_ts: types::Timespec,
+    inbox_buf: Box<u64>,
+    draining_since: Option<u64>,
+    conn_seq: u64,
+    /// Addresses of connects in flight (the kernel reads them).
+    connect_addrs: Vec<(u32, Box<socket2::SockAddr>)>,
+}
+
+impl Worker {
+    pub fn new(core: u32, shared: Arc<Shared>, listeners: Vec<Listener>) -> io::Result<Worker> {
+        let rc = &shared.config.reactor;
+        let ring = build_ring(rc.ring_entries)?;
+        let bufs = BufRing::new(&ring, 0, rc.recv_buffers, rc.recv_buffer_size)?;
+        let now = shared.now_ms();
+        let stats = WorkerStats::new(shared.region.clone(), core);
+        Ok(Worker {
+            core,
+            ring,
+            bufs,
+            listeners: listeners.into_iter().map(Some).collect(),
+            conns: ConnTable::new(),
+            wheel: TimerWheel::new(TICK_MS, WHEEL_SLOTS, now),
+            stats,
+            dirty: Vec::new(),
+            rearm: Vec::new(),
+            pool: Vec::new(),
+            scratch: Vec::new(),
+            tick_ts: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
+            inbox_buf: Box::new(0),
+            draining_since: None,
+            conn_seq: 0,
+            connect_addrs: Vec::new(),
+            shared,
+        })
+    }
+
+    /// Run until shutdown completes.
+    pub fn run(mut self) -> io::Result<()> {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i as u32);
+        }
+        self.arm_tick();
+        self.arm_inbox();
+        loop {
+            let inbox = &self.shared.inboxes[self.core as usize];
+            inbox.prepare_sleep();
+            let want = if inbox.is_empty() { 1 } else { 0 };
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => return Err(e),
+            }
+            let now = self.shared.now_ms();
+            self.stats.loop_iteration();
+            let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(64);
+            for cqe in self.ring.completion() {
+                cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+            }
+            self.stats.completions(cqes.len() as u64);
+            for (ud, res, flags) in cqes {
+                self.on_completion(ud, res, flags, now);
+            }
+            self.drain_inbox(now);
+            self.flush_all(now);
+            for (idx, g) in std::mem::take(&mut self.rearm) {
+                if let Some(c) = self.conns.get_mut(idx, g)
+                    && !c.recv_armed
+                    && c.teardown == Teardown::Open
+                {
+                    self.arm_recv(idx);
+                }
+            }
+            if self.check_shutdown(now) {
+                break;
+            }
+        }
+        self.bufs.unregister(&self.ring);
+        Ok(())
+    }
+
+    // ---- submission helpers ----
+
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY: every entry built here points only at memory owned by the
+        // worker or its connections (buffers, timespec, inbox word), which
+        // stays in place until the matching completion arrives.
+        unsafe {
+            while self.ring.submission().push(&sqe).is_err() {
+                let _ = self.ring.submit();
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, i: u32) {
+        let Some(Some(l)) = self.listeners.get(i as usize) else {
+            return;
+        };
+        let fd = l.socket.as_raw_fd();
+        let ud = Token::new(Op::Accept, i, 0).encode();
+        self.push(
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .build()
+                .user_data(ud),
+        );
+    }
+
+    fn arm_tick(&mut self) {
+        let ts = &self.tick_ts as *const types::Timespec;
+        let ud = Token::new(Op::Tick, 0, 0).encode();
+        self.push(opcode::Timeout::new(ts).build().user_data(ud));
+    }
+
+    fn arm_inbox(&mut self) {
+        let fd = self.shared.inboxes[self.core as usize].fd();
+        let buf = &mut *self.inbox_buf as *mut u64 as *mut u8;
+        let ud = Token::new(Op::Inbox, 0, 0).encode();
+        self.push(
+            opcode::Read::new(types::Fd(fd), buf, 8)
+                .build()
+                .user_data(ud),
+        );
+    }
+
+    fn arm_recv(&mut self, idx: u32) {
+        let bgid = self.bufs.bgid();
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        c.recv_armed = true;
+        let ud = Token::new(Op::Recv, idx, c.generation).encode();
+        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), bgid)
+            .build()
+            .user_data(ud);
+        self.push(sqe);
+    }
+
+    // ---- completions ----
+
+    fn on_completion(&mut self, ud: u64, res: i32, flags: u32, now: u64) {
+        let Some(t) = Token::decode(ud) else {
+            return;
+        };
+        match t.op {
+            Op::Accept => self.on_accept(t.index, res, flags, now),
+            Op::Recv => self.on_recv(t, res, flags, now),
+            Op::Send => self.on_send(t, res, now),
+            Op::Tick => {
+                self.on_tick(now);
+                self.arm_tick();
+            }
+            Op::Inbox => {
+                // The eventfd count is only a doorbell; items are in the queue.
+                self.arm_inbox();
+            }
+            Op::Connect => self.on_connect(t, res, now),
+            Op::Cancel => {}
+        }
+    }
+
+    fn on_accept(&mut self, li: u32, res: i32, flags: u32, now: u64) {
+        let more = cqueue::more(flags);
+        if res < 0 {
+            self.stats.accept_error();
+            if !more && self.draining_since.is_none() {
+                self.arm_accept(li);
+            }
+            return;
+        }
+        if !more && self.draining_since.is_none() {
+            self.arm_accept(li);
+        }
+        let fd = res as RawFd;
+        let Some(Some(l)) = self.listeners.get(li as usize) else {
+            close_fd(fd);
+            return;
+        };
+        let (transport, local) = (l.transport, l.local);
+        if self.draining_since.is_some()
+            || self.conns.len() >= self.shared.config.reactor.max_connections_per_worker as usize
+        {
+            self.stats.rejected_limit();
+            close_fd(fd);
+            return;
+        }
+        set_nodelay(fd);
+        let peer = peer_addr(fd).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let tls = if transport.is_tls() {
+            match self.shared.tls.get(&(li as u16)).map(|a| a.session()) {
+                Some(Ok(s)) => Some(Box::new(s)),
+                _ => {
+                    self.stats.tls_result(false);
+                    close_fd(fd);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        self.stats.accepted(transport);
+        let (idx, generation) = self.conns.reserve();
+        self.conn_seq += 1;
+        let id = 0;
+        let unix = self.shared.unix_ms();
+        let conn = Conn {
+            fd,
+            generation,
+            id,
+            transport,
+            listener: li as u16,
+            outbound: false,
+            peer,
+            local,
+            tls,
+            proto: Proto::Handshake,
+            partial: Vec::new(),
+            tls_pending: Vec::new(),
+            out: Vec::new(),
+            wire: Vec::new(),
+            inflight: Vec::new(),
+            inflight_sent: 0,
+            sending: false,
+            recv_armed: false,
+            cancel_sent: false,
+            connecting: false,
+            teardown: Teardown::Open,
+            timer_at: 0,
+            accepted_ms: now,
+            created_unix_ms: unix,
+            last_used_unix_ms: unix,
+            frames_in: 0,
+            frames_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            dirty: false,
+        };
+        let mut conn = conn;
+        conn.id = self.stats.slot_open(idx, &conn);
+        self.conns.insert(idx, conn);
+        self.arm_recv(idx);
+        let deadline = now + self.shared.config.websocket.handshake_timeout * 1000;
+        self.schedule(idx, deadline);
+    }
+
+    fn on_recv(&mut self, t: Token, res: i32, flags: u32, now: u64) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let Some(c) = self.conns.get_mut(t.index, t.generation) else {
+            if let Some(b) = bid {
+                self.bufs.recycle(b);
+            }
+            return;
+        };
+        if !more {
+            c.recv_armed = false;
+        }
+        if res <= 0 {
+            if let Some(b) = bid {
+                self.bufs.recycle(b);
+            }
+            match -res {
+                libc::ENOBUFS => {
+                    // Every provided buffer is in use: try again after this batch.
+                    self.rearm.push((t.index, t.generation));
+                }
+                libc::ECANCELED => {}
+                _ => {
+                    // 0 is EOF; anything else is a socket error. Either way the
+                    // peer is gone.
+                    if c.teardown != Teardown::Abort {
+                        c.teardown = Teardown::Abort;
+                    }
+                }
+            }
+            self.mark_dirty(t.index);
+            return;
+        }
+        let Some(bid) = bid else {
+            return;
+        };
+        let n = res as usize;
+        c.bytes_in += n as u64;
+        c.last_used_unix_ms = self.shared.unix_ms();
+        let transport = c.transport;
+        self.stats.bytes_in(transport, n as u64);
+        if !more && c.teardown == Teardown::Open {
+            self.rearm.push((t.index, t.generation));
+        }
+        if c.teardown == Teardown::Abort {
+            self.bufs.recycle(bid);
+            return;
+        }
+        if c.tls.is_some() {
+            self.on_ciphertext(t.index, bid, n, now);
+        } else {
+            // Plaintext straight from the provided buffer: frames are
+            // unmasked in place; only an incomplete tail is copied out.
+            let data = self.bufs.buffer(bid, n);
+            let c = self.conns.get_any(t.index).expect("checked above");
+            if c.partial.is_empty() {
+                let consumed = process_plain(c, data, now, &self.shared, &mut self.stats, t.index);
+                if consumed < data.len() && c.teardown == Teardown::Open {
+                    c.partial.extend_from_slice(&data[consumed..]);
+                }
+            } else {
+                c.partial.extend_from_slice(data);
+                let mut p = std::mem::take(&mut c.partial);
+                let consumed =
+                    process_plain(c, &mut p, now, &self.shared, &mut self.stats, t.index);
+                p.drain(..consumed.min(p.len()));
+                if c.teardown == Teardown::Open && !p.is_empty() {
+                    c.partial = p;
+                }
+            }
+            self.bufs.recycle(bid);
+        }
+        self.after_input(t.index, now);
+    }
+
+    fn on_ciphertext(&mut self, idx: u32, bid: u16, n: usize, now: u64) {
+        let data = self.bufs.buffer(bid, n);
+        let c = self.conns.get_any(idx).expect("caller checked");
+        let mut plain = std::mem::take(&mut self.scratch);
+        plain.clear();
+        let tls = c.tls.as_mut().expect("tls connection");
+        let result = if c.tls_pending.is_empty() {
+            tls.read(data, &mut plain, &mut c.wire)
+        } else {
+            c.tls_pending.extend_from_slice(data);
+            let pending = std::mem::take(&mut c.tls_pending);
+            let r = tls.read(&pending, &mut plain, &mut c.wire);
+            r
+        };
+        self.bufs.recycle(bid);
+        match result {
+            Ok(p) => {
+                if p.handshake_done {
+                    self.stats.tls_result(true);
+                }
+                if !plain.is_empty() {
+                    if c.partial.is_empty() {
+                        let consumed =
+                            process_plain(c, &mut plain, now, &self.shared, &mut self.stats, idx);
+                        if consumed < plain.len() && c.teardown == Teardown::Open {
+                            c.partial.extend_from_slice(&plain[consumed..]);
+                        }
+                    } else {
+                        c.partial.extend_from_slice(&plain);
+                        let mut p = std::mem::take(&mut c.partial);
+                        let consumed =
+                            process_plain(c, &mut p, now, &self.shared, &mut self.stats, idx);
+                        p.drain(..consumed.min(p.len()));
+                        if c.teardown == Teardown::Open && !p.is_empty() {
+                            c.partial = p;
+                        }
+                    }
+                }
+                if p.peer_closed && c.teardown == Teardown::Open {
+                    c.teardown = Teardown::AfterFlush;
+                }
+            }
+            Err(_) => {
+                if c.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                    self.stats.tls_result(false);
+                }
+                // The alert rustls queued goes out, then the connection closes.
+                c.teardown = Teardown::AfterFlush;
+                c.partial = Vec::new();
+            }
+        }
+        self.scratch = plain;
+    }
+
+    /// After input was handled: harvest engine events, re-time, queue flush.
+    fn after_input(&mut self, idx: u32, now: u64) {
+        self.harvest(idx);
+        if let Some(c) = self.conns.get_any(idx) {
+            let d = next_deadline(c, &self.shared, now);
+            self.stats.slot_update(idx, c);
+            if let Some(d) = d {
+                self.schedule(idx, d);
+            }
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Move session events into the stats region; note a finished session.
+    fn harvest(&mut self, idx: u32) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        let Proto::Ws(ws) = &mut c.proto else {
+            return;
+        };
+        while let Some(ev) = ws.session.poll_event() {
+            match ev {
+                SessionEvent::FrameIn { opcode, .. } => {
+                    c.frames_in += 1;
+                    self.stats.frame_in(opcode);
+                }
+                SessionEvent::FrameOut { opcode, .. } => {
+                    c.frames_out += 1;
+                    self.stats.frame_out(opcode);
+                }
+                SessionEvent::CloseReceived { code } => self.stats.close_received(code),
+                SessionEvent::CloseSent { code } => self.stats.close_sent(code),
+                SessionEvent::KeepaliveSent => self.stats.keepalive_sent(),
+                SessionEvent::KeepaliveFailed => self.stats.keepalive_failed(),
+                SessionEvent::ProtocolError { code } => self.stats.protocol_error(code),
+                SessionEvent::IdleTimeout => self.stats.idle_timeout(),
+                SessionEvent::CloseTimeout => self.stats.close_timeout(),
+            }
+        }
+        if matches!(ws.session.state(), State::Closed) && c.teardown == Teardown::Open {
+            c.teardown = Teardown::AfterFlush;
+        }
+    }
+
+    fn on_send(&mut self, t: Token, res: i32, now: u64) {
+        let Some(c) = self.conns.get_mut(t.index, t.generation) else {
+            return;
+        };
+        c.sending = false;
+        if res < 0 {
+            c.teardown = Teardown::Abort;
+            let buf = std::mem::take(&mut c.inflight);
+            self.recycle_buf(buf);
+            self.mark_dirty(t.index);
+            return;
+        }
+        let n = res as usize;
+        c.inflight_sent += n;
+        c.bytes_out += n as u64;
+        let transport = c.transport;
+        self.stats.bytes_out(transport, n as u64);
+        if c.inflight_sent < c.inflight.len() {
+            // Short send: the rest of the same buffer goes next.
+            self.submit_send(t.index);
+            return;
+        }
+        let buf = std::mem::take(&mut self.conns.get_any(t.index).expect("live").inflight);
+        self.recycle_buf(buf);
+        let _ = now;
+        self.mark_dirty(t.index);
+    }
+
+    fn on_connect(&mut self, t: Token, res: i32, now: u64) {
+        self.connect_addrs.retain(|(i, _)| *i != t.index);
+        let Some(c) = self.conns.get_mut(t.index, t.generation) else {
+            return;
+        };
+        c.connecting = false;
+        if res < 0 {
+            c.teardown = Teardown::Abort;
+            self.mark_dirty(t.index);
+            return;
+        }
+        if let Some(local) = local_addr(c.fd) {
+            c.local = local;
+        }
+        self.arm_recv(t.index);
+        self.mark_dirty(t.index);
+        let _ = now;
+    }
+
+    // ---- timers, inbox, commands, shutdown ----
+
+    fn schedule(&mut self, idx: u32, deadline: u64) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        if c.timer_at != 0 && c.timer_at <= deadline {
+            return;
+        }
+        c.timer_at = deadline;
+        let key = ((c.generation as u64) << 32) | idx as u64;
+        self.wheel.insert(key, deadline);
+    }
+
+    fn on_tick(&mut self, now: u64) {
+        self.stats.heartbeat(self.shared.unix_ms());
+        let mut due = Vec::new();
+        self.wheel
+            .advance(now, |key, deadline| due.push((key, deadline)));
+        for (key, deadline) in due {
+            let idx = key as u32;
+            let generation = (key >> 32) as u32;
+            let Some(c) = self.conns.get_mut(idx, generation) else {
+                continue;
+            };
+            if c.timer_at != deadline {
+                continue;
+            }
+            c.timer_at = 0;
+            match &mut c.proto {
+                Proto::Handshake => {
+                    let limit =
+                        c.accepted_ms + self.shared.config.websocket.handshake_timeout * 1000;
+                    if now >= limit && c.teardown == Teardown::Open {
+                        self.stats.handshake_rejected(RejectReason::Timeout);
+                        self.stats.handshake_timeout();
+                        if c.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                            self.stats.tls_result(false);
+                        }
+                        c.teardown = Teardown::Abort;
+                        self.mark_dirty(idx);
+                        continue;
+                    }
+                }
+                Proto::Ws(ws) => {
+                    ws.session.on_tick(now, &mut c.out);
+                }
+                Proto::Raw => {}
+            }
+            self.after_input(idx, now);
+        }
+        self.drain_commands(now);
+    }
+
+    fn drain_commands(&mut self, now: u64) {
+        let mut cmds = Vec::new();
+        self.stats.drain_commands(|cmd| cmds.push(cmd));
+        for cmd in cmds {
+            // Commands are rare: a scan keeps ids out of per-connection memory.
+            let Some(idx) = self
+                .conns
+                .indices()
+                .into_iter()
+                .find(|&i| self.conns.get_any(i).is_some_and(|c| c.id == cmd.conn_id))
+            else {
+                continue;
+            };
+            let Some(c) = self.conns.get_any(idx) else {
+                continue;
+            };
+            let Proto::Ws(ws) = &mut c.proto else {
+                continue;
+            };
+            match cmd.kind {
+                super::stats::CommandKind::Close => {
+                    let data = &cmd.data[..(cmd.data_len as usize).min(cmd.data.len())];
+                    let reason = String::from_utf8_lossy(data).into_owned();
+                    ws.session.close(cmd.status, &reason, now, &mut c.out);
+                }
+                super::stats::CommandKind::Ping => {
+                    let data = &cmd.data[..(cmd.data_len as usize).min(cmd.data.len())];
+                    ws.session.ping(data, &mut c.out)
+                }
+                super::stats::CommandKind::Pong => {
+                    let data = &cmd.data[..(cmd.data_len as usize).min(cmd.data.len())];
+                    ws.session.pong(data, &mut c.out)
+                }
+                super::stats::CommandKind::DropSession => {}
+            }
+            self.after_input(idx, now);
+        }
+    }
+
+    fn drain_inbox(&mut self, now: u64) {
+        let inbox = self.shared.inboxes[self.core as usize].clone();
+        while let Some(msg) = inbox.pop() {
+            self.stats.inbox_message();
+            match msg {
+                InboxMsg::Wake => {}
+                InboxMsg::Connect { addr } => {
+                    let _ = self.connect(addr, now);
+                }
+            }
+        }
+    }
+
+    /// Open an outbound TCP connection (next-hop relays). Returns its slot.
+    pub fn connect(&mut self, addr: SocketAddr, now: u64) -> io::Result<u32> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        sock.set_tcp_nodelay(true)?;
+        let fd = sock.into_raw_fd();
+        let (idx, generation) = self.conns.reserve();
+        let unix = self.shared.unix_ms();
+        let conn = Conn {
+            fd,
+            generation,
+            id: 0,
+            transport: Transport::Msrp,
+            listener: u16::MAX,
+            outbound: true,
+            peer: addr,
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: None,
+            proto: Proto::Raw,
+            partial: Vec::new(),
+            tls_pending: Vec::new(),
+            out: Vec::new(),
+            wire: Vec::new(),
+            inflight: Vec::new(),
+            inflight_sent: 0,
+            sending: false,
+            recv_armed: false,
+            cancel_sent: false,
+            connecting: true,
+            teardown: Teardown::Open,
+            timer_at: 0,
+            accepted_ms: now,
+            created_unix_ms: unix,
+            last_used_unix_ms: unix,
+            frames_in: 0,
+            frames_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            dirty: false,
+        };
+        self.conns.insert(idx, conn);
+        // The address must stay put until the connect completes.
+        let sa = Box::new(socket2::SockAddr::from(addr));
+        let ptr = sa.as_ptr() as *const libc::sockaddr;
+        let len = sa.len();
+        self.connect_addrs.push((idx, sa));
+        let ud = Token::new(Op::Connect, idx, generation).encode();
+        self.push(
+            opcode::Connect::new(types::Fd(fd), ptr, len)
+                .build()
+                .user_data(ud),
+        );
+        Ok(idx)
+    }
+
+    fn check_shutdown(&mut self, now: u64) -> bool {
+        if !self.shared.shutdown_requested() {
+            return false;
+        }
+        if self.draining_since.is_none() {
+            self.draining_since = Some(now);
+            // Stop accepting: the listeners leave the reuseport group.
+            for l in self.listeners.iter_mut() {
+                *l = None;
+            }
+            for idx in self.conns.indices() {
+                let Some(c) = self.conns.get_any(idx) else {
+                    continue;
+                };
+                match &mut c.proto {
+                    Proto::Ws(ws) if matches!(ws.session.state(), State::Open) => {
+                        ws.session.close(1001, "Going away", now, &mut c.out);
+                        self.after_input(idx, now);
+                    }
+                    Proto::Ws(_) => {}
+                    _ => {
+                        c.teardown = Teardown::Abort;
+                        self.mark_dirty(idx);
+                    }
+                }
+            }
+            self.flush_all(now);
+        }
+        let grace = self.shared.config.reactor.shutdown_grace * 1000;
+        if self.conns.is_empty() {
+            return true;
+        }
+        if now.saturating_sub(self.draining_since.unwrap_or(now)) >= grace {
+            for idx in self.conns.indices() {
+                if let Some(c) = self.conns.get_any(idx) {
+                    close_fd(c.fd);
+                    self.stats.closed(c.transport);
+                }
+                self.stats.slot_close(idx);
+                self.conns.remove(idx);
+            }
+            return true;
+        }
+        false
+    }
+
+    // ---- output and teardown ----
+
+    fn mark_dirty(&mut self, idx: u32) {
+        if let Some(c) = self.conns.get_any(idx)
+            && !c.dirty
+        {
+            c.dirty = true;
+            self.dirty.push(idx);
+        }
+    }
+
+    fn flush_all(&mut self, now: u64) {
+        while !self.dirty.is_empty() {
+            let list = std::mem::take(&mut self.dirty);
+            for idx in list {
+                if let Some(c) = self.conns.get_any(idx) {
+                    c.dirty = false;
+                }
+                self.flush(idx, now);
+            }
+        }
+    }
+
+    fn flush(&mut self, idx: u32, now: u64) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        if c.teardown == Teardown::Abort {
+            c.out.clear();
+            c.wire.clear();
+        }
+        if !c.sending && !c.connecting && c.has_output() {
+            let mut buf = self.pool.pop().unwrap_or_default();
+            let c = self.conns.get_any(idx).expect("live");
+            if let Some(tls) = c.tls.as_mut() {
+                buf.extend_from_slice(&c.wire);
+                c.wire.clear();
+                tls.write(&c.out, &mut buf);
+                c.out.clear();
+            } else {
+                // Hand the whole corked output to the socket; the
+                // connection keeps an empty (pooled) buffer for more.
+                std::mem::swap(&mut buf, &mut c.out);
+            }
+            if c.out.capacity() == 0 && c.out.is_empty() {
+                // Nothing to keep: an idle connection holds no buffer.
+            }
+            c.inflight = buf;
+            c.inflight_sent = 0;
+            self.submit_send(idx);
+            return;
+        }
+        let c = self.conns.get_any(idx).expect("live");
+        if c.teardown != Teardown::Open && !c.sending {
+            self.teardown(idx, now);
+        }
+    }
+
+    fn submit_send(&mut self, idx: u32) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        let rest = &c.inflight[c.inflight_sent..];
+        let ud = Token::new(Op::Send, idx, c.generation).encode();
+        let sqe = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
+        c.sending = true;
+        self.push(sqe);
+    }
+
+    /// Close a connection whose output is flushed: cancel its recv, wait for
+    /// that to complete, then close the socket and free the slot.
+    fn teardown(&mut self, idx: u32, _now: u64) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        if c.recv_armed {
+            if !c.cancel_sent {
+                c.cancel_sent = true;
+                let target = Token::new(Op::Recv, idx, c.generation).encode();
+                let ud = Token::new(Op::Cancel, idx, c.generation).encode();
+                // Shut the socket down too, so the recv ends even if the
+                // cancel races with incoming data.
+                // SAFETY: plain syscall on a descriptor this connection owns.
+                unsafe { libc::shutdown(c.fd, libc::SHUT_RDWR) };
+                self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
+            }
+            return;
+        }
+        let c = self.conns.remove(idx).expect("live");
+        close_fd(c.fd);
+        self.stats.slot_close(idx);
+        if !c.outbound {
+            self.stats.closed(c.transport);
+        }
+        if let Proto::Ws(ws) = &c.proto {
+            self.stats.ws_session_closed(ws.sub_protocol);
+        }
+        for b in [c.out, c.wire, c.inflight, c.partial] {
+            self.recycle_buf(b);
+        }
+    }
+
+    fn recycle_buf(&mut self, mut b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > POOL_BUF_MAX || self.pool.len() >= POOL_MAX {
+            return;
+        }
+        b.clear();
+        self.pool.push(b);
+    }
+}
+
+/// Feed plaintext to the connection's engine. Returns bytes consumed; the
+/// rest is an incomplete handshake or frame.
+fn process_plain(
+    c: &mut Conn,
+    data: &mut [u8],
+    now: u64,
+    shared: &Shared,
+    stats: &mut WorkerStats,
+    c_idx: u32,
+) -> usize {
+    let mut consumed = 0;
+    if matches!(c.proto, Proto::Handshake) {
+        let enabled = shared.ws_enabled();
+        match handshake::process(data, &shared.policy, enabled, shared.unix_ms() / 1000) {
+            Outcome::Partial => return 0,
+            Outcome::Rejected(r) => {
+                stats.handshake_rejected(r.reason);
+                c.out.extend_from_slice(&r.response);
+                c.teardown = Teardown::AfterFlush;
+                c.proto = Proto::Raw;
+                return data.len();
+            }
+            Outcome::Accepted(a) => {
+                stats.handshake_accepted(now.saturating_sub(c.accepted_ms));
+                stats.ws_session_opened(a.sub_protocol);
+                c.out.extend_from_slice(&a.response);
+                let session = WsSession::new(shared.session_config.clone(), now);
+                c.proto = Proto::Ws(Box::new(WsConn {
+                    session,
+                    sub_protocol: a.sub_protocol,
+                }));
+                let info = match &a.user {
+                    Some(u) => format!("{} {}", a.path, u),
+                    None => a.path.clone(),
+                };
+                stats.slot_ws_open(c_idx, a.sub_protocol, &info);
+                consumed = a.consumed.min(data.len());
+            }
+        }
+    }
+    match &mut c.proto {
+        Proto::Ws(ws) => {
+            let sub = ws.sub_protocol;
+            let mut messages = 0u64;
+            let mut echoed_text = 0u64;
+            let mut echoed_binary = 0u64;
+            let rest = &mut data[consumed..];
+            let n = ws
+                .session
+                .on_bytes(rest, now, &mut c.out, &mut |kind, payload, out| {
+                    messages += 1;
+                    if sub == SubProtocol::Echo {
+                        let op = match kind {
+                            MessageKind::Text => {
+                                echoed_text += 1;
+                                OpCode::Text
+                            }
+                            MessageKind::Binary => {
+                                echoed_binary += 1;
+                                OpCode::Binary
+                            }
+                        };
+                        frame::write_frame(out, op, payload);
+                    }
+                });
+            stats.messages_in(sub, messages);
+            if sub == SubProtocol::Echo {
+                stats.messages_out(sub, echoed_text + echoed_binary);
+                c.frames_out += echoed_text + echoed_binary;
+                stats.data_frames_out(echoed_binary, echoed_text);
+            } else {
+                // Engines for sip/msrp/xmpp come with their own issues; until
+                // then their messages are counted and dropped.
+                stats.messages_dropped(sub, messages);
+            }
+            consumed + n
+        }
+        Proto::Raw => data.len(),
+        Proto::Handshake => consumed,
+    }
+}
+
+fn next_deadline(c: &Conn, shared: &Shared, _now: u64) -> Option<u64> {
+    if c.teardown != Teardown::Open {
+        return None;
+    }
+    match &c.proto {
+        Proto::Handshake => Some(c.accepted_ms + shared.config.websocket.handshake_timeout * 1000),
+        Proto::Ws(ws) => ws.session.next_deadline(),
+        Proto::Raw => None,
+    }
+}
+
+/// Connection ids: core (8 bits) | generation (24 bits) | slot (32 bits).
+pub fn conn_id(core: u32, idx: u32, generation: u32) -> u64 {
+    ((core as u64 & 0xff) << 56) | ((generation as u64 & 0xff_ffff) << 32) | idx as u64
+}
+
+pub fn split_conn_id(id: u64) -> (u32, u32, u32) {
+    (
+        (id >> 56) as u32,
+        ((id >> 32) & 0xff_ffff) as u32,
+        id as u32,
+    )
+}
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let mut b = IoUring::builder();
+    b.setup_cqsize(entries * 4)
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .setup_defer_taskrun()
+        .setup_submit_all();
+    match b.build(entries) {
+        Ok(r) => Ok(r),
+        // Older kernels lack some flags: fall back to a plain ring.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(entries * 4).build(entries)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn close_fd(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe { libc::close(fd) };
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a live c_int on a descriptor we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn sockaddr_of(fd: RawFd, peer: bool) -> Option<SocketAddr> {
+    // SAFETY: `fd` is a live socket owned by the caller for this call.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&bfd);
+    let sa = if peer {
+        sock.peer_addr()
+    } else {
+        sock.local_addr()
+    };
+    sa.ok()?.as_socket()
+}
+
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    sockaddr_of(fd, true)
+}
+
+fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    sockaddr_of(fd, false)
+}

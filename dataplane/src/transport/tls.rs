@@ -1,0 +1,282 @@
+//! TLS 1.2 and 1.3 with rustls, driven over owned buffers.
+//!
+//! rustls never sees the socket. Ciphertext from a recv is fed only while
+//! `wants_read()` (feeding more makes rustls refuse input once its plaintext
+//! buffer is full); plaintext is drained after every `process_new_packets`.
+//! Outgoing plaintext is written in chunks with the TLS records flushed after
+//! each, so rustls's send buffer limit is never hit.
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate chain {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("cannot read private key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("certificate and key do not make a TLS configuration: {0}")]
+    Config(String),
+}
+
+/// A listener's TLS configuration, shared by every worker.
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    config: Arc<ServerConfig>,
+}
+
+impl TlsAcceptor {
+    /// Load a PEM certificate chain and private key.
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| TlsError::Cert {
+                path: cert.display().to_string(),
+                message: e.to_string(),
+            })?
+            .collect::<Result<_, _>>()
+            .map_err(|e| TlsError::Cert {
+                path: cert.display().to_string(),
+                message: e.to_string(),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError::Cert {
+                path: cert.display().to_string(),
+                message: "no CERTIFICATE block found".into(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+            path: key.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_der(certs, key)
+    }
+
+    pub fn from_der(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<TlsAcceptor, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(TlsAcceptor {
+            config: Arc::new(config),
+        })
+    }
+
+    pub fn session(&self) -> Result<TlsSession, TlsError> {
+        let conn = rustls::ServerConnection::new(self.config.clone())
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(TlsSession {
+            conn,
+            handshake_reported: false,
+        })
+    }
+}
+
+/// What a batch of ciphertext did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TlsProgress {
+    /// The handshake completed during this call.
+    pub handshake_done: bool,
+    /// The peer sent close_notify.
+    pub peer_closed: bool,
+}
+
+/// One TLS server connection.
+pub struct TlsSession {
+    conn: rustls::ServerConnection,
+    handshake_reported: bool,
+}
+
+/// Largest plaintext handed to rustls before its records are flushed.
+const PLAINTEXT_CHUNK: usize = 16 * 1024;
+
+impl TlsSession {
+    /// Feed received ciphertext. Decrypted bytes are appended to `plain`;
+    /// records rustls must send (handshake, alerts) are appended to `wire`.
+    /// On error the alert (if any) is already in `wire`: send it, then close.
+    pub fn read(
+        &mut self,
+        mut data: &[u8],
+        plain: &mut Vec<u8>,
+        wire: &mut Vec<u8>,
+    ) -> Result<TlsProgress, rustls::Error> {
+        let mut progress = TlsProgress::default();
+        loop {
+            if data.is_empty() {
+                break;
+            }
+            if !self.conn.wants_read() {
+                // Plaintext is drained after every step, so rustls can only
+                // refuse input while it has records to write: flush them.
+                if self.conn.wants_write() {
+                    self.write_records(wire);
+                    continue;
+                }
+                break;
+            }
+            match self.conn.read_tls(&mut data) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(rustls::Error::General(e.to_string())),
+            }
+            let state = match self.conn.process_new_packets() {
+                Ok(s) => s,
+                Err(e) => {
+                    self.write_records(wire);
+                    return Err(e);
+                }
+            };
+            let n = state.plaintext_bytes_to_read();
+            if n > 0 {
+                let start = plain.len();
+                plain.resize(start + n, 0);
+                let got = self.conn.reader().read(&mut plain[start..]).unwrap_or(0);
+                plain.truncate(start + got);
+            }
+            if state.peer_has_closed() {
+                progress.peer_closed = true;
+            }
+        }
+        self.write_records(wire);
+        if !self.handshake_reported && !self.conn.is_handshaking() {
+            self.handshake_reported = true;
+            progress.handshake_done = true;
+        }
+        Ok(progress)
+    }
+
+    /// Encrypt `plain` into `wire`.
+    pub fn write(&mut self, plain: &[u8], wire: &mut Vec<u8>) {
+        for chunk in plain.chunks(PLAINTEXT_CHUNK) {
+            // The chunk fits rustls's buffer limit because records are
+            // flushed after each one.
+            let _ = self.conn.writer().write_all(chunk);
+            self.write_records(wire);
+        }
+    }
+
+    /// Queue a close_notify alert.
+    pub fn close(&mut self, wire: &mut Vec<u8>) {
+        self.conn.send_close_notify();
+        self.write_records(wire);
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    fn write_records(&mut self, wire: &mut Vec<u8>) {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(wire) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn acceptor_and_client() -> (TlsAcceptor, rustls::ClientConnection) {
+        let cert = rcgen_like_self_signed();
+        let acceptor = TlsAcceptor::from_der(vec![cert.0.clone()], cert.1).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.0).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = rustls::ClientConnection::new(
+            Arc::new(cfg),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        (acceptor, client)
+    }
+
+    /// A fixed self-signed certificate for "localhost" (test-only).
+    fn rcgen_like_self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (
+            ck.cert.der().clone(),
+            PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap(),
+        )
+    }
+
+    fn pump_client(client: &mut rustls::ClientConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn handshake_and_data_both_ways_with_tiny_reads() {
+        let (acceptor, mut client) = acceptor_and_client();
+        let mut server = acceptor.session().unwrap();
+        client.writer().write_all(&vec![7u8; 100_000]).unwrap();
+        let mut got = Vec::new();
+        let mut done = false;
+        for _ in 0..100 {
+            let c2s = pump_client(&mut client);
+            let mut wire = Vec::new();
+            // Deliver in 7-byte pieces, as a slow network would.
+            for piece in c2s.chunks(7) {
+                let p = server.read(piece, &mut got, &mut wire).unwrap();
+                done |= p.handshake_done;
+            }
+            if !wire.is_empty() {
+                client.read_tls(&mut &wire[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if got.len() == 100_000 {
+                break;
+            }
+        }
+        assert!(done);
+        assert_eq!(got.len(), 100_000);
+        // Server → client, larger than rustls's default buffer limit.
+        let mut wire = Vec::new();
+        server.write(&vec![9u8; 200_000], &mut wire);
+        let mut rd = &wire[..];
+        let mut back = Vec::new();
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets().unwrap();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = client.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                back.extend_from_slice(&buf[..n]);
+            }
+        }
+        assert_eq!(back.len(), 200_000);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let (acceptor, _) = acceptor_and_client();
+        let mut server = acceptor.session().unwrap();
+        let mut plain = Vec::new();
+        let mut wire = Vec::new();
+        let r = server.read(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut plain, &mut wire);
+        assert!(r.is_err());
+        assert!(plain.is_empty());
+    }
+}

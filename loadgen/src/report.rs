@@ -1,0 +1,343 @@
+//! The shared result report: a serialisable structure (`--json FILE`) and
+//! its plain-text table on stdout.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+use crate::engine::{Cpu, ErrorLog, RunSummary, Sample, ServerSample};
+
+/// Latency histograms: 1 µs .. 1 h, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of a histogram, in µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub stdev: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Option<Percentiles> {
+        if h.is_empty() {
+            return None;
+        }
+        Some(Percentiles {
+            count: h.len(),
+            min: h.min(),
+            mean: (h.mean() * 100.0).round() / 100.0,
+            stdev: (h.stdev() * 100.0).round() / 100.0,
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub connect_s: f64,
+    pub warmup_s: f64,
+    pub measured_s: f64,
+    pub drain_s: f64,
+    pub close_s: f64,
+    pub total_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Connections {
+    pub target: u64,
+    pub established: u64,
+    pub failed: u64,
+    /// ws-connect only: open at the end and answered the final ping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survived: Option<u64>,
+    /// Connections per second during the connect phase.
+    pub connect_rate: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Echoes received per second in the measured window.
+    pub msg_per_s: f64,
+    /// Echoed payload bytes per second (one direction), 1 MB = 10^6 B.
+    pub mb_per_s: f64,
+    /// Messages counted in the measured window.
+    pub measured_messages: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientUsage {
+    pub threads: usize,
+    /// CPU during the measured window.
+    pub cpu_measure: Cpu,
+    /// CPU of the whole run.
+    pub cpu_total: Cpu,
+    /// Client CPU µs per measured message (cpu_measure / measured messages).
+    pub cpu_us_per_msg: Option<f64>,
+    pub max_rss_kb: u64,
+    pub rss_kb_connected: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUsage {
+    #[serde(flatten)]
+    pub sample: ServerSample,
+    /// Server CPU µs per measured message.
+    pub cpu_us_per_msg: Option<f64>,
+    /// (RSS once connected − RSS before) / established connections, bytes.
+    pub rss_bytes_per_conn: Option<f64>,
+}
+
+/// The full result of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub scenario: &'static str,
+    pub started_unix: f64,
+    pub config: serde_json::Value,
+    /// No message lost or corrupted, and at least one connection.
+    pub ok: bool,
+    pub interrupted: bool,
+    pub end_reason: &'static str,
+    pub timing: Timing,
+    pub connections: Connections,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Throughput>,
+    /// Round-trip latency (µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<Percentiles>,
+    /// Connect + upgrade time (µs), ws-connect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_us: Option<Percentiles>,
+    pub per_second: Vec<Sample>,
+    pub errors: ErrorLog,
+    pub client: ClientUsage,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerUsage>,
+    /// Worker threads that did not finish in time (their data is missing).
+    pub threads_lost: usize,
+}
+
+impl Report {
+    /// Fill the fields every scenario shares.
+    pub fn base(
+        scenario: &'static str,
+        config: serde_json::Value,
+        run: &RunSummary,
+        threads: usize,
+        target: u64,
+        measured_messages: Option<u64>,
+        errors: ErrorLog,
+    ) -> Report {
+        let per_msg = |cpu: f64| match measured_messages {
+            Some(n) if n > 0 => Some(((cpu * 1e6 / n as f64) * 1000.0).round() / 1000.0),
+            _ => None,
+        };
+        let established = run.at_end.connected;
+        let server = run.server.clone().map(|s| ServerUsage {
+            cpu_us_per_msg: per_msg(s.cpu_measure.total()),
+            rss_bytes_per_conn: (established > 0 && s.rss_kb_start > 0).then(|| {
+                let d = s.rss_kb_connected as f64 - s.rss_kb_start as f64;
+                (d * 1024.0 / established as f64).round()
+            }),
+            sample: s,
+        });
+        Report {
+            tool: "rtedge-loadgen",
+            version: env!("CARGO_PKG_VERSION"),
+            scenario,
+            started_unix: run.started_unix,
+            config,
+            ok: established > 0,
+            interrupted: run.interrupted,
+            end_reason: run.end_reason,
+            timing: Timing {
+                connect_s: r3(run.connect_s),
+                warmup_s: r3(run.warmup_s),
+                measured_s: r3(run.measured_s),
+                drain_s: r3(run.drain_s),
+                close_s: r3(run.close_s),
+                total_s: r3(run.total_s),
+            },
+            connections: Connections {
+                target,
+                established,
+                failed: run.at_end.failed,
+                survived: None,
+                connect_rate: if run.connect_s > 0.0 {
+                    r3(established as f64 / run.connect_s)
+                } else {
+                    0.0
+                },
+            },
+            messages: None,
+            throughput: measured_messages.map(|n| Throughput {
+                msg_per_s: if run.measured_s > 0.0 {
+                    r3(n as f64 / run.measured_s)
+                } else {
+                    0.0
+                },
+                mb_per_s: if run.measured_s > 0.0 {
+                    r3(run.measured_rx_bytes() as f64 / run.measured_s / 1e6)
+                } else {
+                    0.0
+                },
+                measured_messages: n,
+            }),
+            latency_us: None,
+            handshake_us: None,
+            per_second: run.per_second.clone(),
+            errors,
+            client: ClientUsage {
+                threads,
+                cpu_measure: run.client_cpu_measure,
+                cpu_total: run.client_cpu_total,
+                cpu_us_per_msg: per_msg(run.client_cpu_measure.total()),
+                max_rss_kb: run.client_max_rss_kb,
+                rss_kb_connected: run.client_rss_kb_connected,
+            },
+            server,
+            threads_lost: run.threads_lost,
+        }
+    }
+
+    /// The plain-text table printed on stdout.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "rtedge-loadgen {} — {}{}",
+            self.scenario,
+            self.config
+                .get("url")
+                .and_then(|v| v.as_str())
+                .unwrap_or(""),
+            if self.interrupted {
+                "  (INTERRUPTED: partial report)"
+            } else {
+                ""
+            }
+        );
+        let row = |o: &mut String, k: &str, v: String| {
+            let _ = writeln!(o, "  {k:<22} {v}");
+        };
+        let t = &self.timing;
+        row(
+            &mut o,
+            "time",
+            format!(
+                "connect {:.2}s, warm-up {:.2}s, measured {:.2}s, drain {:.2}s (end: {})",
+                t.connect_s, t.warmup_s, t.measured_s, t.drain_s, self.end_reason
+            ),
+        );
+        let c = &self.connections;
+        let mut conns = format!(
+            "{}/{} established, {} failed ({:.0}/s)",
+            c.established, c.target, c.failed, c.connect_rate
+        );
+        if let Some(s) = c.survived {
+            let _ = write!(conns, ", {s} survived");
+        }
+        row(&mut o, "connections", conns);
+        if let Some(m) = &self.messages {
+            if let Some(obj) = m.as_object() {
+                let parts: Vec<String> = obj.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                row(&mut o, "messages", parts.join(", "));
+            }
+        }
+        if let Some(tp) = &self.throughput {
+            row(
+                &mut o,
+                "throughput",
+                format!(
+                    "{:.0} msg/s, {:.2} MB/s ({} messages measured)",
+                    tp.msg_per_s, tp.mb_per_s, tp.measured_messages
+                ),
+            );
+        }
+        let pct = |o: &mut String, k: &str, p: &Percentiles| {
+            row(
+                o,
+                k,
+                format!(
+                    "p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1}, n={})",
+                    p.p50, p.p90, p.p99, p.p999, p.max, p.mean, p.count
+                ),
+            )
+        };
+        if let Some(p) = &self.latency_us {
+            pct(&mut o, "latency µs", p);
+        }
+        if let Some(p) = &self.handshake_us {
+            pct(&mut o, "handshake µs", p);
+        }
+        let cl = &self.client;
+        let mut cpu = format!(
+            "{:.2}s user + {:.2}s sys in the window, {} thread(s), max RSS {} KiB",
+            cl.cpu_measure.user_s, cl.cpu_measure.sys_s, cl.threads, cl.max_rss_kb
+        );
+        if let Some(u) = cl.cpu_us_per_msg {
+            let _ = write!(cpu, ", {u:.2} CPU µs/msg");
+        }
+        row(&mut o, "loadgen cpu", cpu);
+        if let Some(s) = &self.server {
+            let mut v = format!(
+                "pid {}: {:.2}s user + {:.2}s sys in the window",
+                s.sample.pid, s.sample.cpu_measure.user_s, s.sample.cpu_measure.sys_s
+            );
+            if let Some(u) = s.cpu_us_per_msg {
+                let _ = write!(v, ", {u:.2} CPU µs/msg");
+            }
+            let _ = write!(
+                v,
+                "; RSS {} → {} KiB",
+                s.sample.rss_kb_start, s.sample.rss_kb_connected
+            );
+            if let Some(b) = s.rss_bytes_per_conn {
+                let _ = write!(v, " ({b:.0} B/conn)");
+            }
+            row(&mut o, "server", v);
+        }
+        if self.errors.0.is_empty() {
+            row(&mut o, "errors", "none".into());
+        } else {
+            for (k, e) in &self.errors.0 {
+                row(&mut o, "error", format!("{k} ×{}: {}", e.count, e.example));
+            }
+        }
+        if self.threads_lost > 0 {
+            row(
+                &mut o,
+                "WARNING",
+                format!("{} worker thread(s) did not finish; their counts are missing", self.threads_lost),
+            );
+        }
+        row(
+            &mut o,
+            "result",
+            if self.ok { "OK".into() } else { "FAILED".into() },
+        );
+        o
+    }
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

@@ -1,0 +1,590 @@
+//! `ws-echo`: every connection sends self-checking messages and verifies
+//! the server's echoes.
+//!
+//! * Closed loop (default): `--window W` messages in flight per
+//!   connection; whenever echoes come back, all the frames that fit the
+//!   window are queued and written with one system call.
+//! * Open loop (`--rate R`): each connection sends on its own schedule
+//!   (R / connections msg/s, random phase); latency is measured from the
+//!   *intended* send time, so a stalled server cannot hide its stalls
+//!   (coordinated omission). `--window` then caps the messages in flight
+//!   (default: 65536); messages held back by the cap keep their intended
+//!   send time.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+
+use crate::engine::{Clock, ErrorLog, Phase, Scenario, ThreadCtx, wait_phase};
+use crate::net::{ConnError, Connector};
+use crate::payload::{self, Body, Verdict};
+use crate::report;
+use crate::rng::Rng;
+use crate::ws::frame::{self, OP_BINARY, OP_TEXT};
+use crate::ws::{Event, WsIo};
+
+/// Settings of one ws-echo run.
+#[derive(Clone)]
+pub struct WsEcho {
+    pub connector: Connector,
+    pub connections: usize,
+    pub size: usize,
+    pub text: bool,
+    /// Closed loop: messages in flight per connection. Open loop: cap.
+    pub window: usize,
+    /// Open loop: total messages per second over all connections.
+    pub rate: Option<f64>,
+    /// Total messages over all connections (then stop).
+    pub count: Option<u64>,
+    pub connect_concurrency: usize,
+    pub close_timeout: Duration,
+}
+
+/// Integrity and traffic counts.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct EchoStats {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub corrupted: u64,
+    pub pings_from_server: u64,
+    pub closed_by_server: u64,
+}
+
+impl EchoStats {
+    pub fn add(&mut self, o: &EchoStats) {
+        self.sent += o.sent;
+        self.received += o.received;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.corrupted += o.corrupted;
+        self.pings_from_server += o.pings_from_server;
+        self.closed_by_server += o.closed_by_server;
+    }
+}
+
+/// One worker thread's results.
+pub struct EchoThread {
+    pub hist: Histogram<u64>,
+    pub stats: EchoStats,
+    pub errors: ErrorLog,
+}
+
+struct Shared {
+    hist: RefCell<Histogram<u64>>,
+    stats: RefCell<EchoStats>,
+    errors: RefCell<ErrorLog>,
+}
+
+impl Scenario for WsEcho {
+    type Thread = EchoThread;
+
+    fn units(&self) -> usize {
+        self.connections
+    }
+
+    async fn run_thread(self: Arc<Self>, ctx: ThreadCtx) -> EchoThread {
+        let ctx = Rc::new(ctx);
+        let sh = Rc::new(Shared {
+            hist: RefCell::new(report::new_histogram()),
+            stats: RefCell::new(EchoStats::default()),
+            errors: RefCell::new(ErrorLog::default()),
+        });
+        let sem = Rc::new(Semaphore::new(self.connect_concurrency.max(1)));
+        let mut set = JoinSet::new();
+        for idx in ctx.units.clone() {
+            set.spawn_local(conn_task(
+                self.clone(),
+                ctx.clone(),
+                sh.clone(),
+                sem.clone(),
+                idx,
+            ));
+        }
+        while set.join_next().await.is_some() {}
+        drop(set);
+        let sh = Rc::try_unwrap(sh).unwrap_or_else(|_| unreachable!("all tasks joined"));
+        EchoThread {
+            hist: sh.hist.into_inner(),
+            stats: sh.stats.into_inner(),
+            errors: sh.errors.into_inner(),
+        }
+    }
+}
+
+/// Per-connection message quota in count mode.
+fn quota(count: Option<u64>, conns: usize, idx: usize) -> u64 {
+    match count {
+        None => u64::MAX,
+        Some(c) => {
+            let n = conns.max(1) as u64;
+            c / n + u64::from((idx as u64) < c % n)
+        }
+    }
+}
+
+async fn conn_task(sc: Arc<WsEcho>, ctx: Rc<ThreadCtx>, sh: Rc<Shared>, sem: Rc<Semaphore>, idx: usize) {
+    let mut phase = ctx.phase.clone();
+    let mut rng = Rng::from_os(idx as u64);
+    let up = {
+        let _permit = sem.acquire().await;
+        if phase.borrow().phase >= Phase::Drain {
+            return;
+        }
+        ctx.counters.attempted.add(1);
+        let mut stop = phase.clone();
+        tokio::select! {
+            r = sc.connector.connect(idx, &mut rng) => r,
+            _ = wait_phase(&mut stop, Phase::Drain) => {
+                Err(ConnError::new("aborted", "run stopped while connecting"))
+            }
+        }
+    };
+    let up = match up {
+        Ok(u) => u,
+        Err(e) => {
+            ctx.counters.failed.add(1);
+            ctx.error(&sh.errors, &e);
+            return;
+        }
+    };
+    ctx.counters.connected.add(1);
+    let io = WsIo::new(up, rng.clone(), 64 * 1024, 64 << 20);
+    let st = wait_phase(&mut phase, Phase::Run).await;
+    let mut body_rng = rng;
+    let text = sc.text;
+    let mut c = EchoConn {
+        io,
+        st: ConnState {
+            id: idx as u32,
+            text,
+            opcode: if text { OP_TEXT } else { OP_BINARY },
+            size: sc.size,
+            body: Body::new(sc.size, text, &mut body_rng),
+            next_seq: 0,
+            inflight: VecDeque::with_capacity(sc.window.min(4096)),
+            quota: quota(sc.count, sc.connections, idx),
+            window: sc.window.max(1),
+            measure_from_ns: ctx.clock.ns_of(st.measure_from),
+            stats: EchoStats::default(),
+            batch_received: 0,
+            batch_bytes: 0,
+            acked: 0,
+        },
+        sending: st.phase == Phase::Run,
+        interval_ns: 0,
+        next_due_ns: 0,
+        armed_ns: u64::MAX,
+        clock: ctx.clock,
+        sh: sh.clone(),
+    };
+    if let Some(rate) = sc.rate {
+        let per_conn = rate / sc.connections.max(1) as f64;
+        let interval = (1e9 / per_conn.max(1e-6)).max(1.0) as u64;
+        c.interval_ns = interval;
+        // Random phase so connections do not send in lock step.
+        c.next_due_ns = ctx.clock.ns_of(st.run_start) + c.io.rng.below(interval);
+    }
+
+    let outcome = if c.sending {
+        let mut drain = phase.clone();
+        let mut close = phase.clone();
+        let drain_f = pin!(wait_phase(&mut drain, Phase::Drain));
+        let close_f = pin!(wait_phase(&mut close, Phase::Close));
+        c.run(&ctx, drain_f, close_f).await
+    } else {
+        Ok(Outcome::Drained)
+    };
+    let mut st = c.st;
+    st.stats.pings_from_server = c.io.pings_received;
+    match &outcome {
+        Ok(Outcome::Drained) | Ok(Outcome::DrainTimeout) => {
+            let wait = if crate::engine::interrupted() {
+                Duration::from_millis(50)
+            } else {
+                sc.close_timeout
+            };
+            if let Err(e) = c.io.close(1000, wait).await {
+                ctx.error(&sh.errors, &e);
+            }
+        }
+        Ok(Outcome::ServerClosed(code)) => {
+            st.stats.closed_by_server += 1;
+            ctx.error(
+                &sh.errors,
+                &ConnError::new("closed_by_server", format!("close frame with status {code}")),
+            );
+            let _ = c.io.close(1000, Duration::from_millis(200)).await;
+        }
+        Err(e) => ctx.error(&sh.errors, e),
+    }
+    // Whatever is still in flight now was lost.
+    let lost = st.inflight.len() as u64;
+    st.stats.lost += lost;
+    ctx.counters.inflight.sub(lost);
+    ctx.counters.finished.add(1);
+    sh.stats.borrow_mut().add(&st.stats);
+}
+
+enum Outcome {
+    /// Everything sent was answered (drain or count done).
+    Drained,
+    /// The engine gave up waiting for outstanding echoes.
+    DrainTimeout,
+    ServerClosed(u16),
+}
+
+/// The per-connection state the read callback updates.
+struct ConnState {
+    id: u32,
+    text: bool,
+    opcode: u8,
+    size: usize,
+    body: Body,
+    next_seq: u64,
+    /// (sequence number, send time ns), in sending order.
+    inflight: VecDeque<(u64, u64)>,
+    quota: u64,
+    window: usize,
+    measure_from_ns: u64,
+    stats: EchoStats,
+    batch_received: u64,
+    batch_bytes: u64,
+    acked: u64,
+}
+
+impl ConnState {
+    #[inline]
+    fn on_message(&mut self, opcode: u8, p: &[u8], now: u64, hist: &mut Histogram<u64>) {
+        self.batch_received += 1;
+        self.batch_bytes += p.len() as u64;
+        self.stats.received += 1;
+        match payload::verify(p, self.text) {
+            Verdict::Ok { conn, seq } if conn == self.id && opcode == self.opcode && p.len() == self.size => {
+                self.ack(seq, now, hist);
+            }
+            Verdict::Ok { conn, seq } | Verdict::BadChecksum { conn, seq } if conn == self.id => {
+                // Damaged echo of a known message: counted as corrupted,
+                // not also as lost.
+                self.stats.corrupted += 1;
+                if let Ok(i) = self.inflight.binary_search_by_key(&seq, |e| e.0) {
+                    self.inflight.remove(i);
+                    self.acked += 1;
+                }
+            }
+            _ => self.stats.corrupted += 1,
+        }
+    }
+
+    #[inline]
+    fn ack(&mut self, seq: u64, now: u64, hist: &mut Histogram<u64>) {
+        let sent_at = match self.inflight.front() {
+            Some(&(s, t)) if s == seq => {
+                self.inflight.pop_front();
+                t
+            }
+            _ => match self.inflight.binary_search_by_key(&seq, |e| e.0) {
+                Ok(i) => {
+                    self.stats.reordered += 1;
+                    self.inflight.remove(i).map(|e| e.1).unwrap_or(now)
+                }
+                Err(_) => {
+                    if seq < self.next_seq {
+                        self.stats.duplicated += 1;
+                    } else {
+                        self.stats.corrupted += 1;
+                    }
+                    return;
+                }
+            },
+        };
+        self.acked += 1;
+        if sent_at >= self.measure_from_ns {
+            hist.saturating_record(now.saturating_sub(sent_at) / 1000);
+        }
+    }
+
+    /// Queue one message stamped with send time `t`.
+    #[inline]
+    fn push(&mut self, io: &mut WsIo, t: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mask = io.mask();
+        let start = frame::encode_header(&mut io.wbuf, self.opcode, self.size, mask);
+        payload::append(&mut io.wbuf, self.text, self.id, seq, &self.body);
+        frame::apply_mask(&mut io.wbuf[start..], mask, 0);
+        self.inflight.push_back((seq, t));
+        self.quota -= 1;
+        self.stats.sent += 1;
+    }
+}
+
+struct EchoConn {
+    io: WsIo,
+    st: ConnState,
+    sending: bool,
+    /// Open loop: nanoseconds between sends (0: closed loop).
+    interval_ns: u64,
+    next_due_ns: u64,
+    armed_ns: u64,
+    clock: Clock,
+    sh: Rc<Shared>,
+}
+
+impl EchoConn {
+    async fn run(
+        &mut self,
+        ctx: &ThreadCtx,
+        mut drain: Pin<&mut impl Future<Output = crate::engine::PhaseState>>,
+        mut close: Pin<&mut impl Future<Output = crate::engine::PhaseState>>,
+    ) -> Result<Outcome, ConnError> {
+        let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(3600)));
+        poll_fn(|cx| {
+            if self.sending && drain.as_mut().poll(cx).is_ready() {
+                self.sending = false;
+            }
+            if !self.sending && close.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Outcome::DrainTimeout));
+            }
+            self.poll_step(cx, ctx, sleep.as_mut())
+        })
+        .await
+    }
+
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &ThreadCtx,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Poll<Result<Outcome, ConnError>> {
+        let sh = self.sh.clone();
+        let mut rounds = 0;
+        loop {
+            let mut progress = false;
+            let now = self.clock.now_ns();
+            // 1. Read and handle every complete frame.
+            {
+                let st = &mut self.st;
+                let mut h = sh.hist.borrow_mut();
+                let mut on = |_: &mut Vec<u8>, ev: Event<'_>| {
+                    if let Event::Message { opcode, payload } = ev {
+                        st.on_message(opcode, payload, now, &mut h);
+                    }
+                    Ok(())
+                };
+                match self.io.poll_read_frames(cx, &mut on) {
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if self.st.batch_received > 0 || self.st.acked > 0 {
+                let c = &ctx.counters;
+                c.received.add(self.st.batch_received);
+                c.rx_bytes.add(self.st.batch_bytes);
+                c.inflight.sub(self.st.acked);
+                self.st.batch_received = 0;
+                self.st.batch_bytes = 0;
+                self.st.acked = 0;
+            }
+            if let Some(code) = self.io.close_received {
+                return Poll::Ready(Ok(Outcome::ServerClosed(code)));
+            }
+            // 2. Queue new messages.
+            if self.sending && self.st.quota > 0 {
+                let before = self.st.next_seq;
+                if self.interval_ns == 0 {
+                    let room = self.st.window.saturating_sub(self.st.inflight.len());
+                    let n = (room as u64).min(self.st.quota);
+                    for _ in 0..n {
+                        self.st.push(&mut self.io, now);
+                    }
+                } else {
+                    while self.next_due_ns <= now
+                        && self.st.quota > 0
+                        && self.st.inflight.len() < self.st.window
+                    {
+                        let due = self.next_due_ns;
+                        self.st.push(&mut self.io, due);
+                        self.next_due_ns += self.interval_ns;
+                    }
+                }
+                let n = self.st.next_seq - before;
+                if n > 0 {
+                    let c = &ctx.counters;
+                    c.sent.add(n);
+                    c.tx_bytes.add(n * self.st.size as u64);
+                    c.inflight.add(n);
+                }
+            }
+            // 3. Write everything queued.
+            match self.io.poll_write_out(cx) {
+                Poll::Ready(Ok(w)) => progress |= w,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            // 4. Done?
+            let nothing_more = !self.sending || self.st.quota == 0;
+            if nothing_more && self.st.inflight.is_empty() && self.io.pending_write() == 0 {
+                return Poll::Ready(Ok(Outcome::Drained));
+            }
+            // 5. Open-loop timer.
+            if self.sending && self.interval_ns > 0 && self.st.quota > 0 && self.next_due_ns > now {
+                if self.armed_ns != self.next_due_ns {
+                    sleep.as_mut().reset(self.clock.instant(self.next_due_ns).into());
+                    self.armed_ns = self.next_due_ns;
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    progress = true;
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+            rounds += 1;
+            if rounds >= 16 {
+                // Let the thread's other connections run.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl WsEcho {
+    /// Merge the threads' results into the report.
+    pub fn report(
+        &self,
+        threads: Vec<EchoThread>,
+        run: &crate::engine::RunSummary,
+        config: serde_json::Value,
+        nthreads: usize,
+    ) -> report::Report {
+        let mut hist = report::new_histogram();
+        let mut stats = EchoStats::default();
+        let mut errors = ErrorLog::default();
+        for t in &threads {
+            let _ = hist.add(&t.hist);
+            stats.add(&t.stats);
+            errors.merge(&t.errors);
+        }
+        let mut r = report::Report::base(
+            "ws-echo",
+            config,
+            run,
+            nthreads,
+            self.connections as u64,
+            Some(run.measured_received()),
+            errors,
+        );
+        r.messages = serde_json::to_value(stats).ok();
+        r.latency_us = report::Percentiles::of(&hist);
+        r.ok = r.ok
+            && r.threads_lost == 0
+            && r.connections.failed == 0
+            && stats.closed_by_server == 0
+            && stats.lost == 0
+            && stats.corrupted == 0
+            && stats.duplicated == 0
+            && stats.reordered == 0;
+        r
+    }
+}
+
+/// Integrity verdict for the exit status: true if anything was lost,
+/// corrupted, duplicated or reordered.
+pub fn integrity_failed(r: &report::Report) -> bool {
+    let get = |k: &str| {
+        r.messages
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    };
+    get("lost") + get("corrupted") + get("duplicated") + get("reordered") > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_sum_to_count() {
+        for (count, conns) in [(10u64, 3usize), (7, 7), (5, 10), (1000, 1)] {
+            let total: u64 = (0..conns).map(|i| quota(Some(count), conns, i)).sum();
+            assert_eq!(total, count);
+        }
+        assert_eq!(quota(None, 3, 0), u64::MAX);
+    }
+
+    fn state() -> ConnState {
+        let mut rng = Rng::from_os(0);
+        ConnState {
+            id: 3,
+            text: false,
+            opcode: OP_BINARY,
+            size: 64,
+            body: Body::new(64, false, &mut rng),
+            next_seq: 0,
+            inflight: VecDeque::new(),
+            quota: u64::MAX,
+            window: 16,
+            measure_from_ns: 0,
+            stats: EchoStats::default(),
+            batch_received: 0,
+            batch_bytes: 0,
+            acked: 0,
+        }
+    }
+
+    fn msg(st: &ConnState, seq: u64) -> Vec<u8> {
+        let mut p = Vec::new();
+        payload::append(&mut p, false, st.id, seq, &st.body);
+        p
+    }
+
+    #[test]
+    fn integrity_accounting() {
+        let mut st = state();
+        let mut h = report::new_histogram();
+        for i in 0..4 {
+            st.inflight.push_back((i, 0));
+        }
+        st.next_seq = 4;
+        // In order, then 2 overtakes 1 (reorder), then a duplicate of 0.
+        st.on_message(OP_BINARY, &msg(&st, 0), 5_000, &mut h);
+        st.on_message(OP_BINARY, &msg(&st, 2), 5_000, &mut h);
+        st.on_message(OP_BINARY, &msg(&st, 1), 5_000, &mut h);
+        st.on_message(OP_BINARY, &msg(&st, 0), 5_000, &mut h);
+        // A corrupted copy of 3: counted corrupted, removed from in-flight.
+        let mut bad = msg(&st, 3);
+        bad[40] ^= 1;
+        st.on_message(OP_BINARY, &bad, 5_000, &mut h);
+        // A message never sent.
+        st.on_message(OP_BINARY, &msg(&st, 99), 5_000, &mut h);
+        // Wrong opcode.
+        st.inflight.push_back((4, 0));
+        st.next_seq = 5;
+        st.on_message(OP_TEXT, &msg(&st, 4), 5_000, &mut h);
+        assert_eq!(st.stats.received, 7);
+        assert_eq!(st.stats.reordered, 1);
+        assert_eq!(st.stats.duplicated, 1);
+        assert_eq!(st.stats.corrupted, 3);
+        assert!(st.inflight.is_empty());
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.max(), 5);
+    }
+}
