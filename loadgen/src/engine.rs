@@ -154,14 +154,10 @@ impl ErrorLog {
             ent.count += v.count;
         }
     }
-    pub fn total(&self) -> u64 {
-        self.0.values().map(|e| e.count).sum()
-    }
 }
 
 /// What a worker thread gets.
 pub struct ThreadCtx {
-    pub index: usize,
     /// Global connection indices this thread drives.
     pub units: Range<usize>,
     pub threads: usize,
@@ -203,8 +199,9 @@ impl Clock {
 /// Wait until the broadcast phase is at least `p`; returns the state (a
 /// closed channel reads as `Close`).
 pub async fn wait_phase(rx: &mut watch::Receiver<PhaseState>, p: Phase) -> PhaseState {
-    match rx.wait_for(|s| s.phase >= p).await {
-        Ok(s) => *s,
+    let r = rx.wait_for(|s| s.phase >= p).await.map(|s| *s);
+    match r {
+        Ok(s) => s,
         Err(_) => {
             let mut s = *rx.borrow();
             s.phase = Phase::Close;
@@ -383,14 +380,13 @@ pub fn run<S: Scenario>(scenario: Arc<S>, cfg: &EngineConfig) -> Result<(Vec<S::
     let client_cpu0 = sys::self_cpu();
 
     let mut handles: Vec<JoinHandle<S::Thread>> = Vec::new();
-    for t in 0..threads {
+    for (t, ctrs) in counters.iter().enumerate() {
         let lo = units * t / threads;
         let hi = units * (t + 1) / threads;
         let ctx = ThreadCtx {
-            index: t,
             units: lo..hi,
             threads,
-            counters: counters[t].clone(),
+            counters: ctrs.clone(),
             phase: rx.clone(),
             clock: Clock::new(t_engine),
         };
@@ -602,7 +598,7 @@ async fn control<T>(
     let mut at_start: Option<(Instant, Totals, Cpu, Option<Cpu>)> = None;
     let take_snapshot = || (Instant::now(), Totals::of(counters), sys::self_cpu(), pid.and_then(sys::proc_cpu));
     let mut next_tick = run_start + Duration::from_secs(1);
-    let mut end_reason = "duration";
+    let end_reason;
     loop {
         let now = Instant::now();
         if at_start.is_none() && now >= measure_from {
@@ -617,11 +613,11 @@ async fn control<T>(
             end_reason = "interrupted";
             break;
         }
-        if let (Some(d), Some((t0, ..))) = (cfg.duration, &at_start) {
-            if now >= *t0 + d {
-                end_reason = "duration";
-                break;
-            }
+        if let (Some(d), Some((t0, ..))) = (cfg.duration, &at_start)
+            && now >= *t0 + d
+        {
+            end_reason = "duration";
+            break;
         }
         if t.connected > 0 && t.open() == 0 {
             end_reason = if cfg.stop_when_finished {

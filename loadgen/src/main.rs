@@ -310,10 +310,10 @@ fn ws_echo(a: WsEchoArgs) -> Result<Report> {
     if a.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    if let Some(r) = a.rate {
-        if !(r > 0.0 && r.is_finite()) {
-            bail!("--rate must be a positive number of messages per second");
-        }
+    if let Some(r) = a.rate
+        && !(r > 0.0 && r.is_finite())
+    {
+        bail!("--rate must be a positive number of messages per second");
     }
     let window = a
         .window

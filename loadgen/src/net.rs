@@ -25,7 +25,6 @@ use crate::ws::handshake;
 /// A parsed `ws://` / `wss://` URL.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub url: String,
     pub tls: bool,
     pub host: String,
     pub port: u16,
@@ -94,7 +93,6 @@ impl Target {
             bail!("{host} resolved to no address");
         }
         Ok(Target {
-            url: url.to_string(),
             tls,
             host,
             port,

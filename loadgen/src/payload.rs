@@ -47,14 +47,11 @@ pub fn hash64(data: &[u8]) -> u64 {
         }
     }
     let rest = blocks.remainder();
-    let mut words = rest.chunks(8);
-    let mut i = 0;
-    for w in &mut words {
+    for (i, w) in rest.chunks(8).enumerate() {
         let mut b = [0u8; 8];
         b[..w.len()].copy_from_slice(w);
         let lane = &mut lanes[i & 3];
         *lane = (*lane ^ u64::from_le_bytes(b)).wrapping_mul(P).rotate_left(29);
-        i += 1;
     }
     let mut h = data.len() as u64;
     for l in lanes {

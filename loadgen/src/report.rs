@@ -256,11 +256,9 @@ impl Report {
             let _ = write!(conns, ", {s} survived");
         }
         row(&mut o, "connections", conns);
-        if let Some(m) = &self.messages {
-            if let Some(obj) = m.as_object() {
-                let parts: Vec<String> = obj.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                row(&mut o, "messages", parts.join(", "));
-            }
+        if let Some(obj) = self.messages.as_ref().and_then(|m| m.as_object()) {
+            let parts: Vec<String> = obj.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            row(&mut o, "messages", parts.join(", "));
         }
         if let Some(tp) = &self.throughput {
             row(

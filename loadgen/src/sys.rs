@@ -25,13 +25,13 @@ pub fn raise_nofile(want: u64) -> u64 {
                 r.rlim_cur = target;
             }
         }
-        if (r.rlim_cur as u64) < want {
+        if r.rlim_cur < want {
             eprintln!(
                 "warning: RLIMIT_NOFILE is {} (hard {}), below the {want} descriptors this run needs",
                 r.rlim_cur, r.rlim_max
             );
         }
-        r.rlim_cur as u64
+        r.rlim_cur
     }
 }
 

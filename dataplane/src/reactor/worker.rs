@@ -377,11 +377,23 @@ impl Worker {
         plain.clear();
         let tls = c.tls.as_mut().expect("tls connection");
         let result = if c.tls_pending.is_empty() {
-            tls.read(data, &mut plain, &mut c.wire)
+            let r = tls.read(data, &mut plain, &mut c.wire);
+            if let Ok(p) = &r
+                && p.consumed < data.len()
+            {
+                c.tls_pending.extend_from_slice(&data[p.consumed..]);
+            }
+            r
         } else {
             c.tls_pending.extend_from_slice(data);
-            let pending = std::mem::take(&mut c.tls_pending);
+            let mut pending = std::mem::take(&mut c.tls_pending);
             let r = tls.read(&pending, &mut plain, &mut c.wire);
+            if let Ok(p) = &r
+                && p.consumed < pending.len()
+            {
+                pending.drain(..p.consumed);
+                c.tls_pending = pending;
+            }
             r
         };
         self.bufs.recycle(bid);
@@ -684,9 +696,15 @@ impl Worker {
         }
         if self.draining_since.is_none() {
             self.draining_since = Some(now);
-            // Stop accepting: the listeners leave the reuseport group.
-            for l in self.listeners.iter_mut() {
-                *l = None;
+            // Stop accepting: cancel the multishot accepts (io_uring holds
+            // the listening file until they end) and close the listeners, so
+            // they leave the reuseport group.
+            for i in 0..self.listeners.len() {
+                if self.listeners[i].take().is_some() {
+                    let target = Token::new(Op::Accept, i as u32, 0).encode();
+                    let ud = Token::new(Op::Cancel, i as u32, 0).encode();
+                    self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
+                }
             }
             for idx in self.conns.indices() {
                 let Some(c) = self.conns.get_any(idx) else {

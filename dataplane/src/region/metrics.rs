@@ -300,7 +300,8 @@ impl Histogram {
 /// Bucket index of a value in microseconds (`le` semantics).
 #[inline]
 pub fn bucket_of(micros: u64) -> usize {
-    HIST_BOUNDS_US.partition_point(|&b| b < micros)
+    // Branch-free count of the bounds below the value (vectorises).
+    HIST_BOUNDS_US.iter().map(|&b| usize::from(b < micros)).sum()
 }
 
 /// The histogram descriptors.
@@ -312,6 +313,9 @@ pub fn histogram_descriptors() -> impl Iterator<Item = &'static HistogramDesc> {
 pub(crate) const NEXT_ID_WORD: usize = COUNTER_COUNT + HIST_COUNT * HIST_WORDS;
 /// u64 words per core in the counter section (a multiple of 16 = 128 B).
 pub const CORE_WORDS: usize = (NEXT_ID_WORD + 1).div_ceil(16) * 16;
+
+const _: () = assert!(NEXT_ID_WORD < CORE_WORDS);
+const _: () = assert!(Histogram::RelayLatency.base() + HIST_WORDS <= NEXT_ID_WORD);
 
 /// A histogram read: non-cumulative bucket counts, sum and count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -144,6 +144,7 @@ impl Mem {
     /// `n` atomic words at byte offset `off`. Panics if out of bounds or
     /// misaligned (offsets come from a validated [`Layout`], so that would be
     /// a bug here).
+    #[inline]
     fn u64s(&self, off: usize, n: usize) -> &[AtomicU64] {
         let end = n.checked_mul(8).and_then(|b| b.checked_add(off));
         assert!(
@@ -162,6 +163,7 @@ impl Mem {
         unsafe { std::slice::from_raw_parts(ptr, n) }
     }
 
+    #[inline]
     fn control(&self, off: usize) -> &Control {
         assert!(
             off.checked_add(size_of::<Control>())
@@ -480,6 +482,7 @@ impl Region {
 
     /// Writer handle for core `i` (one writer thread per core). Panics if
     /// `i >= cores()`.
+    #[inline]
     pub fn core(&self, i: u32) -> CoreStats<'_> {
         assert!(
             i < self.layout.cores,
@@ -495,11 +498,13 @@ impl Region {
     }
 
     /// Control words.
+    #[inline]
     pub fn control(&self) -> &Control {
         self.mem.control(self.layout.control_offset)
     }
 
     /// Set core `core`'s heartbeat (unix ms). Panics if `core >= cores()`.
+    #[inline]
     pub fn heartbeat(&self, core: u32, now_ms: u64) {
         self.heartbeat_word(core).store(now_ms, Ordering::Relaxed);
     }
@@ -511,6 +516,7 @@ impl Region {
             .collect()
     }
 
+    #[inline]
     fn heartbeat_word(&self, core: u32) -> &AtomicU64 {
         assert!(core < self.layout.cores, "core {core} out of range");
         &self.mem.u64s(self.layout.heartbeat_offset(core), 1)[0]
@@ -527,6 +533,7 @@ impl Region {
         CounterSnapshot::from_per_core(cores, per_core)
     }
 
+    #[inline]
     fn slot(&self, core: u32, index: u32) -> Option<&SlotWords> {
         if core >= self.layout.cores || index >= self.layout.slots_per_core {
             return None;
@@ -626,6 +633,7 @@ impl<'a> CoreStats<'a> {
         self.region
     }
     /// Control words.
+    #[inline]
     pub fn control(&self) -> &'a Control {
         self.region.control()
     }
@@ -690,6 +698,7 @@ impl<'a> CoreStats<'a> {
     /// Allocate a connection id and, if `index < slots_per_core()`, fill slot
     /// `index` with `info` (else the connection is simply not dumpable).
     /// Returns the id.
+    #[inline]
     pub fn slot_open(&self, index: u32, info: &ConnInfo<'_>) -> u64 {
         let id = self.next_conn_id();
         if let Some(w) = self.region.slot(self.core, index) {
@@ -700,6 +709,7 @@ impl<'a> CoreStats<'a> {
 
     /// Update slot `index` inside one seqlock write section. Returns `false`
     /// (without calling `f`) if the index is out of range.
+    #[inline]
     pub fn slot_update(&self, index: u32, f: impl FnOnce(&mut SlotWriter<'_>)) -> bool {
         match self.region.slot(self.core, index) {
             Some(w) => {
@@ -711,11 +721,13 @@ impl<'a> CoreStats<'a> {
     }
 
     /// Set the state of slot `index`.
+    #[inline]
     pub fn slot_set_state(&self, index: u32, state: ConnState) {
         self.slot_update(index, |s| s.set_state(state));
     }
 
     /// Count received frames/bytes on slot `index` and mark it used.
+    #[inline]
     pub fn slot_record_rx(&self, index: u32, frames: u64, bytes: u64, now_ms: u64) {
         self.slot_update(index, |s| {
             s.add_rx(frames, bytes);
@@ -724,6 +736,7 @@ impl<'a> CoreStats<'a> {
     }
 
     /// Count sent frames/bytes on slot `index` and mark it used.
+    #[inline]
     pub fn slot_record_tx(&self, index: u32, frames: u64, bytes: u64, now_ms: u64) {
         self.slot_update(index, |s| {
             s.add_tx(frames, bytes);

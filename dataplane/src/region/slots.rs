@@ -196,11 +196,13 @@ impl SlotWriter<'_> {
     fn put(&self, i: usize, v: u64) {
         self.w[i].store(v, Ordering::Relaxed)
     }
+    #[inline]
     fn set_meta_byte(&self, shift: u32, v: u8) {
         let m = self.get(W_META) & !(0xFFu64 << shift);
         self.put(W_META, m | (u64::from(v) << shift));
     }
     /// Connection state.
+    #[inline]
     pub fn set_state(&mut self, s: ConnState) {
         self.set_meta_byte(0, s as u8);
     }
@@ -231,20 +233,24 @@ impl SlotWriter<'_> {
         store_bytes(&self.w[W_INFO..W_INFO + INFO_WORDS], b);
     }
     /// Last activity, unix ms.
+    #[inline]
     pub fn set_last_used(&mut self, ms: u64) {
         self.put(W_LAST_USED, ms);
     }
     /// Add received frames and bytes.
+    #[inline]
     pub fn add_rx(&mut self, frames: u64, bytes: u64) {
         self.put(W_FRAMES_IN, self.get(W_FRAMES_IN).wrapping_add(frames));
         self.put(W_BYTES_IN, self.get(W_BYTES_IN).wrapping_add(bytes));
     }
     /// Add sent frames and bytes.
+    #[inline]
     pub fn add_tx(&mut self, frames: u64, bytes: u64) {
         self.put(W_FRAMES_OUT, self.get(W_FRAMES_OUT).wrapping_add(frames));
         self.put(W_BYTES_OUT, self.get(W_BYTES_OUT).wrapping_add(bytes));
     }
     /// Set the traffic totals outright.
+    #[inline]
     pub fn set_traffic(&mut self, frames_in: u64, frames_out: u64, bytes_in: u64, bytes_out: u64) {
         self.put(W_FRAMES_IN, frames_in);
         self.put(W_FRAMES_OUT, frames_out);
@@ -261,12 +267,14 @@ struct WriteSection<'a> {
 }
 
 impl Drop for WriteSection<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.seq.store(self.odd.wrapping_add(1), Ordering::Release);
     }
 }
 
 /// Run `f` inside a seqlock write section of the slot.
+#[inline]
 pub(crate) fn write<R>(w: &SlotWords, f: impl FnOnce(&mut SlotWriter<'_>) -> R) -> R {
     let seq = &w[W_SEQ];
     // `| 1` keeps the protocol going even if a previous section never ended.

@@ -88,6 +88,9 @@ pub struct TlsProgress {
     pub handshake_done: bool,
     /// The peer sent close_notify.
     pub peer_closed: bool,
+    /// Ciphertext bytes rustls accepted; the caller keeps the rest for the
+    /// next call.
+    pub consumed: usize,
 }
 
 /// One TLS server connection.
@@ -110,6 +113,7 @@ impl TlsSession {
         wire: &mut Vec<u8>,
     ) -> Result<TlsProgress, rustls::Error> {
         let mut progress = TlsProgress::default();
+        let total = data.len();
         loop {
             if data.is_empty() {
                 break;
@@ -147,6 +151,7 @@ impl TlsSession {
             }
         }
         self.write_records(wire);
+        progress.consumed = total - data.len();
         if !self.handshake_reported && !self.conn.is_handshaking() {
             self.handshake_reported = true;
             progress.handshake_done = true;
@@ -229,6 +234,8 @@ mod tests {
     fn handshake_and_data_both_ways_with_tiny_reads() {
         let (acceptor, mut client) = acceptor_and_client();
         let mut server = acceptor.session().unwrap();
+        // Queued before the handshake, so it must be allowed to buffer.
+        client.set_buffer_limit(None);
         client.writer().write_all(&vec![7u8; 100_000]).unwrap();
         let mut got = Vec::new();
         let mut done = false;

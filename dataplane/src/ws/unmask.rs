@@ -41,8 +41,8 @@ fn rotate(mask: [u8; 4], phase: usize) -> [u8; 4] {
 }
 
 fn unmask_bytes(buf: &mut [u8], key: [u8; 4]) {
-    for (b, k) in buf.iter_mut().zip(key.iter().cycle()) {
-        *b ^= k;
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= key[i & 3];
     }
 }
 

@@ -130,7 +130,7 @@ async fn conn_task(
     idx: usize,
     at: Option<Instant>,
 ) {
-    let mut phase = ctx.phase.clone();
+    let phase = ctx.phase.clone();
     let mut rng = Rng::from_os(idx as u64 ^ 0xC0);
     if let Some(at) = at {
         let mut stop = phase.clone();
@@ -205,10 +205,10 @@ async fn conn_task(
             }
             let mut pong: Option<u64> = None;
             let mut on = |_: &mut Vec<u8>, ev: Event<'_>| {
-                if let Event::Pong(p) = ev {
-                    if p.len() == 8 {
-                        pong = Some(u64::from_be_bytes(p.try_into().unwrap_or([0; 8])));
-                    }
+                if let Event::Pong(p) = ev
+                    && p.len() == 8
+                {
+                    pong = Some(u64::from_be_bytes(p.try_into().unwrap_or([0; 8])));
                 }
                 Ok(())
             };
@@ -231,19 +231,19 @@ async fn conn_task(
             if let Some(code) = io.close_received {
                 return Poll::Ready(Ok(Outcome::ServerClosed(code)));
             }
-            if let (Some(p), None) = (sc.ping_interval, final_ping) {
-                if ping_timer.as_mut().poll(cx).is_ready() {
-                    if outstanding.is_some() {
-                        stats.pings_unanswered += 1;
-                    }
-                    ping_id += 1;
-                    outstanding = Some(ping_id);
-                    io.queue(OP_PING, &ping_id.to_be_bytes());
-                    stats.pings_sent += 1;
-                    counters.sent.add(1);
-                    ping_timer.as_mut().reset((Instant::now() + p).into());
-                    progress = true;
+            if let (Some(p), None) = (sc.ping_interval, final_ping)
+                && ping_timer.as_mut().poll(cx).is_ready()
+            {
+                if outstanding.is_some() {
+                    stats.pings_unanswered += 1;
                 }
+                ping_id += 1;
+                outstanding = Some(ping_id);
+                io.queue(OP_PING, &ping_id.to_be_bytes());
+                stats.pings_sent += 1;
+                counters.sent.add(1);
+                ping_timer.as_mut().reset((Instant::now() + p).into());
+                progress = true;
             }
             match io.poll_write_out(cx) {
                 Poll::Ready(Ok(w)) => progress |= w,
@@ -256,8 +256,6 @@ async fn conn_task(
         }
     })
     .await;
-    drop(drain_f);
-    drop(close_f);
     stats.pings_from_server = io.pings_received;
     let final_pending = final_ping.is_some() && !matches!(outcome, Ok(Outcome::Survived));
     if final_pending {

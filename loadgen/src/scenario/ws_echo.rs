@@ -409,6 +409,8 @@ impl EchoConn {
                 if self.interval_ns == 0 {
                     let room = self.st.window.saturating_sub(self.st.inflight.len());
                     let n = (room as u64).min(self.st.quota);
+                    let frame_len = frame::client_header_len(self.st.size) + self.st.size;
+                    self.io.wbuf.reserve(n as usize * frame_len);
                     for _ in 0..n {
                         self.st.push(&mut self.io, now);
                     }

@@ -19,9 +19,6 @@ pub const OP_CLOSE: u8 = 0x8;
 pub const OP_PING: u8 = 0x9;
 pub const OP_PONG: u8 = 0xA;
 
-/// Maximum header size of a client frame: 2 + 8 (length) + 4 (mask).
-pub const MAX_CLIENT_HEADER: usize = 14;
-
 /// Size of the header [`encode`] writes for a payload of `len` bytes.
 #[inline]
 pub fn client_header_len(len: usize) -> usize {
@@ -96,9 +93,6 @@ pub struct Header {
 impl Header {
     pub fn frame_len(&self) -> usize {
         self.header_len + self.payload_len
-    }
-    pub fn is_control(&self) -> bool {
-        self.opcode & 0x8 != 0
     }
 }
 

@@ -40,6 +40,8 @@ pub struct WsIo {
     /// Status code of the server's close frame (1005 when it had none).
     pub close_received: Option<u16>,
     pub pings_received: u64,
+    /// Bytes that arrived with the handshake response, not parsed yet.
+    unparsed: bool,
 }
 
 impl WsIo {
@@ -60,6 +62,7 @@ impl WsIo {
             close_sent: false,
             close_received: None,
             pings_received: 0,
+            unparsed: rlen > 0,
         }
     }
 
@@ -80,18 +83,6 @@ impl WsIo {
         self.wbuf.len() - self.wpos
     }
 
-    /// Parse the frames already buffered (e.g. received together with the
-    /// handshake response). Returns the number of frames seen.
-    pub fn process_buffered(
-        &mut self,
-        on: &mut impl FnMut(&mut Vec<u8>, Event<'_>) -> Result<(), ConnError>,
-    ) -> Result<usize, ConnError> {
-        let mut buf = std::mem::take(&mut self.rbuf);
-        let r = self.parse_frames(&mut buf, on);
-        self.rbuf = buf;
-        r
-    }
-
     /// Read once (if the socket has data) and handle every complete frame.
     /// `Ready(Ok(n))`: n bytes were read (0 only if the server closed after
     /// its close frame). `on` receives data messages and pongs together
@@ -101,6 +92,13 @@ impl WsIo {
         cx: &mut Context<'_>,
         on: &mut impl FnMut(&mut Vec<u8>, Event<'_>) -> Result<(), ConnError>,
     ) -> Poll<Result<usize, ConnError>> {
+        if self.unparsed {
+            self.unparsed = false;
+            let mut buf = std::mem::take(&mut self.rbuf);
+            let r = self.parse_frames(&mut buf, on);
+            self.rbuf = buf;
+            return Poll::Ready(r.map(|_| self.rlen.max(1)));
+        }
         if self.rbuf.len() - self.rlen < 512 {
             let n = (self.rbuf.len() * 2).max(4096);
             self.rbuf.resize(n, 0);
@@ -216,10 +214,10 @@ impl WsIo {
             self.rlen = end - pos;
         }
         // Make room for a large frame whose header is already here.
-        if let Ok(Some(h)) = frame::parse_header(&buf[..self.rlen], self.max_payload) {
-            if h.frame_len() > buf.len() {
-                buf.resize(h.frame_len().max(buf.len() * 2), 0);
-            }
+        if let Ok(Some(h)) = frame::parse_header(&buf[..self.rlen], self.max_payload)
+            && h.frame_len() > buf.len()
+        {
+            buf.resize(h.frame_len().max(buf.len() * 2), 0);
         }
         Ok(frames)
     }
