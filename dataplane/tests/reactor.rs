@@ -12,8 +12,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 fn config() -> Config {
-    let mut cfg = Config::default();
-    cfg.workers = Workers::Count(2);
+    let mut cfg = Config {
+        workers: Workers::Count(2),
+        ..Default::default()
+    };
     cfg.listen[0].address = "127.0.0.1:0".parse().unwrap();
     cfg.reactor.pin_workers = false;
     cfg.reactor.recv_buffers = 64;

@@ -27,9 +27,9 @@
 //!
 //! [[user]]
 //! name = "bob"
-//! # hex MD5 of "bob:example.com:password" (RFC 7616 §3.4.2 HA1); only
+//! # hex MD5 of "bob:example.com:builder" (RFC 7616 §3.4.2 HA1); only
 //! # usable in that realm, and only with algorithm MD5
-//! ha1 = "0e9c1a0e6b5c9ad1d3a6b1e4f7b3a2c1"
+//! ha1 = "37593d991414f52c30246c60c7798431"
 //! realm = "example.com"            # optional: overrides the default realm
 //! ```
 //!

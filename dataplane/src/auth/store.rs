@@ -103,7 +103,8 @@ pub(crate) fn sha256_ha1(user: &str, realm: &str, password: &str) -> [u8; 32] {
 
 impl CredentialStore {
     /// Reads and parses a users file; errors name the file and the entry.
-    pub fn load(path: &Path, default_realm: &str) -> Result<CredentialStore, AuthError> {
+    pub fn load(path: impl AsRef<Path>, default_realm: &str) -> Result<CredentialStore, AuthError> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
             path: path.to_path_buf(),
             source,
@@ -380,11 +381,30 @@ realm = "testrealm@host.com"
         std::fs::write(&bad, "[[user]]\nname = 1\n").unwrap();
         let e = CredentialStore::load(&bad, "r").unwrap_err().to_string();
         assert!(e.contains("bad.toml"), "{e}");
-        let e = CredentialStore::load(&dir.join("missing.toml"), "r")
+        let e = CredentialStore::load(dir.join("missing.toml"), "r")
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read users file"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn module_doc_example_is_valid() {
+        let text = r#"
+[[user]]
+name = "alice"
+password = "secret"
+
+[[user]]
+name = "bob"
+ha1 = "37593d991414f52c30246c60c7798431"
+realm = "example.com"
+"#;
+        let s = CredentialStore::from_toml(text, "rtedge").unwrap();
+        assert!(s.check_password("alice", "secret"));
+        assert!(s.check_password("bob", "builder"));
+        assert_eq!(s.realm_of("bob"), Some("example.com"));
+        assert!(s.ha1_md5("bob", "rtedge").is_none());
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Conn {
     pub sending: bool,
     pub recv_armed: bool,
     pub cancel_sent: bool,
+    /// Reading is paused until the peer takes the output already queued.
+    pub paused: bool,
     pub connecting: bool,
     pub teardown: Teardown,
     /// Deadline registered in the timer wheel (0 = none).
@@ -78,6 +80,11 @@ pub struct Conn {
 impl Conn {
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || !self.wire.is_empty()
+    }
+
+    /// Bytes produced for this peer and not yet acknowledged by the kernel.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() + self.wire.len() + self.inflight.len().saturating_sub(self.inflight_sent)
     }
 
     pub fn is_ws_open(&self) -> bool {
@@ -165,5 +172,21 @@ impl ConnTable {
 impl Default for ConnTable {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Idle connections are the bulk of an edge's memory: keep the
+    /// per-connection state small (the bench measures RSS per connection).
+    #[test]
+    fn connection_state_stays_small() {
+        let conn = std::mem::size_of::<Option<Conn>>();
+        let ws = std::mem::size_of::<WsConn>();
+        eprintln!("Option<Conn> = {conn} B, WsConn = {ws} B");
+        assert!(conn <= 512, "Option<Conn> grew to {conn} B");
+        assert!(ws <= 512, "WsConn grew to {ws} B");
     }
 }

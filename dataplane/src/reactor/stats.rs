@@ -103,6 +103,10 @@ impl WorkerStats {
         c.inc(Counter::ConnectionsClosed(transport(t)));
         c.dec(Counter::ConnectionsActive(transport(t)));
     }
+    /// A connection stopped being read because its peer does not read.
+    pub fn backpressure(&mut self) {
+        self.core().inc(Counter::BackpressurePauses);
+    }
     pub fn rejected_limit(&mut self) {
         self.core()
             .inc(Counter::ConnectionsRejected(region::RejectReason::Limit));

@@ -25,6 +25,8 @@ use std::sync::Arc;
 /// Timer wheel resolution and the period of the worker's tick.
 const TICK_MS: u64 = 50;
 const WHEEL_SLOTS: usize = 4096;
+/// Ciphertext rustls has not accepted yet, at most.
+const MAX_TLS_PENDING: usize = 256 * 1024;
 /// Output buffers kept for reuse per worker.
 const POOL_MAX: usize = 256;
 /// Buffers larger than this are freed rather than pooled.
@@ -55,6 +57,10 @@ pub struct Worker {
     inbox_buf: Box<u64>,
     draining_since: Option<u64>,
     conn_seq: u64,
+    /// Pending output above which a connection stops being read, and
+    /// below which it is read again.
+    output_high: usize,
+    output_low: usize,
     /// Addresses of connects in flight (the kernel reads them).
     connect_addrs: Vec<(u32, Box<socket2::SockAddr>)>,
 }
@@ -66,6 +72,7 @@ impl Worker {
         let bufs = BufRing::new(&ring, 0, rc.recv_buffers, rc.recv_buffer_size)?;
         let now = shared.now_ms();
         let stats = WorkerStats::new(shared.region.clone(), core);
+        let output_high = (2 * shared.config.websocket.max_message_size).max(1 << 20) + 65536;
         Ok(Worker {
             core,
             ring,
@@ -83,6 +90,8 @@ impl Worker {
             draining_since: None,
             conn_seq: 0,
             connect_addrs: Vec::new(),
+            output_high,
+            output_low: output_high / 4,
             shared,
         })
     }
@@ -119,6 +128,7 @@ impl Worker {
             for (idx, g) in std::mem::take(&mut self.rearm) {
                 if let Some(c) = self.conns.get_mut(idx, g)
                     && !c.recv_armed
+                    && !c.paused
                     && c.teardown == Teardown::Open
                 {
                     self.arm_recv(idx);
@@ -275,6 +285,7 @@ impl Worker {
             sending: false,
             recv_armed: false,
             cancel_sent: false,
+            paused: false,
             connecting: false,
             teardown: Teardown::Open,
             timer_at: 0,
@@ -316,7 +327,11 @@ impl Worker {
                     // Every provided buffer is in use: try again after this batch.
                     self.rearm.push((t.index, t.generation));
                 }
-                libc::ECANCELED => {}
+                libc::ECANCELED => {
+                    // A pause or a teardown cancelled it; the re-arm pass
+                    // decides which.
+                    self.rearm.push((t.index, t.generation));
+                }
                 _ => {
                     // 0 is EOF; anything else is a socket error. Either way the
                     // peer is gone.
@@ -336,7 +351,7 @@ impl Worker {
         c.last_used_unix_ms = self.shared.unix_ms();
         let transport = c.transport;
         self.stats.bytes_in(transport, n as u64);
-        if !more && c.teardown == Teardown::Open {
+        if !more && c.teardown == Teardown::Open && !c.paused {
             self.rearm.push((t.index, t.generation));
         }
         if c.teardown == Teardown::Abort {
@@ -397,6 +412,13 @@ impl Worker {
             r
         };
         self.bufs.recycle(bid);
+        if c.tls_pending.len() > MAX_TLS_PENDING {
+            // rustls stopped taking input yet the peer keeps sending.
+            c.teardown = Teardown::Abort;
+            c.tls_pending = Vec::new();
+            self.scratch = plain;
+            return;
+        }
         match result {
             Ok(p) => {
                 if p.handshake_done {
@@ -503,7 +525,16 @@ impl Worker {
             self.submit_send(t.index);
             return;
         }
-        let buf = std::mem::take(&mut self.conns.get_any(t.index).expect("live").inflight);
+        let c = self.conns.get_any(t.index).expect("live");
+        let buf = std::mem::take(&mut c.inflight);
+        c.inflight_sent = 0;
+        if c.paused && c.pending_output() <= self.output_low {
+            // The peer caught up: read again.
+            c.paused = false;
+            if !c.recv_armed && c.teardown == Teardown::Open {
+                self.arm_recv(t.index);
+            }
+        }
         self.recycle_buf(buf);
         let _ = now;
         self.mark_dirty(t.index);
@@ -565,9 +596,16 @@ impl Worker {
                         self.stats.handshake_rejected(RejectReason::Timeout);
                         self.stats.handshake_timeout();
                         if c.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                            // Nothing can be said to a peer that never
+                            // finished TLS.
                             self.stats.tls_result(false);
+                            c.teardown = Teardown::Abort;
+                        } else {
+                            let r = handshake::reject(&self.shared.policy, RejectReason::Timeout);
+                            c.out.extend_from_slice(&r.response);
+                            c.proto = Proto::Raw;
+                            c.teardown = Teardown::AfterFlush;
                         }
-                        c.teardown = Teardown::Abort;
                         self.mark_dirty(idx);
                         continue;
                     }
@@ -663,6 +701,7 @@ impl Worker {
             sending: false,
             recv_armed: false,
             cancel_sent: false,
+            paused: false,
             connecting: true,
             teardown: Teardown::Open,
             timer_at: 0,
@@ -773,6 +812,20 @@ impl Worker {
             c.out.clear();
             c.wire.clear();
         }
+        if !c.paused && c.teardown == Teardown::Open && c.pending_output() > self.output_high {
+            // Backpressure: a peer that does not read its output stops
+            // being read, so queued output (memory) stays bounded.
+            c.paused = true;
+            if c.recv_armed {
+                let target = Token::new(Op::Recv, idx, c.generation).encode();
+                let ud = Token::new(Op::Cancel, idx, c.generation).encode();
+                self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
+            }
+            self.stats.backpressure();
+        }
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
         if !c.sending && !c.connecting && c.has_output() {
             let mut buf = self.pool.pop().unwrap_or_default();
             let c = self.conns.get_any(idx).expect("live");

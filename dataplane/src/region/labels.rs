@@ -246,3 +246,75 @@ label_enum!(@enum
         Xmpp = "xmpp",
     }
 );
+
+label_enum!(
+    /// MSRP request method (label `method`).
+    MsrpMethod, "method" {
+        Send = "SEND",
+        Report = "REPORT",
+        Auth = "AUTH",
+        Other = "other",
+    }
+);
+
+impl MsrpMethod {
+    /// From the method token of a request line (anything unlisted is `Other`).
+    pub fn from_token(t: &[u8]) -> MsrpMethod {
+        match t {
+            b"SEND" => MsrpMethod::Send,
+            b"REPORT" => MsrpMethod::Report,
+            b"AUTH" => MsrpMethod::Auth,
+            _ => MsrpMethod::Other,
+        }
+    }
+}
+
+label_enum!(
+    /// MSRP response status bucket (label `code`; RFC 4975 §10, RFC 4976).
+    MsrpStatus, "code" {
+        Ok = "200",
+        BadRequest = "400",
+        Unauthorized = "401",
+        Forbidden = "403",
+        Timeout = "408",
+        StopSending = "413",
+        UnsupportedMedia = "415",
+        IntervalOutOfBounds = "423",
+        NoSession = "481",
+        NotImplemented = "501",
+        WrongConnection = "506",
+        Other = "other",
+    }
+);
+
+impl MsrpStatus {
+    /// Bucket of a numeric status code (anything unlisted is `Other`).
+    pub const fn from_u16(code: u16) -> MsrpStatus {
+        match code {
+            200 => MsrpStatus::Ok,
+            400 => MsrpStatus::BadRequest,
+            401 => MsrpStatus::Unauthorized,
+            403 => MsrpStatus::Forbidden,
+            408 => MsrpStatus::Timeout,
+            413 => MsrpStatus::StopSending,
+            415 => MsrpStatus::UnsupportedMedia,
+            423 => MsrpStatus::IntervalOutOfBounds,
+            481 => MsrpStatus::NoSession,
+            501 => MsrpStatus::NotImplemented,
+            506 => MsrpStatus::WrongConnection,
+            _ => MsrpStatus::Other,
+        }
+    }
+}
+
+label_enum!(
+    /// Outcome of an authentication attempt (label `result`).
+    AuthResult, "result" {
+        /// Credentials accepted.
+        Ok = "ok",
+        /// No credentials: a challenge was sent.
+        Challenged = "challenged",
+        /// Wrong credentials, unknown user, stale or bad nonce.
+        Failed = "failed",
+    }
+);

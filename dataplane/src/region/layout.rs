@@ -5,13 +5,14 @@
 //! constants, so an attacher recomputes it and requires the header to agree
 //! exactly; nothing read from the shared file is used as an offset unchecked.
 
+use super::events;
 use super::metrics::CORE_WORDS;
 
 /// File magic: `b"RTEDGE\0\x01"`.
 pub const MAGIC: [u8; 8] = *b"RTEDGE\0\x01";
 /// Layout version. Bump whenever anything in the layout changes (including
 /// appending a counter or histogram).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Bytes reserved for the fixed part of the header (fields below + spare).
 pub(crate) const FIXED_HEADER: usize = 256;
@@ -80,6 +81,9 @@ const PAGE: usize = 4096;
 /// | 112 | rings_offset      | u64     |
 /// | 120 | ring_stride       | u64     |
 /// | 128 | total_size        | u64     |
+/// | 136 | events_offset     | u64     |
+/// | 144 | events_stride     | u64     |
+/// | 152 | event_capacity    | u32     |
 /// | 256 | heartbeats: `cores` × 64 B, an atomic u64 (unix ms) at the start of each |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderInfo {
@@ -109,6 +113,10 @@ pub struct HeaderInfo {
     pub ring_stride: u64,
     /// Bytes of the whole mapping.
     pub total_size: u64,
+    pub events_offset: u64,
+    pub events_stride: u64,
+    /// Events kept per core.
+    pub event_capacity: u32,
 }
 
 /// Section geometry (byte offsets from the start of the mapping).
@@ -126,6 +134,8 @@ pub(crate) struct Layout {
     pub slots_stride: usize,
     pub rings_offset: usize,
     pub ring_stride: usize,
+    pub events_offset: usize,
+    pub events_stride: usize,
     pub total_size: usize,
 }
 
@@ -169,9 +179,14 @@ impl Layout {
             BLOCK_ALIGN,
         )
         .ok_or_else(too_big)?;
-        let total_size = ring_stride
+        let events_offset = ring_stride
             .checked_mul(n)
             .and_then(|s| s.checked_add(rings_offset))
+            .ok_or_else(too_big)?;
+        let events_stride = align_up(events::ring_words() * 8, BLOCK_ALIGN).ok_or_else(too_big)?;
+        let total_size = events_stride
+            .checked_mul(n)
+            .and_then(|s| s.checked_add(events_offset))
             .and_then(|s| align_up(s, PAGE))
             .filter(|&s| s as u64 <= isize::MAX as u64)
             .ok_or_else(too_big)?;
@@ -188,6 +203,8 @@ impl Layout {
             slots_stride,
             rings_offset,
             ring_stride,
+            events_offset,
+            events_stride,
             total_size,
         })
     }
@@ -216,6 +233,9 @@ impl Layout {
             rings_offset: self.rings_offset as u64,
             ring_stride: self.ring_stride as u64,
             total_size: self.total_size as u64,
+            events_offset: self.events_offset as u64,
+            events_stride: self.events_stride as u64,
+            event_capacity: events::EVENT_CAPACITY,
         }
     }
 
@@ -234,6 +254,9 @@ impl Layout {
     pub fn ring_words(&self) -> usize {
         RING_HEAD_WORDS + self.ring_capacity as usize * CELL_WORDS
     }
+    pub fn events_of(&self, core: u32) -> usize {
+        self.events_offset + core as usize * self.events_stride
+    }
 }
 
 impl HeaderInfo {
@@ -251,6 +274,7 @@ impl HeaderInfo {
             (32, self.slot_size),
             (36, self.cell_size),
             (40, self.pid),
+            (152, self.event_capacity),
         ];
         for (off, v) in u32s {
             b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
@@ -267,6 +291,8 @@ impl HeaderInfo {
             (112, self.rings_offset),
             (120, self.ring_stride),
             (128, self.total_size),
+            (136, self.events_offset),
+            (144, self.events_stride),
         ];
         for (off, v) in u64s {
             b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
@@ -306,13 +332,16 @@ impl HeaderInfo {
             rings_offset: u64_at(112),
             ring_stride: u64_at(120),
             total_size: u64_at(128),
+            events_offset: u64_at(136),
+            events_stride: u64_at(144),
+            event_capacity: u32_at(152),
         }
     }
 
     /// The first field that differs from what this build computes for the
     /// same dimensions, if any.
     pub(crate) fn mismatch(&self, expected: &HeaderInfo) -> Option<&'static str> {
-        let checks: [(&'static str, u64, u64); 13] = [
+        let checks: [(&'static str, u64, u64); 16] = [
             (
                 "header_size",
                 self.header_size.into(),
@@ -358,6 +387,13 @@ impl HeaderInfo {
             ("rings_offset", self.rings_offset, expected.rings_offset),
             ("ring_stride", self.ring_stride, expected.ring_stride),
             ("total_size", self.total_size, expected.total_size),
+            ("events_offset", self.events_offset, expected.events_offset),
+            ("events_stride", self.events_stride, expected.events_stride),
+            (
+                "event_capacity",
+                self.event_capacity.into(),
+                expected.event_capacity.into(),
+            ),
         ];
         checks
             .iter()

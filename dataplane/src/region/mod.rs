@@ -27,6 +27,10 @@
 //!    [`SLOT_SIZE`] bytes (see `slots.rs` for the ordering argument).
 //! 5. **Command rings**: per core a bounded lock-free MPSC ring of [`Command`]s
 //!    (Vyukov, sequence number per cell; see `ring.rs`).
+//! 6. **Event rings**: per core an overwrite-oldest ring of connection
+//!    [`Event`]s (opened, closed, handshake rejected) with one writer (the
+//!    reactor) and any number of readers, each with its own cursor (see
+//!    `events.rs`).
 //!
 //! Every word after the header is an atomic; the header's plain fields are
 //! written with `pwrite` before the file is published (created under a
@@ -38,6 +42,7 @@
 //! Connection ids are `core << 48 | sequence` ([`make_conn_id`]), the
 //! sequence starting at 1 per core: unique for the process lifetime.
 
+mod events;
 mod labels;
 mod layout;
 mod metrics;
@@ -55,8 +60,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
+pub use events::{EVENT_CAPACITY, EVENT_TEXT_CAP, Event, EventKind, EventRecord};
 pub use labels::{
-    CloseCode, ConnState, HandshakeReason, Label, Opcode, Protocol, RejectReason, SubProtocol,
+    AuthResult, CloseCode, ConnState, HandshakeReason, Label, MsrpMethod, MsrpStatus, Opcode, Protocol, RejectReason, SubProtocol,
     TlsResult, Transport,
 };
 pub use layout::{
@@ -597,6 +603,38 @@ impl Region {
         ring::post(self.ring(core), self.layout.ring_capacity, &cmd)
     }
 
+    fn event_ring(&self, core: u32) -> &[AtomicU64] {
+        assert!(core < self.layout.cores, "core {core} out of range");
+        self.mem
+            .u64s(self.layout.events_of(core), events::ring_words())
+    }
+
+    /// Number of events ever recorded on `core` (the cursor of a reader that
+    /// wants only events from now on). 0 if `core >= cores()`.
+    pub fn event_head(&self, core: u32) -> u64 {
+        if core >= self.layout.cores {
+            return 0;
+        }
+        events::head(self.event_ring(core))
+    }
+
+    /// Read up to `max` events of `core` from `*cursor` on (appending to
+    /// `out`) and advance the cursor; returns how many events were lost
+    /// because the reactor overwrote them first. Nothing happens if
+    /// `core >= cores()`.
+    pub fn read_events(
+        &self,
+        core: u32,
+        cursor: &mut u64,
+        max: usize,
+        out: &mut Vec<EventRecord>,
+    ) -> u64 {
+        if core >= self.layout.cores {
+            return 0;
+        }
+        events::read(self.event_ring(core), core, cursor, max, out)
+    }
+
     /// Pop up to one ring's worth of commands of `core`, calling `f` for each;
     /// returns how many. Cells with an unknown kind are consumed and skipped.
     pub fn drain_commands(&self, core: u32, f: impl FnMut(Command)) -> usize {
@@ -749,6 +787,13 @@ impl<'a> CoreStats<'a> {
         if let Some(w) = self.region.slot(self.core, index) {
             slots::close(w);
         }
+    }
+
+    /// Record a connection event in this core's event ring (overwrites the
+    /// oldest one when full; never waits).
+    #[inline]
+    pub fn event(&self, ev: &Event<'_>) {
+        events::write(self.region.event_ring(self.core), ev);
     }
 
     /// Drain this core's command ring (see [`Region::drain_commands`]).

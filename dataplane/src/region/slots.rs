@@ -77,6 +77,16 @@ pub struct InfoText {
 }
 
 impl InfoText {
+    /// Text from stored bytes (at most [`INFO_CAP`]; the rest is dropped).
+    pub(crate) fn from_bytes(b: &[u8]) -> InfoText {
+        let n = b.len().min(INFO_CAP);
+        let mut bytes = [0u8; INFO_CAP];
+        bytes[..n].copy_from_slice(&b[..n]);
+        InfoText {
+            len: n as u8,
+            bytes,
+        }
+    }
     /// The text (the longest valid UTF-8 prefix of what was stored).
     pub fn as_str(&self) -> &str {
         let b = &self.bytes[..self.len as usize];
@@ -133,7 +143,7 @@ pub const fn conn_id_core(id: u64) -> u32 {
 }
 
 /// Longest prefix of `s` of at most `max` bytes ending at a char boundary.
-fn truncate_str(s: &str, max: usize) -> &[u8] {
+pub(crate) fn truncate_str(s: &str, max: usize) -> &[u8] {
     if s.len() <= max {
         return s.as_bytes();
     }
@@ -144,7 +154,7 @@ fn truncate_str(s: &str, max: usize) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
-fn encode_addr(a: &SocketAddr) -> (u8, [u8; 16]) {
+pub(crate) fn encode_addr(a: &SocketAddr) -> (u8, [u8; 16]) {
     match a.ip() {
         IpAddr::V4(ip) => {
             let mut b = [0u8; 16];
@@ -155,7 +165,7 @@ fn encode_addr(a: &SocketAddr) -> (u8, [u8; 16]) {
     }
 }
 
-fn decode_addr(family: u8, b: [u8; 16], port: u16) -> SocketAddr {
+pub(crate) fn decode_addr(family: u8, b: [u8; 16], port: u16) -> SocketAddr {
     match family {
         6 => SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), port),
         4 => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])), port),
@@ -163,7 +173,7 @@ fn decode_addr(family: u8, b: [u8; 16], port: u16) -> SocketAddr {
     }
 }
 
-fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
+pub(crate) fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
     let mut buf = [0u8; 8];
     for (i, w) in words.iter().enumerate() {
         buf.fill(0);
@@ -174,7 +184,7 @@ fn store_bytes(words: &[AtomicU64], bytes: &[u8]) {
     }
 }
 
-fn load_bytes(words: &[u64], out: &mut [u8]) {
+pub(crate) fn load_bytes(words: &[u64], out: &mut [u8]) {
     for (chunk, w) in out.chunks_mut(8).zip(words) {
         let b = w.to_ne_bytes();
         chunk.copy_from_slice(&b[..chunk.len()]);

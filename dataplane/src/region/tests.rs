@@ -69,6 +69,8 @@ fn layout_geometry_is_aligned_and_small() {
         l.slots_stride,
         l.rings_offset,
         l.ring_stride,
+        l.events_offset,
+        l.events_stride,
     ] {
         assert_eq!(off % 128, 0, "{l:?}");
     }
@@ -117,7 +119,15 @@ fn descriptors_are_consistent() {
     }
     let c = Counter::InboxMessages;
     assert_eq!(c.index(), c.descriptor().base);
+    let c = Counter::MsrpRelayedBytes;
     assert_eq!(c.index(), COUNTER_COUNT - 1);
+    assert_eq!(
+        Counter::MsrpResponses(MsrpStatus::NoSession)
+            .descriptor()
+            .labels(MsrpStatus::NoSession as usize)
+            .collect::<Vec<_>>(),
+        vec![("code", "481")]
+    );
     assert_eq!(
         Counter::Handshakes(HandshakeReason::Origin)
             .descriptor()
@@ -223,6 +233,12 @@ fn histogram_buckets() {
     assert_eq!(bucket_of(10_000_000), HIST_BUCKETS - 2);
     assert_eq!(bucket_of(10_000_001), HIST_BUCKETS - 1);
     assert_eq!(bucket_of(u64::MAX), HIST_BUCKETS - 1);
+    for (i, &b) in HIST_BOUNDS_US.iter().enumerate() {
+        assert_eq!(
+            (bucket_of(b - 1), bucket_of(b), bucket_of(b + 1)),
+            (i, i, i + 1)
+        );
+    }
 
     let r = Region::create_anonymous(2, 0).unwrap();
     let h = Histogram::HandshakeDuration;
@@ -756,6 +772,7 @@ proptest! {
     #[test]
     fn bucket_of_matches_le_definition(v in prop_oneof![0u64..20_000_000, any::<u64>()]) {
         let b = bucket_of(v);
+        prop_assert_eq!(b, HIST_BOUNDS_US.partition_point(|&x| x < v));
         if b < HIST_BOUNDS_US.len() {
             prop_assert!(v <= HIST_BOUNDS_US[b]);
         }
@@ -860,5 +877,228 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::ReactorLoops);
     v.push(Counter::ReactorCompletions);
     v.push(Counter::InboxMessages);
+    v.extend(
+        MsrpMethod::ALL
+            .iter()
+            .map(|&t| Counter::MsrpRequestsReceived(t)),
+    );
+    v.extend(
+        MsrpMethod::ALL
+            .iter()
+            .map(|&t| Counter::MsrpRequestsRelayed(t)),
+    );
+    v.extend(MsrpStatus::ALL.iter().map(|&t| Counter::MsrpResponses(t)));
+    v.extend(AuthResult::ALL.iter().map(|&t| Counter::MsrpAuth(t)));
+    v.push(Counter::MsrpSessionsActive);
+    v.push(Counter::MsrpFailureReports);
+    v.push(Counter::MsrpRelayedBytes);
     v
+}
+
+// ------------------------------------------------------------------ events
+
+fn read_all(r: &Region, core: u32, cursor: &mut u64) -> (Vec<EventRecord>, u64) {
+    let mut out = Vec::new();
+    let lost = r.read_events(core, cursor, usize::MAX, &mut out);
+    (out, lost)
+}
+
+#[test]
+fn events_round_trip_in_order() {
+    let r = Region::create_anonymous(2, 4).unwrap();
+    let peer = v4([10, 1, 2, 3], 40000);
+    let peer6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 5060));
+    let c1 = r.core(1);
+    assert_eq!(r.event_head(1), 0);
+    let id = make_conn_id(1, 7);
+    c1.event(&Event::opened(
+        id,
+        1000,
+        peer,
+        Transport::Wss,
+        SubProtocol::Sip,
+        "/ws alice",
+    ));
+    c1.event(&Event::closed(
+        id,
+        2000,
+        peer,
+        Transport::Wss,
+        SubProtocol::Sip,
+        Some(4000),
+        "bye",
+    ));
+    c1.event(&Event::closed(
+        id + 1,
+        2500,
+        peer6,
+        Transport::Ws,
+        SubProtocol::Echo,
+        None,
+        "",
+    ));
+    c1.event(&Event::rejected(
+        id + 2,
+        3000,
+        peer6,
+        Transport::Ws,
+        HandshakeReason::Disabled,
+    ));
+    assert_eq!(r.event_head(1), 4);
+    assert_eq!(r.event_head(0), 0);
+    assert_eq!(r.event_head(99), 0, "out-of-range core is harmless");
+
+    let mut cursor = 0;
+    let (evs, lost) = read_all(&r, 1, &mut cursor);
+    assert_eq!((evs.len(), lost, cursor), (4, 0, 4));
+    let e = &evs[0];
+    assert_eq!(
+        (e.core, e.seq, e.kind, e.conn_id, e.time_ms),
+        (1, 0, EventKind::Opened, id, 1000)
+    );
+    assert_eq!((e.peer, e.transport, e.sub_protocol), (peer, Transport::Wss, SubProtocol::Sip));
+    assert_eq!((e.code, e.reason, e.text.as_str()), (None, None, "/ws alice"));
+    let e = &evs[1];
+    assert_eq!((e.kind, e.code, e.text.as_str()), (EventKind::Closed, Some(4000), "bye"));
+    let e = &evs[2];
+    assert_eq!((e.kind, e.code, e.peer), (EventKind::Closed, None, peer6));
+    let e = &evs[3];
+    assert_eq!(
+        (e.kind, e.reason, e.sub_protocol, e.seq),
+        (EventKind::Rejected, Some(HandshakeReason::Disabled), SubProtocol::None, 3)
+    );
+    // Nothing new.
+    let (evs, lost) = read_all(&r, 1, &mut cursor);
+    assert_eq!((evs.len(), lost), (0, 0));
+    // `max` is honoured and the cursor stops there.
+    let mut cursor = 1;
+    let mut out = Vec::new();
+    assert_eq!(r.read_events(1, &mut cursor, 2, &mut out), 0);
+    assert_eq!((out.len(), cursor, out[0].seq), (2, 3, 1));
+    // A cursor from the future (an old region's reader) is pulled back.
+    let mut cursor = 1_000_000;
+    let (evs, lost) = read_all(&r, 1, &mut cursor);
+    assert_eq!((evs.len(), lost, cursor), (0, 0, 4));
+    // Out-of-range core reads nothing.
+    let mut cursor = 0;
+    assert_eq!(read_all(&r, 7, &mut cursor), (vec![], 0));
+}
+
+#[test]
+fn event_text_is_truncated_at_a_char_boundary() {
+    let r = Region::create_anonymous(1, 0).unwrap();
+    let long = "é".repeat(40); // 80 bytes
+    r.core(0).event(&Event::closed(
+        1,
+        1,
+        v4([127, 0, 0, 1], 1),
+        Transport::Ws,
+        SubProtocol::None,
+        Some(1000),
+        &long,
+    ));
+    let mut cursor = 0;
+    let (evs, _) = read_all(&r, 0, &mut cursor);
+    assert_eq!(evs[0].text.as_str(), "é".repeat(EVENT_TEXT_CAP / 2));
+}
+
+#[test]
+fn events_overwrite_oldest_and_report_losses() {
+    let r = Region::create_anonymous(1, 0).unwrap();
+    let c = r.core(0);
+    let cap = u64::from(EVENT_CAPACITY);
+    let total = cap * 2 + 10;
+    for i in 0..total {
+        c.event(&Event::opened(
+            i,
+            i,
+            v4([127, 0, 0, 1], 1),
+            Transport::Ws,
+            SubProtocol::Echo,
+            "",
+        ));
+    }
+    let mut cursor = 0;
+    let (evs, lost) = read_all(&r, 0, &mut cursor);
+    assert_eq!(lost, total - cap);
+    assert_eq!(evs.len() as u64, cap);
+    assert_eq!(evs[0].seq, total - cap);
+    assert!(evs.iter().all(|e| e.conn_id == e.seq));
+    assert_eq!(cursor, total);
+}
+
+#[test]
+fn events_survive_attach() {
+    let tmp = TmpPath::new("events");
+    let w = Region::create(&tmp.0, 2, 1).unwrap();
+    let rd = Region::attach(&tmp.0).unwrap();
+    assert_eq!(rd.header().event_capacity, EVENT_CAPACITY);
+    w.core(1).event(&Event::rejected(
+        5,
+        9,
+        v4([1, 2, 3, 4], 5),
+        Transport::Ws,
+        HandshakeReason::Origin,
+    ));
+    let mut cursor = rd.event_head(0);
+    assert_eq!(read_all(&rd, 0, &mut cursor).0.len(), 0);
+    let mut cursor = 0;
+    let (evs, _) = read_all(&rd, 1, &mut cursor);
+    assert_eq!(evs[0].reason, Some(HandshakeReason::Origin));
+}
+
+#[test]
+fn concurrent_event_readers_never_see_torn_events() {
+    let r = Arc::new(Region::create_anonymous(1, 0).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let r = r.clone();
+        let stop = stop.clone();
+        readers.push(thread::spawn(move || {
+            let mut cursor = 0;
+            let mut seen = 0u64;
+            let mut lost = 0u64;
+            let mut last = None;
+            let mut out = Vec::new();
+            loop {
+                let done = stop.load(Ordering::Acquire);
+                out.clear();
+                lost += r.read_events(0, &mut cursor, 64, &mut out);
+                for e in &out {
+                    // Every field was written from the sequence number.
+                    assert_eq!(e.conn_id, e.seq);
+                    assert_eq!(e.time_ms, e.seq * 3);
+                    assert_eq!(e.code, Some((e.seq % 5000) as u16));
+                    assert_eq!(e.text.as_str(), format!("r{}", e.seq));
+                    assert!(last.is_none_or(|l| e.seq > l), "out of order");
+                    last = Some(e.seq);
+                    seen += 1;
+                }
+                if done && out.is_empty() && cursor == r.event_head(0) {
+                    return (seen, lost, cursor);
+                }
+            }
+        }));
+    }
+    let total = 200_000u64;
+    let c = r.core(0);
+    for i in 0..total {
+        let text = format!("r{i}");
+        c.event(&Event::closed(
+            i,
+            i * 3,
+            v4([127, 0, 0, 1], (i % 60000) as u16),
+            Transport::Ws,
+            SubProtocol::Echo,
+            Some((i % 5000) as u16),
+            &text,
+        ));
+    }
+    stop.store(true, Ordering::Release);
+    for h in readers {
+        let (seen, lost, cursor) = h.join().unwrap();
+        assert_eq!(cursor, total);
+        assert_eq!(seen + lost, total, "every event is either read or counted lost");
+    }
 }
