@@ -1,10 +1,11 @@
-//! The `rtedge` command: `run` (the default), `check-config`.
+//! The `rtedge` command: `run` (the default), `mgmt --attach`, `check-config`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use dataplane::config::Config;
 use dataplane::reactor::{Dataplane, sys};
 use dataplane::region::Region;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,28 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Run the management service in its own process, attached to a running
+    /// data plane's stats region file.
+    Mgmt {
+        /// The region file of the data plane (its `[region] path`).
+        #[arg(long, value_name = "PATH")]
+        attach: PathBuf,
+        /// Address to serve on (default: `[mgmt] listen` of --config, else
+        /// 127.0.0.1:9090).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Bearer token required on every endpoint except /healthz and /readyz.
+        #[arg(long, conflicts_with = "token_file")]
+        token: Option<String>,
+        /// Read the bearer token from a file.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The data plane's configuration file, for the listeners, protocols
+        /// and limits `/api/status` and `/metrics` report, and `[mgmt]`
+        /// defaults.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Validate a configuration file and print the effective configuration.
     CheckConfig {
         /// TOML configuration file.
@@ -48,11 +71,107 @@ fn main() {
         None => run(None),
         Some(Command::Run { config }) => run(config.as_deref()),
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Mgmt {
+            attach,
+            listen,
+            token,
+            token_file,
+            config,
+        }) => mgmt_attached(&attach, listen, token, token_file, config.as_deref()),
     };
     if let Err(e) = result {
         eprintln!("rtedge: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Status information and settings of the management service from the
+/// configuration.
+fn mgmt_config(cfg: &Config, config_path: Option<PathBuf>) -> mgmt::MgmtConfig {
+    let workers = cfg.workers.resolve() as u64;
+    let mut status = mgmt::StatusInfo::new(mgmt::Mode::InProcess);
+    status.version = env!("CARGO_PKG_VERSION").to_string();
+    status.sub_protocols = cfg
+        .websocket
+        .sub_protocols
+        .iter()
+        .map(|s| s.token().to_string())
+        .collect();
+    status.config_path = config_path;
+    status.connection_limit =
+        Some(workers.saturating_mul(u64::from(cfg.reactor.max_connections_per_worker)));
+    status.listeners = cfg
+        .listen
+        .iter()
+        .map(|l| mgmt::ListenerInfo {
+            transport: l.transport.name().to_string(),
+            address: l.address.to_string(),
+        })
+        .collect();
+    mgmt::MgmtConfig {
+        listen: cfg.mgmt.listen,
+        token: cfg.mgmt.token.clone(),
+        status,
+    }
+}
+
+fn listener_info(
+    listening: &[(dataplane::config::Transport, SocketAddr)],
+) -> Vec<mgmt::ListenerInfo> {
+    listening
+        .iter()
+        .map(|(t, a)| mgmt::ListenerInfo {
+            transport: t.name().to_string(),
+            address: a.to_string(),
+        })
+        .collect()
+}
+
+/// `rtedge mgmt --attach PATH`: the management service in its own process.
+fn mgmt_attached(
+    region_path: &Path,
+    listen: Option<SocketAddr>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let cfg = match config {
+        Some(p) => Some(Config::load(p)?),
+        None => None,
+    };
+    init_logging(cfg.as_ref().unwrap_or(&Config::default()));
+    let mut mc = match &cfg {
+        Some(c) => mgmt_config(c, config.map(Path::to_path_buf)),
+        None => mgmt::MgmtConfig {
+            listen: dataplane::config::Mgmt::default().listen,
+            token: None,
+            status: mgmt::StatusInfo::new(mgmt::Mode::Attached),
+        },
+    };
+    mc.status.mode = mgmt::Mode::Attached;
+    mc.status.started_unix_ms = 0;
+    if let Some(l) = listen {
+        mc.listen = l;
+    }
+    if let Some(t) = token {
+        mc.token = Some(t);
+    }
+    if let Some(f) = token_file {
+        mc.token = Some(
+            mgmt::read_token_file(&f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?,
+        );
+    }
+    mgmt::serve_attached(region_path, mc, |addr, region| {
+        tracing::info!(
+            region = %region_path.display(),
+            pid = region.header().pid,
+            workers = region.cores(),
+            "attached to the stats region"
+        );
+        tracing::info!(address = %addr, "management listening");
+    })?;
+    Ok(())
 }
 
 fn check_config(file: &Path) -> anyhow::Result<()> {
@@ -102,10 +221,32 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
 
-    let dp = Dataplane::start(cfg, region)?;
+    let config_path = config.map(Path::to_path_buf);
+    let mgmt_settings = cfg.mgmt.enabled.then(|| mgmt_config(&cfg, config_path));
+    let dp = Dataplane::start(cfg, region.clone())?;
     for (transport, address) in &dp.listening {
         tracing::info!(transport = transport.name(), %address, "listening");
     }
+    let _mgmt = match mgmt_settings {
+        Some(mut mc) => {
+            mc.status.listeners = listener_info(&dp.listening);
+            match mgmt::spawn(region, mc) {
+                Ok(h) => {
+                    tracing::info!(address = %h.local_addr(), "management listening");
+                    Some(h)
+                }
+                Err(e) => {
+                    dp.request_shutdown();
+                    let _ = dp.join();
+                    return Err(anyhow::anyhow!("management service: {e}"));
+                }
+            }
+        }
+        None => {
+            drop(region);
+            None
+        }
+    };
     tracing::info!(workers, "rtedge running");
     loop {
         if SIGNALLED.load(Ordering::Relaxed) {

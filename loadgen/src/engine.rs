@@ -50,13 +50,17 @@ pub struct Ctr(AtomicU64);
 impl Ctr {
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn sub(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn get(&self) -> u64 {
@@ -359,7 +363,10 @@ pub fn interrupted() -> bool {
 
 /// Run `scenario` to completion. Returns the per-thread results (in
 /// thread order; threads that hung are missing) and the run summary.
-pub fn run<S: Scenario>(scenario: Arc<S>, cfg: &EngineConfig) -> Result<(Vec<S::Thread>, RunSummary)> {
+pub fn run<S: Scenario>(
+    scenario: Arc<S>,
+    cfg: &EngineConfig,
+) -> Result<(Vec<S::Thread>, RunSummary)> {
     let units = scenario.units();
     let threads = cfg.threads.clamp(1, units.max(1));
     sys::raise_nofile(units as u64 + 64 * threads as u64 + 64);
@@ -374,7 +381,9 @@ pub fn run<S: Scenario>(scenario: Arc<S>, cfg: &EngineConfig) -> Result<(Vec<S::
         run_start: t_engine,
         measure_from: t_engine,
     });
-    let counters: Vec<Arc<Counters>> = (0..threads).map(|_| Arc::new(Counters::default())).collect();
+    let counters: Vec<Arc<Counters>> = (0..threads)
+        .map(|_| Arc::new(Counters::default()))
+        .collect();
     let server_cpu0 = cfg.server_pid.and_then(sys::proc_cpu);
     let server_rss0 = cfg.server_pid.and_then(sys::proc_rss_kb).unwrap_or(0);
     let client_cpu0 = sys::self_cpu();
@@ -596,7 +605,14 @@ async fn control<T>(
         measure_from,
     });
     let mut at_start: Option<(Instant, Totals, Cpu, Option<Cpu>)> = None;
-    let take_snapshot = || (Instant::now(), Totals::of(counters), sys::self_cpu(), pid.and_then(sys::proc_cpu));
+    let take_snapshot = || {
+        (
+            Instant::now(),
+            Totals::of(counters),
+            sys::self_cpu(),
+            pid.and_then(sys::proc_cpu),
+        )
+    };
     let mut next_tick = run_start + Duration::from_secs(1);
     let end_reason;
     loop {
@@ -628,7 +644,11 @@ async fn control<T>(
             break;
         }
         if now >= next_tick {
-            let phase = if at_start.is_some() { "measure" } else { "warmup" };
+            let phase = if at_start.is_some() {
+                "measure"
+            } else {
+                "warmup"
+            };
             let s = sample(phase, now, t, &mut per_second);
             let total = cfg
                 .duration

@@ -409,7 +409,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!("10s".parse::<Dur>().unwrap().0, Duration::from_secs(10));
-        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!(
+            "500ms".parse::<Dur>().unwrap().0,
+            Duration::from_millis(500)
+        );
         assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
         assert_eq!("1.5".parse::<Dur>().unwrap().0, Duration::from_millis(1500));
         assert!("x".parse::<Dur>().is_err());

@@ -27,7 +27,6 @@ use crate::ws::handshake;
 pub struct Target {
     pub tls: bool,
     pub host: String,
-    pub port: u16,
     /// Path and query, at least "/".
     pub path: String,
     /// The Host header value.
@@ -54,7 +53,9 @@ impl Target {
         }
         let default_port = if tls { 443 } else { 80 };
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-            let end = r.find(']').ok_or_else(|| anyhow!("bad IPv6 literal in {url}"))?;
+            let end = r
+                .find(']')
+                .ok_or_else(|| anyhow!("bad IPv6 literal in {url}"))?;
             let host = &r[..end];
             let port = match &r[end + 1..] {
                 "" => default_port,
@@ -95,7 +96,6 @@ impl Target {
         Ok(Target {
             tls,
             host,
-            port,
             path,
             host_header,
             addrs,
@@ -405,15 +405,18 @@ mod tests {
     fn parse_urls() {
         let t = Target::parse("ws://127.0.0.1:8080/").unwrap();
         assert!(!t.tls);
-        assert_eq!((t.port, t.path.as_str()), (8080, "/"));
+        assert_eq!((t.addrs[0].port(), t.path.as_str()), (8080, "/"));
         assert_eq!(t.host_header, "127.0.0.1:8080");
         assert!(t.is_loopback());
         let t = Target::parse("wss://localhost/chat?x=1").unwrap();
         assert!(t.tls);
-        assert_eq!((t.port, t.path.as_str()), (443, "/chat?x=1"));
+        assert_eq!((t.addrs[0].port(), t.path.as_str()), (443, "/chat?x=1"));
         assert_eq!(t.host_header, "localhost");
         let t = Target::parse("ws://[::1]:9000").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("::1", 9000, "/"));
+        assert_eq!(
+            (t.host.as_str(), t.addrs[0].port(), t.path.as_str()),
+            ("::1", 9000, "/")
+        );
         assert_eq!(t.host_header, "[::1]:9000");
         let t = Target::parse("ws://127.0.0.1:80?q").unwrap();
         assert_eq!(t.path, "/?q");

@@ -51,7 +51,9 @@ pub fn hash64(data: &[u8]) -> u64 {
         let mut b = [0u8; 8];
         b[..w.len()].copy_from_slice(w);
         let lane = &mut lanes[i & 3];
-        *lane = (*lane ^ u64::from_le_bytes(b)).wrapping_mul(P).rotate_left(29);
+        *lane = (*lane ^ u64::from_le_bytes(b))
+            .wrapping_mul(P)
+            .rotate_left(29);
     }
     let mut h = data.len() as u64;
     for l in lanes {
@@ -63,7 +65,11 @@ pub fn hash64(data: &[u8]) -> u64 {
 /// Bind a body hash to its connection and sequence number.
 #[inline]
 pub fn seal(body_hash: u64, conn: u32, seq: u64) -> u64 {
-    mix64(body_hash ^ mix64(((conn as u64) << 32) ^ 0x5157_4C47) ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93))
+    mix64(
+        body_hash
+            ^ mix64(((conn as u64) << 32) ^ 0x5157_4C47)
+            ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+    )
 }
 
 /// A connection's constant message body and its hash.
@@ -185,7 +191,13 @@ mod tests {
                 if text {
                     assert!(std::str::from_utf8(&p).is_ok());
                 }
-                assert_eq!(verify(&p, text), Verdict::Ok { conn: 7, seq: 123_456 });
+                assert_eq!(
+                    verify(&p, text),
+                    Verdict::Ok {
+                        conn: 7,
+                        seq: 123_456
+                    }
+                );
                 // Flip one bit anywhere in the body or checksum.
                 for i in [size - 1, size / 2, hl_sum(text)] {
                     if i < header_len(text) && i != hl_sum(text) {
@@ -193,7 +205,13 @@ mod tests {
                     }
                     let mut q = p.clone();
                     q[i] ^= if text { 0x01 } else { 0x40 };
-                    assert_ne!(verify(&q, text), Verdict::Ok { conn: 7, seq: 123_456 });
+                    assert_ne!(
+                        verify(&q, text),
+                        Verdict::Ok {
+                            conn: 7,
+                            seq: 123_456
+                        }
+                    );
                 }
                 // Truncation.
                 if size > header_len(text) {
@@ -218,7 +236,10 @@ mod tests {
         let mut p = Vec::new();
         append(&mut p, false, 1, 5, &body);
         p[4] = 2; // claims connection 2
-        assert!(matches!(verify(&p, false), Verdict::BadChecksum { conn: 2, .. }));
+        assert!(matches!(
+            verify(&p, false),
+            Verdict::BadChecksum { conn: 2, .. }
+        ));
     }
 
     #[test]

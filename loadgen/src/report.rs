@@ -257,7 +257,24 @@ impl Report {
         }
         row(&mut o, "connections", conns);
         if let Some(obj) = self.messages.as_ref().and_then(|m| m.as_object()) {
-            let parts: Vec<String> = obj.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            // Traffic first, then anomalies; zero-valued extras are omitted.
+            const FIRST: &[&str] = &[
+                "sent",
+                "received",
+                "lost",
+                "corrupted",
+                "duplicated",
+                "reordered",
+            ];
+            let mut parts: Vec<String> = FIRST
+                .iter()
+                .filter_map(|k| obj.get(*k).map(|v| format!("{k} {v}")))
+                .collect();
+            parts.extend(
+                obj.iter()
+                    .filter(|(k, v)| !FIRST.contains(&k.as_str()) && v.as_u64() != Some(0))
+                    .map(|(k, v)| format!("{k} {v}")),
+            );
             row(&mut o, "messages", parts.join(", "));
         }
         if let Some(tp) = &self.throughput {
@@ -324,13 +341,20 @@ impl Report {
             row(
                 &mut o,
                 "WARNING",
-                format!("{} worker thread(s) did not finish; their counts are missing", self.threads_lost),
+                format!(
+                    "{} worker thread(s) did not finish; their counts are missing",
+                    self.threads_lost
+                ),
             );
         }
         row(
             &mut o,
             "result",
-            if self.ok { "OK".into() } else { "FAILED".into() },
+            if self.ok {
+                "OK".into()
+            } else {
+                "FAILED".into()
+            },
         );
         o
     }

@@ -440,7 +440,9 @@ impl Config {
                 ));
             }
             for (j, other) in self.listen.iter().enumerate().skip(i + 1) {
+                // Port 0 asks the OS for a fresh port per listener.
                 if other.address == l.address
+                    && l.address.port() != 0
                     && (other.transport == Transport::SipUdp) == (l.transport == Transport::SipUdp)
                 {
                     return Err(invalid(
@@ -623,6 +625,19 @@ path = "/tmp/x.region"
         ))
         .unwrap_err();
         assert!(e.to_string().contains("ping_application_data"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_addresses_are_refused_but_port_zero_is_not_a_duplicate() {
+        let two = |addr: &str| {
+            format!(
+                "[[listen]]\ntransport = \"ws\"\naddress = \"{addr}\"\n\
+                 [[listen]]\ntransport = \"ws\"\naddress = \"{addr}\"\n"
+            )
+        };
+        let e = parse(&two("127.0.0.1:8080")).unwrap_err();
+        assert!(e.to_string().contains("listen[1].address"), "{e}");
+        parse(&two("127.0.0.1:0")).unwrap();
     }
 
     #[test]

@@ -332,12 +332,17 @@ impl Worker {
                     // decides which.
                     self.rearm.push((t.index, t.generation));
                 }
-                _ => {
-                    // 0 is EOF; anything else is a socket error. Either way the
-                    // peer is gone.
-                    if c.teardown != Teardown::Abort {
-                        c.teardown = Teardown::Abort;
+                0 => {
+                    // EOF: the peer stopped sending (perhaps only half-closed):
+                    // what is queued for it still goes out (RFC 6455 §5.5.1:
+                    // a Close is answered), then the connection closes.
+                    if c.teardown == Teardown::Open {
+                        c.teardown = Teardown::AfterFlush;
                     }
+                }
+                _ => {
+                    // A socket error: the peer is gone.
+                    c.teardown = Teardown::Abort;
                 }
             }
             self.mark_dirty(t.index);

@@ -877,6 +877,7 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::ReactorLoops);
     v.push(Counter::ReactorCompletions);
     v.push(Counter::InboxMessages);
+    v.push(Counter::BackpressurePauses);
     v.extend(
         MsrpMethod::ALL
             .iter()

@@ -95,7 +95,8 @@ impl Scenario for WsConnect {
         let per_thread_rate = self.connect_rate.map(|r| r / ctx.threads as f64);
         let mut set = JoinSet::new();
         for (k, idx) in ctx.units.clone().enumerate() {
-            let at = per_thread_rate.map(|r| start + Duration::from_secs_f64(k as f64 / r.max(1e-3)));
+            let at =
+                per_thread_rate.map(|r| start + Duration::from_secs_f64(k as f64 / r.max(1e-3)));
             set.spawn_local(conn_task(
                 self.clone(),
                 ctx.clone(),
@@ -166,6 +167,9 @@ async fn conn_task(
         .borrow_mut()
         .saturating_record(t0.elapsed().as_micros() as u64);
     ctx.counters.connected.add(1);
+    // One outstanding reply per connection: its final liveness check, so
+    // the engine's drain waits for every final pong.
+    ctx.counters.inflight.add(1);
     let mut stats = ConnectStats {
         established: 1,
         ..Default::default()
@@ -197,7 +201,6 @@ async fn conn_task(
                 io.queue(OP_PING, &ping_id.to_be_bytes());
                 stats.pings_sent += 1;
                 counters.sent.add(1);
-                counters.inflight.add(1);
                 progress = true;
             }
             if final_ping.is_some() && close_f.as_mut().poll(cx).is_ready() {
@@ -257,8 +260,7 @@ async fn conn_task(
     })
     .await;
     stats.pings_from_server = io.pings_received;
-    let final_pending = final_ping.is_some() && !matches!(outcome, Ok(Outcome::Survived));
-    if final_pending {
+    if !matches!(outcome, Ok(Outcome::Survived)) {
         counters.inflight.sub(1);
     }
     match outcome {
@@ -277,7 +279,10 @@ async fn conn_task(
             stats.died = 1;
             ctx.error(
                 &sh.errors,
-                &ConnError::new("no_final_pong", "no pong to the final ping before the deadline"),
+                &ConnError::new(
+                    "no_final_pong",
+                    "no pong to the final ping before the deadline",
+                ),
             );
             let _ = io.close(1000, Duration::from_millis(100)).await;
         }
@@ -286,7 +291,10 @@ async fn conn_task(
             stats.died = 1;
             ctx.error(
                 &sh.errors,
-                &ConnError::new("closed_by_server", format!("close frame with status {code}")),
+                &ConnError::new(
+                    "closed_by_server",
+                    format!("close frame with status {code}"),
+                ),
             );
             let _ = io.close(1000, Duration::from_millis(200)).await;
         }

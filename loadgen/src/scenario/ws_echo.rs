@@ -136,7 +136,13 @@ fn quota(count: Option<u64>, conns: usize, idx: usize) -> u64 {
     }
 }
 
-async fn conn_task(sc: Arc<WsEcho>, ctx: Rc<ThreadCtx>, sh: Rc<Shared>, sem: Rc<Semaphore>, idx: usize) {
+async fn conn_task(
+    sc: Arc<WsEcho>,
+    ctx: Rc<ThreadCtx>,
+    sh: Rc<Shared>,
+    sem: Rc<Semaphore>,
+    idx: usize,
+) {
     let mut phase = ctx.phase.clone();
     let mut rng = Rng::from_os(idx as u64);
     let up = {
@@ -225,7 +231,10 @@ async fn conn_task(sc: Arc<WsEcho>, ctx: Rc<ThreadCtx>, sh: Rc<Shared>, sem: Rc<
             st.stats.closed_by_server += 1;
             ctx.error(
                 &sh.errors,
-                &ConnError::new("closed_by_server", format!("close frame with status {code}")),
+                &ConnError::new(
+                    "closed_by_server",
+                    format!("close frame with status {code}"),
+                ),
             );
             let _ = c.io.close(1000, Duration::from_millis(200)).await;
         }
@@ -273,7 +282,9 @@ impl ConnState {
         self.batch_bytes += p.len() as u64;
         self.stats.received += 1;
         match payload::verify(p, self.text) {
-            Verdict::Ok { conn, seq } if conn == self.id && opcode == self.opcode && p.len() == self.size => {
+            Verdict::Ok { conn, seq }
+                if conn == self.id && opcode == self.opcode && p.len() == self.size =>
+            {
                 self.ack(seq, now, hist);
             }
             Verdict::Ok { conn, seq } | Verdict::BadChecksum { conn, seq } if conn == self.id => {
@@ -446,7 +457,9 @@ impl EchoConn {
             // 5. Open-loop timer.
             if self.sending && self.interval_ns > 0 && self.st.quota > 0 && self.next_due_ns > now {
                 if self.armed_ns != self.next_due_ns {
-                    sleep.as_mut().reset(self.clock.instant(self.next_due_ns).into());
+                    sleep
+                        .as_mut()
+                        .reset(self.clock.instant(self.next_due_ns).into());
                     self.armed_ns = self.next_due_ns;
                 }
                 if sleep.as_mut().poll(cx).is_ready() {

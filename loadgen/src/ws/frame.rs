@@ -64,7 +64,12 @@ pub fn encode_header(out: &mut Vec<u8>, opcode: u8, len: usize, mask: [u8; 4]) -
 pub fn apply_mask(buf: &mut [u8], mask: [u8; 4], offset: usize) {
     // Rotate the key so that index 0 of `buf` lines up with `offset`.
     let r = offset & 3;
-    let key = [mask[r], mask[(r + 1) & 3], mask[(r + 2) & 3], mask[(r + 3) & 3]];
+    let key = [
+        mask[r],
+        mask[(r + 1) & 3],
+        mask[(r + 2) & 3],
+        mask[(r + 3) & 3],
+    ];
     let k64 = u64::from_ne_bytes([
         key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
     ]);

@@ -51,9 +51,15 @@ pub enum HandshakeError {
     Status(u16, String),
     MissingUpgrade,
     MissingConnection,
-    BadAccept { expected: String, got: Option<String> },
+    BadAccept {
+        expected: String,
+        got: Option<String>,
+    },
     SubprotocolMissing(String),
-    SubprotocolMismatch { requested: Option<String>, got: String },
+    SubprotocolMismatch {
+        requested: Option<String>,
+        got: String,
+    },
     UnexpectedExtensions(String),
 }
 
@@ -72,7 +78,10 @@ impl fmt::Display for HandshakeError {
                 write!(f, "server did not select the requested sub-protocol {p:?}")
             }
             HandshakeError::SubprotocolMismatch { requested, got } => {
-                write!(f, "server selected sub-protocol {got:?}, requested {requested:?}")
+                write!(
+                    f,
+                    "server selected sub-protocol {got:?}, requested {requested:?}"
+                )
             }
             HandshakeError::UnexpectedExtensions(e) => {
                 write!(f, "server enabled extensions {e:?} that were not offered")
@@ -207,7 +216,10 @@ mod tests {
         r.extend_from_slice(&[0x81, 0x00]);
         assert_eq!(verify_response(&r, KEY, Some("echo")), Ok(Some(head)));
         assert_eq!(verify_response(&r[..head - 1], KEY, Some("echo")), Ok(None));
-        assert_eq!(verify_response(&resp(""), KEY, None), Ok(Some(resp("").len())));
+        assert_eq!(
+            verify_response(&resp(""), KEY, None),
+            Ok(Some(resp("").len()))
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ use frame::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 /// A frame the scenario sees (ping and close are handled by [`WsIo`]).
 pub enum Event<'a> {
     /// A complete data message (reassembled if it was fragmented).
-    Message { opcode: u8, payload: &'a [u8] },
+    Message {
+        opcode: u8,
+        payload: &'a [u8],
+    },
     Pong(&'a [u8]),
 }
 
@@ -199,7 +202,11 @@ impl WsIo {
                     self.close_received = Some(code);
                     if !self.close_sent {
                         // Echo the status code (RFC 6455 §5.5.1).
-                        let reply = if code == 1005 { Vec::new() } else { code.to_be_bytes().to_vec() };
+                        let reply = if code == 1005 {
+                            Vec::new()
+                        } else {
+                            code.to_be_bytes().to_vec()
+                        };
                         let m = self.rng.next_u32().to_ne_bytes();
                         frame::encode(&mut self.wbuf, OP_CLOSE, &reply, m);
                         self.close_sent = true;
