@@ -21,6 +21,10 @@ pub enum Proto {
 pub struct WsConn {
     pub session: WsSession,
     pub sub_protocol: SubProtocol,
+    /// The close status exchanged (the peer's if it sent one, else ours).
+    pub close_code: Option<u16>,
+    /// Why the session ended, for the event stream.
+    pub close_reason: &'static str,
 }
 
 /// Where the connection is on its way out.

@@ -4,7 +4,7 @@
 
 use super::conn::Conn;
 use crate::config::{SubProtocol, Transport};
-use crate::region::{self, ConnInfo, ConnState, Counter, Histogram, Region};
+use crate::region::{self, ConnInfo, ConnState, Counter, Event, Histogram, Region};
 use crate::ws::frame::OpCode;
 use crate::ws::handshake::RejectReason;
 use std::sync::Arc;
@@ -208,6 +208,50 @@ impl WorkerStats {
             region::TlsResult::Failed
         };
         self.core().inc(Counter::TlsHandshakes(r));
+    }
+
+    /// Event stream: a WebSocket session opened.
+    pub fn event_opened(&mut self, c: &Conn, s: SubProtocol, info: &str, unix_ms: u64) {
+        self.core().event(&Event::opened(
+            c.id,
+            unix_ms,
+            c.peer,
+            transport(c.transport),
+            sub_protocol(s),
+            info,
+        ));
+    }
+
+    /// Event stream: a handshake was refused.
+    pub fn event_rejected(&mut self, c: &Conn, r: RejectReason, unix_ms: u64) {
+        self.core().event(&Event::rejected(
+            c.id,
+            unix_ms,
+            c.peer,
+            transport(c.transport),
+            handshake_reason(r),
+        ));
+    }
+
+    /// Event stream: a WebSocket session ended (`code`: the close status
+    /// exchanged, `None` when the connection ended without one).
+    pub fn event_closed(
+        &mut self,
+        c: &Conn,
+        s: SubProtocol,
+        code: Option<u16>,
+        reason: &str,
+        unix_ms: u64,
+    ) {
+        self.core().event(&Event::closed(
+            c.id,
+            unix_ms,
+            c.peer,
+            transport(c.transport),
+            sub_protocol(s),
+            code,
+            reason,
+        ));
     }
 
     /// Publish a new connection in slot `idx`; returns its id.

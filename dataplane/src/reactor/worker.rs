@@ -494,13 +494,39 @@ impl Worker {
                     c.frames_out += 1;
                     self.stats.frame_out(opcode);
                 }
-                SessionEvent::CloseReceived { code } => self.stats.close_received(code),
-                SessionEvent::CloseSent { code } => self.stats.close_sent(code),
+                SessionEvent::CloseReceived { code } => {
+                    self.stats.close_received(code);
+                    ws.close_code = code.or(Some(1005));
+                    if ws.close_reason.is_empty() {
+                        ws.close_reason = "closed by peer";
+                    }
+                }
+                SessionEvent::CloseSent { code } => {
+                    self.stats.close_sent(code);
+                    if ws.close_code.is_none() {
+                        ws.close_code = Some(code);
+                    }
+                    if ws.close_reason.is_empty() {
+                        ws.close_reason = "closed by server";
+                    }
+                }
                 SessionEvent::KeepaliveSent => self.stats.keepalive_sent(),
-                SessionEvent::KeepaliveFailed => self.stats.keepalive_failed(),
-                SessionEvent::ProtocolError { code } => self.stats.protocol_error(code),
-                SessionEvent::IdleTimeout => self.stats.idle_timeout(),
-                SessionEvent::CloseTimeout => self.stats.close_timeout(),
+                SessionEvent::KeepaliveFailed => {
+                    self.stats.keepalive_failed();
+                    ws.close_reason = "keep-alive timeout";
+                }
+                SessionEvent::ProtocolError { code } => {
+                    self.stats.protocol_error(code);
+                    ws.close_reason = "protocol error";
+                }
+                SessionEvent::IdleTimeout => {
+                    self.stats.idle_timeout();
+                    ws.close_reason = "idle timeout";
+                }
+                SessionEvent::CloseTimeout => {
+                    self.stats.close_timeout();
+                    ws.close_reason = "close handshake timed out";
+                }
             }
         }
         if matches!(ws.session.state(), State::Closed) && c.teardown == Teardown::Open {
@@ -600,6 +626,8 @@ impl Worker {
                     if now >= limit && c.teardown == Teardown::Open {
                         self.stats.handshake_rejected(RejectReason::Timeout);
                         self.stats.handshake_timeout();
+                        let unix = self.shared.unix_ms();
+                        self.stats.event_rejected(c, RejectReason::Timeout, unix);
                         if c.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
                             // Nothing can be said to a peer that never
                             // finished TLS.
@@ -648,6 +676,7 @@ impl Worker {
                 super::stats::CommandKind::Close => {
                     let data = &cmd.data[..(cmd.data_len as usize).min(cmd.data.len())];
                     let reason = String::from_utf8_lossy(data).into_owned();
+                    ws.close_reason = "closed by operator";
                     ws.session.close(cmd.status, &reason, now, &mut c.out);
                 }
                 super::stats::CommandKind::Ping => {
@@ -756,6 +785,7 @@ impl Worker {
                 };
                 match &mut c.proto {
                     Proto::Ws(ws) if matches!(ws.session.state(), State::Open) => {
+                        ws.close_reason = "server shutting down";
                         ws.session.close(1001, "Going away", now, &mut c.out);
                         self.after_input(idx, now);
                     }
@@ -899,6 +929,14 @@ impl Worker {
         }
         if let Proto::Ws(ws) = &c.proto {
             self.stats.ws_session_closed(ws.sub_protocol);
+            let reason = if ws.close_reason.is_empty() {
+                "connection lost"
+            } else {
+                ws.close_reason
+            };
+            let unix = self.shared.unix_ms();
+            self.stats
+                .event_closed(&c, ws.sub_protocol, ws.close_code, reason, unix);
         }
         for b in [c.out, c.wire, c.inflight, c.partial] {
             self.recycle_buf(b);
@@ -931,6 +969,7 @@ fn process_plain(
             Outcome::Partial => return 0,
             Outcome::Rejected(r) => {
                 stats.handshake_rejected(r.reason);
+                stats.event_rejected(c, r.reason, shared.unix_ms());
                 c.out.extend_from_slice(&r.response);
                 c.teardown = Teardown::AfterFlush;
                 c.proto = Proto::Raw;
@@ -944,12 +983,15 @@ fn process_plain(
                 c.proto = Proto::Ws(Box::new(WsConn {
                     session,
                     sub_protocol: a.sub_protocol,
+                    close_code: None,
+                    close_reason: "",
                 }));
                 let info = match &a.user {
                     Some(u) => format!("{} {}", a.path, u),
                     None => a.path.clone(),
                 };
                 stats.slot_ws_open(c_idx, a.sub_protocol, &info);
+                stats.event_opened(c, a.sub_protocol, &info, shared.unix_ms());
                 consumed = a.consumed.min(data.len());
             }
         }
