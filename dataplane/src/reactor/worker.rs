@@ -51,6 +51,13 @@ pub struct Worker {
     dirty: Vec<u32>,
     rearm: Vec<(u32, u32)>,
     pool: Vec<Vec<u8>>,
+    /// Completion batching (0: wake on the first completion).
+    batch_wait_us: u32,
+    batch_size: usize,
+    /// Completions of the current batch (reused).
+    cqes: Vec<(u64, i32, u32)>,
+    /// Wall clock read once per loop iteration.
+    loop_unix_ms: u64,
     /// Scratch for decrypted TLS plaintext.
     scratch: Vec<u8>,
     tick_ts: types::Timespec,
@@ -70,6 +77,7 @@ impl Worker {
         let rc = &shared.config.reactor;
         let ring = build_ring(rc.ring_entries)?;
         let bufs = BufRing::new(&ring, 0, rc.recv_buffers, rc.recv_buffer_size)?;
+        let ring_min_timeout = ring.params().is_feature_min_timeout();
         let now = shared.now_ms();
         let stats = WorkerStats::new(shared.region.clone(), core);
         let output_high = (2 * shared.config.websocket.max_message_size).max(1 << 20) + 65536;
@@ -85,6 +93,14 @@ impl Worker {
             rearm: Vec::new(),
             pool: Vec::new(),
             scratch: Vec::new(),
+            cqes: Vec::with_capacity(256),
+            batch_wait_us: if ring_min_timeout {
+                rc.batch_wait_us
+            } else {
+                0
+            },
+            batch_size: rc.batch_size.max(1) as usize,
+            loop_unix_ms: 0,
             tick_ts: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             inbox_buf: Box::new(0),
             draining_since: None,
@@ -106,26 +122,47 @@ impl Worker {
         loop {
             let inbox = &self.shared.inboxes[self.core as usize];
             inbox.prepare_sleep();
-            let want = if inbox.is_empty() { 1 } else { 0 };
-            match self.ring.submit_and_wait(want) {
+            let idle = inbox.is_empty();
+            let r = if !idle {
+                self.ring.submit()
+            } else if self.batch_wait_us > 0 {
+                // Wait for a batch: once the first completion is in, wait up
+                // to batch_wait_us for more before waking. Fewer wake-ups per
+                // message (on a VM each costs microseconds) for at most that
+                // much added latency.
+                let args = types::SubmitArgs::new().min_wait_usec(self.batch_wait_us);
+                self.ring
+                    .submitter()
+                    .submit_with_args(self.batch_size, &args)
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            match r {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // ETIME: the batching wait ended (it is not an error).
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
             let now = self.shared.now_ms();
             self.stats.loop_iteration();
-            let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(64);
-            for cqe in self.ring.completion() {
-                cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
-            }
+            self.loop_unix_ms = self.shared.unix_ms();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+            );
             self.stats.completions(cqes.len() as u64);
-            for (ud, res, flags) in cqes {
+            for &(ud, res, flags) in &cqes {
                 self.on_completion(ud, res, flags, now);
             }
+            self.cqes = cqes;
             self.drain_inbox(now);
             self.flush_all(now);
-            for (idx, g) in std::mem::take(&mut self.rearm) {
+            let mut rearm = std::mem::take(&mut self.rearm);
+            for &(idx, g) in &rearm {
                 if let Some(c) = self.conns.get_mut(idx, g)
                     && !c.recv_armed
                     && !c.paused
@@ -134,6 +171,8 @@ impl Worker {
                     self.arm_recv(idx);
                 }
             }
+            rearm.clear();
+            self.rearm = rearm;
             if self.check_shutdown(now) {
                 break;
             }
@@ -353,7 +392,7 @@ impl Worker {
         };
         let n = res as usize;
         c.bytes_in += n as u64;
-        c.last_used_unix_ms = self.shared.unix_ms();
+        c.last_used_unix_ms = self.loop_unix_ms;
         let transport = c.transport;
         self.stats.bytes_in(transport, n as u64);
         if !more && c.teardown == Teardown::Open && !c.paused {
@@ -694,8 +733,7 @@ impl Worker {
     }
 
     fn drain_inbox(&mut self, now: u64) {
-        let inbox = self.shared.inboxes[self.core as usize].clone();
-        while let Some(msg) = inbox.pop() {
+        while let Some(msg) = self.shared.inboxes[self.core as usize].pop() {
             self.stats.inbox_message();
             match msg {
                 InboxMsg::Wake => {}
