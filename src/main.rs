@@ -87,7 +87,7 @@ fn main() {
 
 /// Status information and settings of the management service from the
 /// configuration.
-fn mgmt_config(cfg: &Config, config_path: Option<PathBuf>) -> mgmt::MgmtConfig {
+fn mgmt_config(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<mgmt::MgmtConfig> {
     let workers = cfg.workers.resolve() as u64;
     let mut status = mgmt::StatusInfo::new(mgmt::Mode::InProcess);
     status.version = env!("CARGO_PKG_VERSION").to_string();
@@ -108,11 +108,18 @@ fn mgmt_config(cfg: &Config, config_path: Option<PathBuf>) -> mgmt::MgmtConfig {
             address: l.address.to_string(),
         })
         .collect();
-    mgmt::MgmtConfig {
+    let token = match &cfg.mgmt.token_file {
+        Some(f) => Some(
+            mgmt::read_token_file(f)
+                .with_context(|| format!("cannot read mgmt.token_file {}", f.display()))?,
+        ),
+        None => cfg.mgmt.token.clone(),
+    };
+    Ok(mgmt::MgmtConfig {
         listen: cfg.mgmt.listen,
-        token: cfg.mgmt.token.clone(),
+        token,
         status,
-    }
+    })
 }
 
 fn listener_info(
@@ -141,7 +148,7 @@ fn mgmt_attached(
     };
     init_logging(cfg.as_ref().unwrap_or(&Config::default()));
     let mut mc = match &cfg {
-        Some(c) => mgmt_config(c, config.map(Path::to_path_buf)),
+        Some(c) => mgmt_config(c, config.map(Path::to_path_buf))?,
         None => mgmt::MgmtConfig {
             listen: dataplane::config::Mgmt::default().listen,
             token: None,
@@ -222,7 +229,10 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
     }
 
     let config_path = config.map(Path::to_path_buf);
-    let mgmt_settings = cfg.mgmt.enabled.then(|| mgmt_config(&cfg, config_path));
+    let mgmt_settings = match cfg.mgmt.enabled {
+        true => Some(mgmt_config(&cfg, config_path)?),
+        false => None,
+    };
     let dp = Dataplane::start(cfg, region.clone())?;
     for (transport, address) in &dp.listening {
         tracing::info!(transport = transport.name(), %address, "listening");

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod msrp;
 pub mod reactor;
 pub mod region;
 pub mod transport;

@@ -516,17 +516,27 @@ async fn control<T>(
     started_unix: f64,
 ) -> RunSummary {
     // Ctrl-C: the first one ends the run (with the partial report); a
-    // second one exits at once.
+    // second one (at least 0.5 s later: tools like `timeout` deliver the
+    // same SIGINT to the process and to its group) exits at once.
     tokio::spawn(async {
-        loop {
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut sigint) = signal(SignalKind::interrupt()) else {
+            return;
+        };
+        let mut first: Option<Instant> = None;
+        while sigint.recv().await.is_some() {
+            match first {
+                None => {
+                    first = Some(Instant::now());
+                    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("\ninterrupted: stopping, press Ctrl-C again to exit at once");
+                }
+                Some(t) if t.elapsed() >= Duration::from_millis(500) => {
+                    eprintln!("\nsecond interrupt: exiting without a report");
+                    std::process::exit(130);
+                }
+                Some(_) => {}
             }
-            if INTERRUPTS.fetch_add(1, Ordering::Relaxed) >= 1 {
-                eprintln!("\nsecond interrupt: exiting without a report");
-                std::process::exit(130);
-            }
-            eprintln!("\ninterrupted: stopping, press Ctrl-C again to exit at once");
         }
     });
     let progress = Progress::new(cfg.progress, &cfg.label);
@@ -644,7 +654,8 @@ async fn control<T>(
             break;
         }
         if now >= next_tick {
-            let phase = if at_start.is_some() {
+            // The sample covers the second that just ended.
+            let phase = if measure_from <= next_tick - Duration::from_secs(1) {
                 "measure"
             } else {
                 "warmup"
@@ -696,7 +707,7 @@ async fn control<T>(
     let mut stalls = 0;
     loop {
         let t = Totals::of(counters);
-        if t.inflight == 0 || t.open() == 0 || INTERRUPTS.load(Ordering::Relaxed) > 1 {
+        if t.inflight == 0 || t.open() == 0 {
             break;
         }
         if drain_start.elapsed() >= cfg.drain {

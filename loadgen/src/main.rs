@@ -79,8 +79,9 @@ const WS_ECHO_HELP: &str = "\
 Closed loop (default): each connection keeps --window messages in flight;
 every batch of echoes is answered by one write of all frames that fit.
 Open loop (--rate): each connection sends on its own schedule and latency is
-measured from the intended send time (coordinated omission corrected);
---window then caps messages in flight (default 65536).
+measured from the intended send time (coordinated omission corrected; the
+first --timer-slack of lateness, default 2ms, is the client timer's own and
+is not charged); --window then caps messages in flight (default 65536).
 
 Payloads (--size ≥ 24 binary, ≥ 44 text) start with a header: magic RTLG,
 connection id, sequence number and a 64-bit checksum of the body; every echo
@@ -224,6 +225,11 @@ struct WsEchoArgs {
     /// Total messages over all connections, then stop.
     #[arg(long, short = 'n')]
     count: Option<u64>,
+    /// Open loop: lateness of the client's own timer (1 ms granularity) not
+    /// charged to the server; latency runs from min(actual send, intended +
+    /// slack). 0: always from the intended send time.
+    #[arg(long, default_value = "2ms", value_name = "DUR")]
+    timer_slack: Dur,
     #[command(flatten)]
     #[serde(flatten)]
     run: RunArgs,
@@ -329,6 +335,7 @@ fn ws_echo(a: WsEchoArgs) -> Result<Report> {
         count: a.count,
         connect_concurrency: a.target.connect_concurrency,
         close_timeout: a.run.close_timeout.0,
+        timer_slack: a.timer_slack.0,
     });
     let duration = match (a.duration, a.count) {
         (Some(d), _) => Some(d.0),

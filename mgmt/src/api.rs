@@ -233,7 +233,10 @@ fn dump_params(raw: Option<&str>) -> Result<(Order, usize), ApiError> {
     let mut limit = dump::DEFAULT_LIMIT;
     for (k, v) in query_pairs(raw, &["order", "limit"])? {
         match k.as_str() {
-            "order" => order = Order::parse(&v).ok_or_else(|| ApiError::bad_request(dump::bad_order(&v)))?,
+            "order" => {
+                order =
+                    Order::parse(&v).ok_or_else(|| ApiError::bad_request(dump::bad_order(&v)))?
+            }
             _ => limit = dump::parse_limit(&v).map_err(ApiError::bad_request)?,
         }
     }
@@ -260,10 +263,7 @@ pub(crate) fn parse_conn_id(s: &str) -> Result<u64, ApiError> {
 }
 
 fn unknown_conn(id: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("unknown connection id {id}"),
-    )
+    ApiError::new(StatusCode::NOT_FOUND, format!("unknown connection id {id}"))
 }
 
 async fn connection(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
@@ -426,10 +426,9 @@ fn opt_u64(v: &simd_json::OwnedValue, key: &str) -> Result<Option<u64>, ApiError
     match v.get(key) {
         None => Ok(None),
         Some(x) if x.is_null() => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("{key:?} must be a non-negative integer"))),
+        Some(x) => x.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("{key:?} must be a non-negative integer"))
+        }),
     }
 }
 
@@ -557,7 +556,10 @@ mod tests {
     fn perform_rejects_unknown_and_out_of_range_ids() {
         let r = Region::create_anonymous(2, 4).unwrap();
         let a = Action::Ping(vec![]);
-        assert_eq!(perform(&r, 1, &a).unwrap_err().status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            perform(&r, 1, &a).unwrap_err().status,
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(
             perform(&r, u64::MAX, &a).unwrap_err().status,
             StatusCode::NOT_FOUND

@@ -41,12 +41,10 @@ impl Order {
     pub fn sort(self, conns: &mut [ConnSnapshot]) {
         match self {
             Order::IdHash => conns.sort_unstable_by_key(|c| c.id),
-            Order::UsedDesc => conns.sort_unstable_by(|a, b| {
-                b.last_used_ms.cmp(&a.last_used_ms).then(a.id.cmp(&b.id))
-            }),
-            Order::UsedAsc => {
-                conns.sort_unstable_by(|a, b| a.last_used_ms.cmp(&b.last_used_ms).then(a.id.cmp(&b.id)))
-            }
+            Order::UsedDesc => conns
+                .sort_unstable_by(|a, b| b.last_used_ms.cmp(&a.last_used_ms).then(a.id.cmp(&b.id))),
+            Order::UsedAsc => conns
+                .sort_unstable_by(|a, b| a.last_used_ms.cmp(&b.last_used_ms).then(a.id.cmp(&b.id))),
         }
     }
 }

@@ -100,8 +100,7 @@ impl Tail {
             }
         }
         // Interleave the cores by time.
-        self.scratch
-            .sort_by_key(|e| (e.time_ms, e.core, e.seq));
+        self.scratch.sort_by_key(|e| (e.time_ms, e.core, e.seq));
         for e in &self.scratch {
             if !wanted(&self.kinds, e.kind) {
                 continue;
@@ -127,7 +126,9 @@ fn parse_kinds(s: &str) -> Result<[bool; 3], ApiError> {
         kinds[kind as usize - 1] = true;
     }
     if kinds == [false; 3] {
-        return Err(ApiError::bad_request("kinds must name at least one event kind"));
+        return Err(ApiError::bad_request(
+            "kinds must name at least one event kind",
+        ));
     }
     Ok(kinds)
 }
@@ -199,7 +200,10 @@ mod tests {
     #[test]
     fn kinds() {
         assert_eq!(parse_kinds("closed").unwrap(), [false, true, false]);
-        assert_eq!(parse_kinds("opened, rejected").unwrap(), [true, false, true]);
+        assert_eq!(
+            parse_kinds("opened, rejected").unwrap(),
+            [true, false, true]
+        );
         assert!(parse_kinds("").is_err());
         assert!(parse_kinds("bogus").is_err());
     }

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use dataplane::region::{Region, RegionError, unix_time_ms};
+use dataplane::region::{Region, RegionError};
 
 pub use dump::Order;
 
@@ -70,8 +70,8 @@ pub struct ListenerInfo {
 pub struct StatusInfo {
     pub version: String,
     pub mode: Mode,
-    /// When the data plane started (unix ms). In attached mode, 0 means
-    /// "the region's creation time".
+    /// When the data plane started (unix ms); 0 (the default) means the
+    /// region's creation time, which is when the data plane started.
     pub started_unix_ms: u64,
     /// Listeners (empty when unknown, e.g. attached without `--config`).
     pub listeners: Vec<ListenerInfo>,
@@ -84,16 +84,13 @@ pub struct StatusInfo {
 }
 
 impl StatusInfo {
-    /// Defaults for `mode`: this crate's version, started now.
+    /// Defaults for `mode`: this crate's version, start time from the
+    /// region.
     pub fn new(mode: Mode) -> StatusInfo {
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             mode,
-            started_unix_ms: if mode == Mode::InProcess {
-                unix_time_ms()
-            } else {
-                0
-            },
+            started_unix_ms: 0,
             listeners: Vec::new(),
             sub_protocols: Vec::new(),
             config_path: None,
@@ -294,12 +291,10 @@ impl Drop for Handle {
 /// is reported here, and the bound address is known.
 pub fn spawn(region: Arc<Region>, cfg: MgmtConfig) -> Result<Handle, MgmtError> {
     let listener = bind(&cfg)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| MgmtError::Bind {
-            address: cfg.listen,
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| MgmtError::Bind {
+        address: cfg.listen,
+        source,
+    })?;
     let app = build_app(Regions::fixed(region), &cfg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -337,40 +332,39 @@ pub fn serve_attached(
 ) -> Result<(), MgmtError> {
     let region = Arc::new(Region::attach(path)?);
     let listener = bind(&cfg)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| MgmtError::Bind {
-            address: cfg.listen,
-            source,
-        })?;
+    let addr = listener.local_addr().map_err(|source| MgmtError::Bind {
+        address: cfg.listen,
+        source,
+    })?;
     let app = build_app(Regions::attached(region.clone(), path.to_path_buf()), &cfg)?;
-    on_bound(addr, &region);
-    drop(region);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(MgmtError::Runtime)?;
     runtime
-        .block_on(async move { run(listener, app, shutdown_signal()).await })
+        .block_on(async move {
+            // Handlers first, so a signal right after the address is
+            // announced already stops the service gracefully.
+            let stop = shutdown_signal()?;
+            on_bound(addr, &region);
+            drop(region);
+            run(listener, app, stop).await
+        })
         .map_err(MgmtError::Runtime)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs SIGTERM and SIGINT handlers; the future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the default action (exit) applies.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("management service shutting down");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("management service shutting down");
+    })
 }
 
 async fn run(

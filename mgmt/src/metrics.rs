@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use dataplane::region::{
-    Counter, CounterSnapshot, MetricKind, Protocol, Region, SubProtocol, Transport, descriptors,
+    Counter, CounterSnapshot, MetricKind, Protocol, Region, Transport, descriptors,
     histogram_descriptors, unix_time_ms,
 };
 use prometheus::core::{Collector, Desc};
@@ -48,12 +48,6 @@ struct Extra {
 }
 
 const EXTRAS: &[Extra] = &[
-    Extra {
-        name: "ws_sessions_closed_total",
-        help: "WebSocket sessions closed, by sub-protocol.",
-        kind: MetricType::COUNTER,
-        labels: &["subprotocol"],
-    },
     Extra {
         name: "core_connections_active",
         help: "Connections currently open on each reactor core (balance).",
@@ -251,10 +245,7 @@ fn family(name: String, help: &str, kind: MetricType, metrics: Vec<Metric>) -> M
 }
 
 fn extra(name: &str) -> &'static Extra {
-    EXTRAS
-        .iter()
-        .find(|e| e.name == name)
-        .unwrap_or(&EXTRAS[0])
+    EXTRAS.iter().find(|e| e.name == name).unwrap_or(&EXTRAS[0])
 }
 
 /// One family of [`EXTRAS`] from `(label values, value)` samples.
@@ -304,7 +295,12 @@ impl RegionCollector {
                 .map(|s| {
                     sample(
                         kind,
-                        label_pairs(d.label_names.iter().copied().zip(s.label_values.iter().copied())),
+                        label_pairs(
+                            d.label_names
+                                .iter()
+                                .copied()
+                                .zip(s.label_values.iter().copied()),
+                        ),
                         s.value(&snap),
                     )
                 })
@@ -340,20 +336,6 @@ impl RegionCollector {
                 vec![m],
             ));
         }
-
-        // Sessions closed = opened - open (per sub-protocol; exact, since a
-        // session opens and closes on the same core).
-        out.push(extra_family(
-            "ws_sessions_closed_total",
-            SubProtocol::ALL.iter().map(|&s| {
-                let total = snap.get(Counter::WsSessionsTotal(s));
-                let active = snap.gauge(Counter::WsSessionsActive(s));
-                (
-                    vec![s.as_str()],
-                    (total as i64).wrapping_sub(active).max(0) as f64,
-                )
-            }),
-        ));
 
         // Per-core balance.
         let sum_transports = |core: u32, c: fn(Transport) -> Counter, gauge: bool| -> f64 {
@@ -407,7 +389,10 @@ impl RegionCollector {
         ));
         let stale = self.status.mode == crate::Mode::Attached && region.is_stale();
         let ready = all_ticking(&ages) && !stale;
-        out.push(extra_family("ready", [(vec![], f64::from(u8::from(ready)))]));
+        out.push(extra_family(
+            "ready",
+            [(vec![], f64::from(u8::from(ready)))],
+        ));
 
         // Control words.
         let ctl = region.control();
@@ -486,10 +471,7 @@ impl Collector for RegionCollector {
 }
 
 /// The registry of the service.
-pub(crate) fn registry(
-    regions: Arc<Regions>,
-    status: StatusInfo,
-) -> prometheus::Result<Registry> {
+pub(crate) fn registry(regions: Arc<Regions>, status: StatusInfo) -> prometheus::Result<Registry> {
     let r = Registry::new();
     r.register(Box::new(RegionCollector::new(regions, status)?))?;
     Ok(r)

@@ -96,7 +96,9 @@ mod tests {
         let l = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            1048576              1048576              files\n";
         assert_eq!(parse_max_fds(l), Some(1_048_576.0));
         assert_eq!(
-            parse_max_fds("Max open files            unlimited            unlimited            files"),
+            parse_max_fds(
+                "Max open files            unlimited            unlimited            files"
+            ),
             Some(f64::INFINITY)
         );
     }

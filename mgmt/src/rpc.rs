@@ -188,11 +188,13 @@ impl<'a> Params<'a> {
                 if let Some(u) = v.as_u64() {
                     Ok(Some(u))
                 } else if let Some(s) = v.as_str() {
-                    api::parse_conn_id(s)
-                        .map(Some)
-                        .map_err(|_| RpcError::params(format!("{name} must be an unsigned integer")))
+                    api::parse_conn_id(s).map(Some).map_err(|_| {
+                        RpcError::params(format!("{name} must be an unsigned integer"))
+                    })
                 } else {
-                    Err(RpcError::params(format!("{name} must be an unsigned integer")))
+                    Err(RpcError::params(format!(
+                        "{name} must be an unsigned integer"
+                    )))
                 }
             }
         }

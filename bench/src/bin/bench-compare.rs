@@ -126,6 +126,8 @@ const CASES: &[Case] = &[
 struct Peer {
     name: &'static str,
     label: String,
+    /// Extra text for the server list (build details).
+    info: String,
     program: PathBuf,
     args: Vec<String>,
 }
@@ -704,9 +706,29 @@ fn peers(opts: &Opts) -> (Vec<Peer>, Vec<String>) {
                     ));
                     continue;
                 }
+                let built = fs::metadata(&bin)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .map(|t| {
+                        let secs = t
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        cmd_out(
+                            "date",
+                            &["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M UTC"],
+                        )
+                    })
+                    .unwrap_or_default();
+                let head = cmd_out("git", &["rev-parse", "--short", "HEAD"]);
+                eprintln!(
+                    "rtedge: {} (built {built}, workspace HEAD {head})",
+                    bin.display()
+                );
                 ok.push(Peer {
                     name: "rtedge",
                     label: "**rtedge**".into(),
+                    info: format!(" (binary built {built}; workspace HEAD {head})"),
                     program: bin,
                     args: vec!["run".into(), "--config".into(), "{config}".into()],
                 });
@@ -726,6 +748,7 @@ fn peers(opts: &Opts) -> (Vec<Peer>, Vec<String>) {
                             "tokio-websockets"
                         },
                         label: label.into(),
+                        info: String::new(),
                         program: bin,
                         args: vec!["--listen".into(), "127.0.0.1:{port}".into()],
                     });
@@ -737,6 +760,7 @@ fn peers(opts: &Opts) -> (Vec<Peer>, Vec<String>) {
                 Ok((module, script)) => ok.push(Peer {
                     name: "uws",
                     label: "uWebSockets.js (npm uwebsockets@3.0.6, node)".into(),
+                    info: format!(" (node {})", cmd_out("node", &["--version"])),
                     program: PathBuf::from("node"),
                     args: vec![
                         script.display().to_string(),
@@ -1033,8 +1057,9 @@ fn markdown(
     for p in peers {
         let _ = writeln!(
             o,
-            "- {}: `taskset -c {} {} {}`",
+            "- {}{}: `taskset -c {} {} {}`",
             p.label,
+            p.info,
             opts.server_cpu,
             p.program.display(),
             shell_quote(&p.args)
@@ -1061,6 +1086,7 @@ fn markdown(
             "| server | msg/s | server CPU µs/msg | server CPU % | p50 µs | p99 µs | server RSS MiB | loadgen CPU µs/msg | loadgen CPU % | runs ok | msg/s ÷ rtedge | CPU/msg ÷ rtedge |"
         );
         let _ = writeln!(o, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut starved: Vec<String> = Vec::new();
         let base = echo
             .iter()
             .find(|(p, c, _)| p == "rtedge" && c == case.id)
@@ -1109,6 +1135,9 @@ fn markdown(
                 ok.len(),
                 runs.len(),
             );
+            if stats(ok.iter().map(|r| r.server_cpu_pct)).is_some_and(|s| s.0 < 90.0) {
+                starved.push(label.clone());
+            }
             for r in runs.iter().filter(|r| !r.ok) {
                 let _ = writeln!(
                     o,
@@ -1118,8 +1147,18 @@ fn markdown(
             }
         }
         let _ = writeln!(o);
+        if !starved.is_empty() {
+            let _ = writeln!(
+                o,
+                "Not saturated (server CPU below 90 % of a core): {}. Their msg/s understates capacity \
+                 (CPU taken by other processes on this shared VM, or the load generator's limit); \
+                 CPU µs/msg stays comparable.\n",
+                starved.join(", ")
+            );
+        }
     }
     if !idle.is_empty() {
+        let mut idle_skips: Vec<String> = Vec::new();
         let _ = writeln!(o, "### Idle connections: server memory per connection\n");
         let _ = writeln!(
             o,
@@ -1140,6 +1179,13 @@ fn markdown(
                 .map(|p| p.label.clone())
                 .unwrap_or_else(|| peer.clone());
             for r in rs {
+                if r.note.starts_with("skipped:") {
+                    let n = format!("N = {}: {}", r.connections, r.note);
+                    if !idle_skips.contains(&n) {
+                        idle_skips.push(n);
+                    }
+                    continue;
+                }
                 if r.established.is_finite() && r.established > 0.0 {
                     let _ = writeln!(
                         o,
@@ -1164,6 +1210,12 @@ fn markdown(
             }
         }
         let _ = writeln!(o);
+        for n in &idle_skips {
+            let _ = writeln!(o, "- {n}");
+        }
+        if !idle_skips.is_empty() {
+            let _ = writeln!(o);
+        }
     }
     o
 }

@@ -316,6 +316,8 @@ pub struct Mgmt {
     pub enabled: bool,
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// A file holding the bearer token (keeps it out of the main config).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Mgmt {
@@ -324,6 +326,7 @@ impl Default for Mgmt {
             enabled: true,
             listen: "127.0.0.1:9090".parse().expect("literal address"),
             token: None,
+            token_file: None,
         }
     }
 }
@@ -500,6 +503,12 @@ impl Config {
                     format!("\"{o}\" is not an RFC 6454 origin such as https://example.com"),
                 ));
             }
+        }
+        if self.mgmt.token.is_some() && self.mgmt.token_file.is_some() {
+            return Err(invalid(
+                "mgmt.token_file",
+                "give either mgmt.token or mgmt.token_file, not both",
+            ));
         }
         let m = &self.msrp;
         if !(8..=24).contains(&m.cmap_size) {

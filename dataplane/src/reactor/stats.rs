@@ -134,7 +134,9 @@ impl WorkerStats {
         c.inc(Counter::WsSessionsActive(sub_protocol(s)));
     }
     pub fn ws_session_closed(&mut self, s: SubProtocol) {
-        self.core().dec(Counter::WsSessionsActive(sub_protocol(s)));
+        let c = self.core();
+        c.dec(Counter::WsSessionsActive(sub_protocol(s)));
+        c.inc(Counter::WsSessionsClosed(sub_protocol(s)));
     }
 
     pub fn frame_in(&mut self, o: OpCode) {

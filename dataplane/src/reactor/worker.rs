@@ -140,7 +140,9 @@ impl Worker {
             match r {
                 Ok(_) => {}
                 // ETIME: the batching wait ended (it is not an error).
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::ETIME) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
@@ -564,7 +566,10 @@ impl Worker {
                 }
                 SessionEvent::CloseTimeout => {
                     self.stats.close_timeout();
-                    ws.close_reason = "close handshake timed out";
+                    // Keep why the close started (operator, shutdown, …).
+                    if ws.close_reason.is_empty() {
+                        ws.close_reason = "close handshake timed out";
+                    }
                 }
             }
         }
@@ -605,7 +610,21 @@ impl Worker {
                 self.arm_recv(t.index);
             }
         }
+        // Nothing more to send: the connection gives its (pooled) output
+        // buffers back, so an idle connection holds none.
+        let spare_out = if c.out.is_empty() {
+            std::mem::take(&mut c.out)
+        } else {
+            Vec::new()
+        };
+        let spare_wire = if c.wire.is_empty() {
+            std::mem::take(&mut c.wire)
+        } else {
+            Vec::new()
+        };
         self.recycle_buf(buf);
+        self.recycle_buf(spare_out);
+        self.recycle_buf(spare_wire);
         let _ = now;
         self.mark_dirty(t.index);
     }

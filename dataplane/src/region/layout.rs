@@ -12,7 +12,7 @@ use super::metrics::CORE_WORDS;
 pub const MAGIC: [u8; 8] = *b"RTEDGE\0\x01";
 /// Layout version. Bump whenever anything in the layout changes (including
 /// appending a counter or histogram).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Bytes reserved for the fixed part of the header (fields below + spare).
 pub(crate) const FIXED_HEADER: usize = 256;

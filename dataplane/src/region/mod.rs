@@ -62,8 +62,8 @@ use memmap2::{MmapOptions, MmapRaw};
 
 pub use events::{EVENT_CAPACITY, EVENT_TEXT_CAP, Event, EventKind, EventRecord};
 pub use labels::{
-    AuthResult, CloseCode, ConnState, HandshakeReason, Label, MsrpMethod, MsrpStatus, Opcode, Protocol, RejectReason, SubProtocol,
-    TlsResult, Transport,
+    AuthResult, CloseCode, ConnState, HandshakeReason, Label, MsrpMethod, MsrpStatus, Opcode,
+    Protocol, RejectReason, SubProtocol, TlsResult, Transport,
 };
 pub use layout::{
     CELL_SIZE, DEFAULT_RING_CAPACITY, HeaderInfo, LAYOUT_VERSION, MAGIC, MAX_CORES,

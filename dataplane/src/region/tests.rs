@@ -119,7 +119,7 @@ fn descriptors_are_consistent() {
     }
     let c = Counter::InboxMessages;
     assert_eq!(c.index(), c.descriptor().base);
-    let c = Counter::MsrpRelayedBytes;
+    let c = Counter::WsSessionsClosed(SubProtocol::ALL[SubProtocol::ALL.len() - 1]);
     assert_eq!(c.index(), COUNTER_COUNT - 1);
     assert_eq!(
         Counter::MsrpResponses(MsrpStatus::NoSession)
@@ -893,6 +893,11 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::MsrpSessionsActive);
     v.push(Counter::MsrpFailureReports);
     v.push(Counter::MsrpRelayedBytes);
+    v.extend(
+        SubProtocol::ALL
+            .iter()
+            .map(|&t| Counter::WsSessionsClosed(t)),
+    );
     v
 }
 
@@ -957,16 +962,30 @@ fn events_round_trip_in_order() {
         (e.core, e.seq, e.kind, e.conn_id, e.time_ms),
         (1, 0, EventKind::Opened, id, 1000)
     );
-    assert_eq!((e.peer, e.transport, e.sub_protocol), (peer, Transport::Wss, SubProtocol::Sip));
-    assert_eq!((e.code, e.reason, e.text.as_str()), (None, None, "/ws alice"));
+    assert_eq!(
+        (e.peer, e.transport, e.sub_protocol),
+        (peer, Transport::Wss, SubProtocol::Sip)
+    );
+    assert_eq!(
+        (e.code, e.reason, e.text.as_str()),
+        (None, None, "/ws alice")
+    );
     let e = &evs[1];
-    assert_eq!((e.kind, e.code, e.text.as_str()), (EventKind::Closed, Some(4000), "bye"));
+    assert_eq!(
+        (e.kind, e.code, e.text.as_str()),
+        (EventKind::Closed, Some(4000), "bye")
+    );
     let e = &evs[2];
     assert_eq!((e.kind, e.code, e.peer), (EventKind::Closed, None, peer6));
     let e = &evs[3];
     assert_eq!(
         (e.kind, e.reason, e.sub_protocol, e.seq),
-        (EventKind::Rejected, Some(HandshakeReason::Disabled), SubProtocol::None, 3)
+        (
+            EventKind::Rejected,
+            Some(HandshakeReason::Disabled),
+            SubProtocol::None,
+            3
+        )
     );
     // Nothing new.
     let (evs, lost) = read_all(&r, 1, &mut cursor);
@@ -1100,6 +1119,10 @@ fn concurrent_event_readers_never_see_torn_events() {
     for h in readers {
         let (seen, lost, cursor) = h.join().unwrap();
         assert_eq!(cursor, total);
-        assert_eq!(seen + lost, total, "every event is either read or counted lost");
+        assert_eq!(
+            seen + lost,
+            total,
+            "every event is either read or counted lost"
+        );
     }
 }

@@ -9,7 +9,9 @@
 //!   *intended* send time, so a stalled server cannot hide its stalls
 //!   (coordinated omission). `--window` then caps the messages in flight
 //!   (default: 65536); messages held back by the cap keep their intended
-//!   send time.
+//!   send time. The first `timer_slack` of lateness is forgiven (the send
+//!   time used is `min(actual, intended + slack)`), because tokio's timer
+//!   has 1 ms granularity and that delay is the client's, not the server's.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -48,6 +50,8 @@ pub struct WsEcho {
     pub count: Option<u64>,
     pub connect_concurrency: usize,
     pub close_timeout: Duration,
+    /// Open loop: lateness of our own timer not charged to the server.
+    pub timer_slack: Duration,
 }
 
 /// Integrity and traffic counts.
@@ -193,6 +197,7 @@ async fn conn_task(
         sending: st.phase == Phase::Run,
         interval_ns: 0,
         next_due_ns: 0,
+        slack_ns: sc.timer_slack.as_nanos() as u64,
         armed_ns: u64::MAX,
         clock: ctx.clock,
         sh: sh.clone(),
@@ -350,6 +355,7 @@ struct EchoConn {
     /// Open loop: nanoseconds between sends (0: closed loop).
     interval_ns: u64,
     next_due_ns: u64,
+    slack_ns: u64,
     armed_ns: u64,
     clock: Clock,
     sh: Rc<Shared>,
@@ -431,7 +437,7 @@ impl EchoConn {
                         && self.st.inflight.len() < self.st.window
                     {
                         let due = self.next_due_ns;
-                        self.st.push(&mut self.io, due);
+                        self.st.push(&mut self.io, now.min(due + self.slack_ns));
                         self.next_due_ns += self.interval_ns;
                     }
                 }

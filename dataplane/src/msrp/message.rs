@@ -1,0 +1,451 @@
+//! Views of a parsed head, and the frames the relay writes: rewritten heads
+//! for relaying (RFC 4976 §6.4), responses (RFC 4975 §7.2) and REPORTs
+//! (RFC 4975 §7.1.2, RFC 4976 §6.4.1).
+
+use super::parser::{Flag, HeadIndex, HeaderName, StartKind};
+use super::uri::path_uris;
+
+/// Request methods (RFC 4975 §9, RFC 4976 §4 adds AUTH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Send,
+    Report,
+    Auth,
+    /// Any other `1*UPALPHA` method: relays forward it (RFC 4976 §6.4.2).
+    Other,
+}
+
+/// `Failure-Report` (RFC 4975 §7.1.1, §9); absent means `yes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReport {
+    Yes,
+    No,
+    Partial,
+}
+
+/// `Byte-Range: start-end/total` (RFC 4975 §9); `None` stands for `*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: Option<u64>,
+    pub total: Option<u64>,
+}
+
+/// A header value that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed header value")]
+pub struct BadValue;
+
+/// A head block with its index.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub block: &'a [u8],
+    pub idx: &'a HeadIndex,
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')))
+}
+
+impl<'a> Head<'a> {
+    pub fn new(block: &'a [u8], idx: &'a HeadIndex) -> Head<'a> {
+        Head { block, idx }
+    }
+
+    pub fn tid(&self) -> &'a [u8] {
+        self.idx.tid.get(self.block)
+    }
+
+    pub fn method_bytes(&self) -> Option<&'a [u8]> {
+        match self.idx.kind {
+            Some(StartKind::Request { method }) => Some(method.get(self.block)),
+            _ => None,
+        }
+    }
+
+    pub fn method(&self) -> Option<Method> {
+        self.method_bytes().map(|m| match m {
+            b"SEND" => Method::Send,
+            b"REPORT" => Method::Report,
+            b"AUTH" => Method::Auth,
+            _ => Method::Other,
+        })
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self.idx.kind {
+            Some(StartKind::Response { code, .. }) => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.idx.kind, Some(StartKind::Request { .. }))
+    }
+
+    pub fn has_body(&self) -> bool {
+        self.idx.has_body
+    }
+
+    /// First header of that name.
+    pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
+        self.idx
+            .headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.get(self.block))
+    }
+
+    pub fn header_str(&self, name: HeaderName) -> Option<&'a str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn to_path(&self) -> Option<&'a [u8]> {
+        self.header(HeaderName::ToPath)
+    }
+
+    pub fn from_path(&self) -> Option<&'a [u8]> {
+        self.header(HeaderName::FromPath)
+    }
+
+    pub fn message_id(&self) -> Option<&'a [u8]> {
+        self.header(HeaderName::MessageId)
+    }
+
+    pub fn failure_report(&self) -> Option<FailureReport> {
+        match self.header(HeaderName::FailureReport) {
+            None => Some(FailureReport::Yes),
+            Some(v) if v.eq_ignore_ascii_case(b"yes") => Some(FailureReport::Yes),
+            Some(v) if v.eq_ignore_ascii_case(b"no") => Some(FailureReport::No),
+            Some(v) if v.eq_ignore_ascii_case(b"partial") => Some(FailureReport::Partial),
+            Some(_) => None,
+        }
+    }
+
+    pub fn byte_range(&self) -> Option<ByteRange> {
+        let v = self.header(HeaderName::ByteRange)?;
+        let dash = memchr::memchr(b'-', v)?;
+        let slash = memchr::memchr(b'/', v)?;
+        let start = parse_u64(v.get(..dash)?)?;
+        let end_s = v.get(dash + 1..slash)?;
+        let total_s = v.get(slash + 1..)?;
+        let star = |s: &[u8]| -> Option<Option<u64>> {
+            if s == b"*" {
+                Some(None)
+            } else {
+                parse_u64(s).map(Some)
+            }
+        };
+        Some(ByteRange {
+            start,
+            end: star(end_s)?,
+            total: star(total_s)?,
+        })
+    }
+
+    /// `Expires` seconds: `Ok(None)` when absent, `Err` when malformed.
+    pub fn expires(&self) -> Result<Option<u64>, BadValue> {
+        match self.header(HeaderName::Expires) {
+            None => Ok(None),
+            Some(v) => parse_u64(v).map(Some).ok_or(BadValue),
+        }
+    }
+
+    /// Number of URIs in To-Path.
+    pub fn to_path_len(&self) -> usize {
+        self.to_path().map_or(0, |p| path_uris(p).count())
+    }
+
+    /// The `n`th To-Path URI text.
+    pub fn to_uri(&self, n: usize) -> Option<&'a [u8]> {
+        path_uris(self.to_path()?).nth(n)
+    }
+
+    /// The right-most To-Path URI (RFC 4976 §5.1: the digest-uri of AUTH).
+    pub fn to_last(&self) -> Option<&'a [u8]> {
+        path_uris(self.to_path()?).last()
+    }
+
+    pub fn from_first(&self) -> Option<&'a [u8]> {
+        path_uris(self.from_path()?).next()
+    }
+
+    pub fn from_last(&self) -> Option<&'a [u8]> {
+        path_uris(self.from_path()?).last()
+    }
+}
+
+/// Writes the head to relay: `new_tid` on the first line, the first `pops`
+/// To-Path URIs removed and pushed to the front of From-Path (RFC 4976 §6.4:
+/// the relay removes its URI from To-Path and inserts it at the start of
+/// From-Path; with `pops = 2` for a hairpin through two of our own URIs the
+/// most recent hop ends first), every other header line unchanged, and the
+/// empty line when a body follows. Returns `false` (writing nothing) if the
+/// head has fewer To-Path URIs than `pops + 1`.
+pub fn write_relayed_head(out: &mut Vec<u8>, head: &Head<'_>, new_tid: &[u8], pops: usize) -> bool {
+    let (Some(to), Some(from)) = (head.to_path(), head.from_path()) else {
+        return false;
+    };
+    let to_uris: Vec<&[u8]> = path_uris(to).collect();
+    if to_uris.len() <= pops {
+        return false;
+    }
+    let start = out.len();
+    out.extend_from_slice(b"MSRP ");
+    out.extend_from_slice(new_tid);
+    out.push(b' ');
+    let line_end = memchr::memchr(b'\r', head.block).unwrap_or(0);
+    let after_tid = head.idx.tid.end as usize + 1;
+    out.extend_from_slice(head.block.get(after_tid..line_end).unwrap_or(&[]));
+    out.extend_from_slice(b"\r\nTo-Path:");
+    for u in to_uris.iter().skip(pops) {
+        out.push(b' ');
+        out.extend_from_slice(u);
+    }
+    out.extend_from_slice(b"\r\nFrom-Path:");
+    for u in to_uris.iter().take(pops).rev() {
+        out.push(b' ');
+        out.extend_from_slice(u);
+    }
+    for u in path_uris(from) {
+        out.push(b' ');
+        out.extend_from_slice(u);
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in head.idx.headers.iter().skip(2) {
+        out.extend_from_slice(h.line.get(head.block));
+        out.extend_from_slice(b"\r\n");
+    }
+    if head.has_body() {
+        out.extend_from_slice(b"\r\n");
+    }
+    debug_assert!(out.len() > start);
+    true
+}
+
+/// Writes a response head with new To-Path and From-Path values, the rest
+/// unchanged, and the original `tid` restored (end-to-end responses to
+/// non-SEND requests, RFC 4976 §6.4.3... the relay pops its URI from the
+/// response's To-Path and pushes it onto From-Path like for requests).
+pub fn write_relayed_response(out: &mut Vec<u8>, head: &Head<'_>, orig_tid: &[u8]) -> bool {
+    write_relayed_head(out, head, orig_tid, 1)
+}
+
+/// The end-line (RFC 4975 §9 `end-line`), with the CRLF that ends the body
+/// when the frame has one.
+pub fn write_end_line(out: &mut Vec<u8>, tid: &[u8], flag: Flag, after_body: bool) {
+    if after_body {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"-------");
+    out.extend_from_slice(tid);
+    out.push(flag.byte());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reason phrases for the codes the relay uses (IANA MSRP registry).
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        413 => "Stop Sending Message",
+        423 => "Interval Out Of Bounds",
+        481 => "Session Does Not Exist",
+        501 => "Method Not Understood",
+        506 => "Session Already In Use",
+        _ => "Error",
+    }
+}
+
+/// A response (RFC 4975 §7.2) to the request `head`: the transaction id of
+/// the request; To-Path is the first From-Path URI for SEND (responses to
+/// SEND go hop by hop, RFC 4976 §6.4.1) and the whole From-Path otherwise;
+/// From-Path is the first To-Path URI (this hop). `extra` headers are
+/// written as given (`name: value`). Returns `None` when the request has no
+/// usable paths (no response is possible).
+pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Option<Vec<u8>> {
+    let to = if head.method() == Some(Method::Send) {
+        head.from_first()?
+    } else {
+        let f = head.from_path()?;
+        path_uris(f).next()?;
+        f
+    };
+    let from = head.to_uri(0)?;
+    let tid = head.tid();
+    let mut out = Vec::with_capacity(128 + to.len() + from.len());
+    out.extend_from_slice(b"MSRP ");
+    out.extend_from_slice(tid);
+    out.extend_from_slice(format!(" {code:03} {}\r\nTo-Path: ", reason(code)).as_bytes());
+    out.extend_from_slice(to);
+    out.extend_from_slice(b"\r\nFrom-Path: ");
+    out.extend_from_slice(from);
+    out.extend_from_slice(b"\r\n");
+    for (n, v) in extra {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    write_end_line(&mut out, tid, Flag::Last, false);
+    Some(out)
+}
+
+/// A failure REPORT (RFC 4975 §7.1.2, RFC 4976 §6.4.1) for the request
+/// `head` as we received it: To-Path is its From-Path (the way back), From-
+/// Path is `our_uri`, same Message-ID and Byte-Range, `Status: 000 code`.
+pub fn build_failure_report(
+    head: &Head<'_>,
+    our_uri: &[u8],
+    new_tid: &[u8],
+    code: u16,
+) -> Option<Vec<u8>> {
+    let ctx = ReportContext {
+        to_path: head.from_path()?.to_vec(),
+        our_uri: our_uri.to_vec(),
+        message_id: head.message_id().map(<[u8]>::to_vec),
+        byte_range: head.header(HeaderName::ByteRange).map(<[u8]>::to_vec),
+    };
+    ctx.build(new_tid, code)
+}
+
+/// What a later failure REPORT needs from a request (kept while its
+/// transaction is pending).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportContext {
+    /// The request's From-Path as received (the way back).
+    pub to_path: Vec<u8>,
+    pub our_uri: Vec<u8>,
+    pub message_id: Option<Vec<u8>>,
+    pub byte_range: Option<Vec<u8>>,
+}
+
+impl ReportContext {
+    pub fn build(&self, new_tid: &[u8], code: u16) -> Option<Vec<u8>> {
+        path_uris(&self.to_path).next()?;
+        let mut out = Vec::with_capacity(192 + self.to_path.len());
+        out.extend_from_slice(b"MSRP ");
+        out.extend_from_slice(new_tid);
+        out.extend_from_slice(b" REPORT\r\nTo-Path: ");
+        out.extend_from_slice(&self.to_path);
+        out.extend_from_slice(b"\r\nFrom-Path: ");
+        out.extend_from_slice(&self.our_uri);
+        out.extend_from_slice(b"\r\n");
+        if let Some(m) = &self.message_id {
+            out.extend_from_slice(b"Message-ID: ");
+            out.extend_from_slice(m);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(b) = &self.byte_range {
+            out.extend_from_slice(b"Byte-Range: ");
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("Status: 000 {code:03} {}\r\n", reason(code)).as_bytes());
+        write_end_line(&mut out, new_tid, Flag::Last, false);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::parser::{Event, FrameParser, ParserLimits};
+    use super::*;
+
+    pub(crate) fn parse(frame: &[u8]) -> (Vec<u8>, HeadIndex) {
+        let mut p = FrameParser::new(ParserLimits::default());
+        let Ok(Some(Event::Head { len, .. })) = p.advance(frame) else {
+            panic!("no head")
+        };
+        (frame[..len].to_vec(), p.head().clone())
+    }
+
+    // RFC 4976 §7.1-style SEND through a relay.
+    const SEND: &[u8] = b"MSRP 6aef SEND\r\n\
+To-Path: msrps://relay.example.com:9000/jui787s2f;tcp msrps://bob.example.net:8145/foo;tcp\r\n\
+From-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n\
+Message-ID: 87652\r\n\
+Byte-Range: 1-8/8\r\n\
+Failure-Report: partial\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+Hi, Bob!\r\n\
+-------6aef$\r\n";
+
+    #[test]
+    fn accessors() {
+        let (b, i) = parse(SEND);
+        let h = Head::new(&b, &i);
+        assert_eq!(h.method(), Some(Method::Send));
+        assert_eq!(h.tid(), b"6aef");
+        assert_eq!(h.to_path_len(), 2);
+        assert_eq!(
+            h.to_last(),
+            Some(&b"msrps://bob.example.net:8145/foo;tcp"[..])
+        );
+        assert_eq!(h.message_id(), Some(&b"87652"[..]));
+        assert_eq!(h.failure_report(), Some(FailureReport::Partial));
+        assert_eq!(
+            h.byte_range(),
+            Some(ByteRange {
+                start: 1,
+                end: Some(8),
+                total: Some(8)
+            })
+        );
+        assert_eq!(h.expires(), Ok(None));
+    }
+
+    #[test]
+    fn relay_rewrite_pops_and_pushes() {
+        let (b, i) = parse(SEND);
+        let h = Head::new(&b, &i);
+        let mut out = Vec::new();
+        assert!(write_relayed_head(&mut out, &h, b"xyz123", 1));
+        let want = b"MSRP xyz123 SEND\r\n\
+To-Path: msrps://bob.example.net:8145/foo;tcp\r\n\
+From-Path: msrps://relay.example.com:9000/jui787s2f;tcp msrps://alice.example.com:9892/98cjs;tcp\r\n\
+Message-ID: 87652\r\n\
+Byte-Range: 1-8/8\r\n\
+Failure-Report: partial\r\n\
+Content-Type: text/plain\r\n\
+\r\n";
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+        let mut out = Vec::new();
+        assert!(!write_relayed_head(&mut out, &h, b"x", 2));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn responses_and_reports() {
+        let (b, i) = parse(SEND);
+        let h = Head::new(&b, &i);
+        let r = build_response(&h, 200, &[]).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&r),
+            "MSRP 6aef 200 OK\r\nTo-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n\
+From-Path: msrps://relay.example.com:9000/jui787s2f;tcp\r\n-------6aef$\r\n"
+        );
+        let rep = build_failure_report(
+            &h,
+            b"msrps://relay.example.com:9000/jui787s2f;tcp",
+            b"rep1",
+            481,
+        )
+        .unwrap();
+        let s = String::from_utf8_lossy(&rep);
+        assert!(s.starts_with(
+            "MSRP rep1 REPORT\r\nTo-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n"
+        ));
+        assert!(s.contains("Message-ID: 87652\r\nByte-Range: 1-8/8\r\nStatus: 000 481 Session Does Not Exist\r\n-------rep1$\r\n"));
+        // the REPORT parses as a valid frame
+        let (_, idx) = parse(&rep);
+        assert_eq!(idx.headers.len(), 5);
+    }
+}

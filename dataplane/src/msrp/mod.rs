@@ -1,0 +1,16 @@
+//! MSRP relay (RFC 4975, RFC 4976, RFC 7977), sans-IO: bytes, time,
+//! randomness and events in; frames to send, sessions and actions out.
+//!
+//! - [`parser`]: streaming zero-copy frame parser (RFC 4975 §7, §9).
+//! - [`uri`]: MSRP URIs and their comparison (RFC 4975 §6, §6.1).
+//! - [`message`]: head accessors, relay rewriting, responses and REPORTs.
+//! - [`auth`]: AUTH at the relay (RFC 4976 §4–§6, RFC 2617 digest).
+//! - [`session_map`]: per-core session map (Kamailio's cmap).
+//! - [`relay`]: the per-connection relay engine and per-core state.
+
+pub mod auth;
+pub mod message;
+pub mod parser;
+pub mod relay;
+pub mod session_map;
+pub mod uri;

@@ -1,0 +1,1039 @@
+//! Streaming, zero-copy MSRP frame parser (RFC 4975 §7, §9).
+//!
+//! The caller presents the bytes it holds; [`FrameParser::advance`] returns
+//! one [`Event`] and how many bytes of the presentation it consumed, or
+//! `None` when it needs more bytes (nothing consumed: present the same bytes
+//! again with more appended). Events carry lengths relative to the start of
+//! the slice passed in that call, so the caller can forward exactly those
+//! bytes (no copy).
+//!
+//! A frame is reported as:
+//! 1. [`Event::Head`]: the first line and header block (headers are indexed
+//!    in place, see [`FrameParser::head`]); when a body follows, the block
+//!    includes the empty line.
+//! 2. Zero or more [`Event::Body`]: body bytes, streamed: at most the
+//!    length of the end-line pattern is ever held back, so a 100 MiB chunk
+//!    passes through with bounded memory.
+//! 3. [`Event::End`]: the end-line (`CRLF "-------" transact-id flag CRLF`,
+//!    the leading CRLF included when there was a body).
+//!
+//! Only the exact end-line for the current transaction id ends a frame
+//! (RFC 4975 §7.1: the sender ensures it does not occur in the body); it is
+//! found with a per-transaction `memmem::Finder`.
+//!
+//! Malformed frames whose first line carries a usable transaction id are
+//! still delimited by their end-line: `Head` reports the problem (so a 400
+//! can be answered where a response is possible) and the frame's remaining
+//! bytes come as `Body` events up to its `End`. Input that cannot be
+//! delimited (no `MSRP ` first line, no transaction id, a first line or
+//! header block over the limits without one) is a [`FatalError`]: the
+//! connection must be closed.
+//!
+//! Nothing here panics on any input (see the property tests).
+
+use memchr::memmem;
+
+/// `"-------"` (RFC 4975 §9 `end-line`).
+const DASHES: &[u8] = b"-------";
+/// Longest transaction id (RFC 4975 §9: `ident = ALPHANUM 3*31ident-char`).
+pub const MAX_TID: usize = 32;
+/// Longest end-line with its leading CRLF: CRLF + 7 dashes + tid + flag + CRLF.
+pub const MAX_END_LINE: usize = 2 + 7 + MAX_TID + 1 + 2;
+
+/// Parser limits (the RFC sets none; Kamailio uses 4096 bytes of headers,
+/// AG msrprelay 64 header lines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserLimits {
+    /// First line plus header block, in bytes.
+    pub max_head: usize,
+    /// Header lines (To-Path and From-Path included).
+    pub max_headers: usize,
+}
+
+impl Default for ParserLimits {
+    fn default() -> Self {
+        ParserLimits {
+            max_head: 16 * 1024,
+            max_headers: 64,
+        }
+    }
+}
+
+/// Continuation flag of an end-line (RFC 4975 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// `+`: more chunks of this message follow.
+    More,
+    /// `$`: last chunk of the message.
+    Last,
+    /// `#`: the sender aborted the message.
+    Abort,
+}
+
+impl Flag {
+    pub fn byte(self) -> u8 {
+        match self {
+            Flag::More => b'+',
+            Flag::Last => b'$',
+            Flag::Abort => b'#',
+        }
+    }
+    fn from_byte(b: u8) -> Option<Flag> {
+        match b {
+            b'+' => Some(Flag::More),
+            b'$' => Some(Flag::Last),
+            b'#' => Some(Flag::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// What is wrong with a delimitable frame's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Transaction id not `ALPHANUM 3*31ident-char`.
+    TransactionId,
+    /// Neither `method` (1*UPALPHA) nor `3DIGIT [SP comment]`.
+    StartLine,
+    /// A header line without `name ":"`, or with a bad name.
+    HeaderSyntax,
+    /// A line starting with whitespace (RFC 4975 §9 has no folding).
+    Folding,
+    /// To-Path is not the first header, or missing/duplicated.
+    ToPath,
+    /// From-Path is not the second header, or missing/duplicated.
+    FromPath,
+    /// More header lines than the limit.
+    TooManyHeaders,
+    /// Header block over the size limit (delimited by the end-line only).
+    TooLarge,
+    /// Bytes that are not valid UTF-8 in the header block.
+    Encoding,
+}
+
+impl Malformed {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Malformed::TransactionId => "bad transaction id",
+            Malformed::StartLine => "bad start line",
+            Malformed::HeaderSyntax => "bad header",
+            Malformed::Folding => "line folding not allowed",
+            Malformed::ToPath => "To-Path must be the first header",
+            Malformed::FromPath => "From-Path must be the second header",
+            Malformed::TooManyHeaders => "too many headers",
+            Malformed::TooLarge => "header block too large",
+            Malformed::Encoding => "header block is not UTF-8",
+        }
+    }
+}
+
+/// Input that cannot be delimited: close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FatalError {
+    #[error("not an MSRP frame")]
+    NotMsrp,
+    #[error("first line too long")]
+    LineTooLong,
+    #[error("no usable transaction id")]
+    NoTransactionId,
+    #[error("parser used after a fatal error")]
+    Poisoned,
+}
+
+/// One step of parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The first `len` bytes are the frame's head. `malformed` is `Some` when
+    /// the head breaks RFC 4975 §9; the frame is still delimited.
+    Head {
+        len: usize,
+        malformed: Option<Malformed>,
+    },
+    /// The first `len` bytes are body (len > 0).
+    Body { len: usize },
+    /// The first `len` bytes are the end-line; the frame is complete.
+    End { len: usize, flag: Flag },
+}
+
+/// Known header names (RFC 4975 §9, RFC 4976 §7/§9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderName {
+    ToPath,
+    FromPath,
+    MessageId,
+    ByteRange,
+    FailureReport,
+    SuccessReport,
+    Status,
+    ContentType,
+    Expires,
+    MinExpires,
+    MaxExpires,
+    UsePath,
+    Authorization,
+    WwwAuthenticate,
+    AuthenticationInfo,
+    Other,
+}
+
+impl HeaderName {
+    pub fn classify(name: &[u8]) -> HeaderName {
+        const NAMES: [(&[u8], HeaderName); 15] = [
+            (b"To-Path", HeaderName::ToPath),
+            (b"From-Path", HeaderName::FromPath),
+            (b"Message-ID", HeaderName::MessageId),
+            (b"Byte-Range", HeaderName::ByteRange),
+            (b"Failure-Report", HeaderName::FailureReport),
+            (b"Success-Report", HeaderName::SuccessReport),
+            (b"Status", HeaderName::Status),
+            (b"Content-Type", HeaderName::ContentType),
+            (b"Expires", HeaderName::Expires),
+            (b"Min-Expires", HeaderName::MinExpires),
+            (b"Max-Expires", HeaderName::MaxExpires),
+            (b"Use-Path", HeaderName::UsePath),
+            (b"Authorization", HeaderName::Authorization),
+            (b"WWW-Authenticate", HeaderName::WwwAuthenticate),
+            (b"Authentication-Info", HeaderName::AuthenticationInfo),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map_or(HeaderName::Other, |(_, h)| *h)
+    }
+}
+
+/// Byte offsets `[start, end)` inside the head block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    fn new(start: usize, end: usize) -> Span {
+        Span {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            end: u32::try_from(end).unwrap_or(u32::MAX),
+        }
+    }
+    pub fn get(self, block: &[u8]) -> &[u8] {
+        block
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or(&[])
+    }
+    pub fn is_empty(self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// One header line, indexed in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderIdx {
+    pub name: HeaderName,
+    pub name_span: Span,
+    pub value: Span,
+    /// The whole line without its CRLF.
+    pub line: Span,
+}
+
+/// Request method or response status of the first line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    Request {
+        method: Span,
+    },
+    Response {
+        code: u16,
+        comment: Span,
+    },
+    /// Malformed first line (only the transaction id is known).
+    Unknown,
+}
+
+/// The in-place index of the current frame's head (offsets into the head
+/// block reported by [`Event::Head`]).
+#[derive(Debug, Clone, Default)]
+pub struct HeadIndex {
+    pub tid: Span,
+    pub kind: Option<StartKind>,
+    pub headers: Vec<HeaderIdx>,
+    /// The head ends with the empty line: a body follows.
+    pub has_body: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for a frame's first line.
+    Idle,
+    /// Inside a frame, after the head: scanning for the end-line.
+    Body {
+        at_start: bool,
+    },
+    Poisoned,
+}
+
+/// Streaming parser for one connection's MSRP byte stream.
+#[derive(Debug)]
+pub struct FrameParser {
+    limits: ParserLimits,
+    state: State,
+    head: HeadIndex,
+    /// `CRLF "-------" tid` of the current frame.
+    needle: [u8; 2 + 7 + MAX_TID],
+    needle_len: usize,
+    finder: Option<memmem::Finder<'static>>,
+    frames: u64,
+}
+
+impl FrameParser {
+    pub fn new(limits: ParserLimits) -> FrameParser {
+        FrameParser {
+            limits,
+            state: State::Idle,
+            head: HeadIndex::default(),
+            needle: [0; 2 + 7 + MAX_TID],
+            needle_len: 0,
+            finder: None,
+            frames: 0,
+        }
+    }
+
+    pub fn limits(&self) -> ParserLimits {
+        self.limits
+    }
+
+    /// Between frames (a WebSocket message must end here, RFC 7977 §5.3:
+    /// one chunk per message).
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Idle)
+    }
+
+    /// Index of the most recent head (valid after [`Event::Head`] until the
+    /// next one).
+    pub fn head(&self) -> &HeadIndex {
+        &self.head
+    }
+
+    /// Transaction id of the frame in progress (or the last one).
+    pub fn tid(&self) -> &[u8] {
+        self.needle.get(9..self.needle_len).unwrap_or(&[])
+    }
+
+    /// Frames completed so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// The next event from `data` and the bytes it consumed (the event's
+    /// `len`), or `Ok(None)` when more bytes are needed.
+    pub fn advance(&mut self, data: &[u8]) -> Result<Option<Event>, FatalError> {
+        match self.state {
+            State::Poisoned => Err(FatalError::Poisoned),
+            State::Idle => {
+                let r = self.parse_head(data);
+                if r.is_err() {
+                    self.state = State::Poisoned;
+                }
+                r
+            }
+            State::Body { at_start } => Ok(self.scan_body(data, at_start)),
+        }
+    }
+
+    fn set_tid(&mut self, tid: &[u8]) {
+        let n = tid.len().min(MAX_TID);
+        self.needle[..2].copy_from_slice(b"\r\n");
+        self.needle[2..9].copy_from_slice(DASHES);
+        if let (Some(dst), Some(src)) = (self.needle.get_mut(9..9 + n), tid.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.needle_len = 9 + n;
+        let needle = self.needle.get(..self.needle_len).unwrap_or(&[]);
+        self.finder = Some(memmem::Finder::new(needle).into_owned());
+    }
+
+    fn parse_head(&mut self, data: &[u8]) -> Result<Option<Event>, FatalError> {
+        // "MSRP" SP (RFC 4975 §9 pMSRP is case-sensitive %x4D.53.52.50).
+        let pre = data.len().min(5);
+        if data.get(..pre) != b"MSRP ".get(..pre) {
+            return Err(FatalError::NotMsrp);
+        }
+        // First line: "MSRP" SP transact-id SP (method / 3DIGIT [SP comment]).
+        let line_cap = data.len().min(self.limits.max_head);
+        let Some(lf) = memchr::memchr(b'\n', data.get(..line_cap).unwrap_or(&[])) else {
+            if data.len() >= self.limits.max_head {
+                return Err(FatalError::LineTooLong);
+            }
+            // The tid alone may already show the input cannot be delimited.
+            if let Some(rest) = data.get(5..) {
+                let tid_end = rest
+                    .iter()
+                    .position(|&b| b == b' ' || b == b'\r')
+                    .unwrap_or(rest.len());
+                if tid_end > MAX_TID
+                    || rest
+                        .get(..tid_end)
+                        .is_some_and(|t| !t.iter().all(|&b| is_tid_char(b)))
+                {
+                    return Err(FatalError::NoTransactionId);
+                }
+            }
+            return Ok(None);
+        };
+        if lf == 0 || data.get(lf - 1) != Some(&b'\r') {
+            return Err(FatalError::NotMsrp);
+        }
+        let first = data.get(5..lf - 1).unwrap_or(&[]);
+        let tid_len = first.iter().position(|&b| b == b' ').unwrap_or(first.len());
+        let tid = first.get(..tid_len).unwrap_or(&[]);
+        if tid.is_empty() || tid.len() > MAX_TID || !tid.iter().all(|&b| is_tid_char(b)) {
+            return Err(FatalError::NoTransactionId);
+        }
+        self.set_tid(tid);
+        self.head.tid = Span::new(5, 5 + tid_len);
+        self.head.kind = None;
+        self.head.headers.clear();
+        self.head.has_body = false;
+
+        let mut malformed = None;
+        if !is_ident(tid) {
+            malformed = Some(Malformed::TransactionId);
+        }
+        let rest_start = 5 + tid_len + 1;
+        let kind = parse_start(first.get(tid_len + 1..), rest_start);
+        if kind == StartKind::Unknown {
+            malformed.get_or_insert(Malformed::StartLine);
+        }
+        self.head.kind = Some(kind);
+
+        // Header block: ends at an empty line (body follows) or at the
+        // end-line (no body). Search within the size limit.
+        let first_line_end = lf + 1;
+        let cap = data.len().min(self.limits.max_head);
+        let window = data.get(..cap).unwrap_or(&[]);
+        let finder = self.finder.as_ref();
+        // The end-line's CRLF is the last header line's CRLF: search from
+        // the first line's CRLF.
+        let end_at = finder
+            .and_then(|f| f.find(window.get(lf - 1..).unwrap_or(&[])))
+            .map(|i| i + lf - 1);
+        let blank_at =
+            memmem::find(window.get(lf - 1..).unwrap_or(&[]), b"\r\n\r\n").map(|i| i + lf - 1);
+        let head_end = match (end_at, blank_at) {
+            (Some(e), Some(b)) if b < e => Some((b + 4, true)),
+            (Some(e), _) => Some((e + 2, false)),
+            (None, Some(b)) => Some((b + 4, true)),
+            (None, None) => None,
+        };
+        let Some((head_len, has_body)) = head_end else {
+            if data.len() >= self.limits.max_head {
+                // Not delimitable as a head: the frame is delimited by its
+                // end-line only. Consume the first line; the rest streams.
+                self.state = State::Body { at_start: true };
+                return Ok(Some(Event::Head {
+                    len: first_line_end,
+                    malformed: Some(Malformed::TooLarge),
+                }));
+            }
+            return Ok(None);
+        };
+        self.head.has_body = has_body;
+        // Header lines between the first line and the block end.
+        let hdr_end = if has_body { head_len - 2 } else { head_len };
+        let block = data.get(..hdr_end).unwrap_or(&[]);
+        if let Err(m) = self.index_headers(block, first_line_end) {
+            malformed.get_or_insert(m);
+        }
+        if std::str::from_utf8(data.get(..head_len).unwrap_or(&[])).is_err() {
+            malformed.get_or_insert(Malformed::Encoding);
+        }
+        self.state = State::Body { at_start: true };
+        Ok(Some(Event::Head {
+            len: head_len,
+            malformed,
+        }))
+    }
+
+    /// Index the header lines in `block[from..]` (each ends with CRLF).
+    fn index_headers(&mut self, block: &[u8], from: usize) -> Result<(), Malformed> {
+        let mut pos = from;
+        let mut err = None;
+        while pos < block.len() {
+            let rest = block.get(pos..).unwrap_or(&[]);
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                err.get_or_insert(Malformed::HeaderSyntax);
+                break;
+            };
+            let line_end = pos + lf;
+            if lf == 0 || block.get(line_end - 1) != Some(&b'\r') {
+                err.get_or_insert(Malformed::HeaderSyntax);
+                pos = line_end + 1;
+                continue;
+            }
+            let content_end = line_end - 1;
+            let line = block.get(pos..content_end).unwrap_or(&[]);
+            if self.head.headers.len() >= self.limits.max_headers {
+                err.get_or_insert(Malformed::TooManyHeaders);
+                break;
+            }
+            match parse_header_line(line) {
+                Ok((name_len, vstart, vend)) => {
+                    let name_b = line.get(..name_len).unwrap_or(&[]);
+                    self.head.headers.push(HeaderIdx {
+                        name: HeaderName::classify(name_b),
+                        name_span: Span::new(pos, pos + name_len),
+                        value: Span::new(pos + vstart, pos + vend),
+                        line: Span::new(pos, content_end),
+                    });
+                }
+                Err(m) => {
+                    err.get_or_insert(m);
+                }
+            }
+            pos = line_end + 1;
+        }
+        // RFC 4975 §9: headers = To-Path CRLF From-Path CRLF *( header CRLF )
+        let hs = &self.head.headers;
+        let count = |n: HeaderName| hs.iter().filter(|h| h.name == n).count();
+        if hs.first().map(|h| h.name) != Some(HeaderName::ToPath) || count(HeaderName::ToPath) != 1
+        {
+            err.get_or_insert(Malformed::ToPath);
+        }
+        if hs.get(1).map(|h| h.name) != Some(HeaderName::FromPath)
+            || count(HeaderName::FromPath) != 1
+        {
+            err.get_or_insert(Malformed::FromPath);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn scan_body(&mut self, data: &[u8], at_start: bool) -> Option<Event> {
+        let nl = self.needle_len;
+        let needle = self.needle.get(..nl).unwrap_or(&[]);
+        // A body-less frame (or an empty body right after the empty line):
+        // the end-line follows without a CRLF of its own.
+        if at_start {
+            let bare = needle.get(2..).unwrap_or(&[]);
+            let want = bare.len() + 3;
+            let n = data.len().min(bare.len());
+            if data.get(..n) == bare.get(..n) {
+                if data.len() < want {
+                    // Possibly the bare end-line: wait for it.
+                    return None;
+                }
+                if let (Some(flag), Some(b"\r\n")) = (
+                    data.get(bare.len()).and_then(|&b| Flag::from_byte(b)),
+                    data.get(bare.len() + 1..want),
+                ) {
+                    return Some(self.finish(want, flag));
+                }
+            }
+        }
+        let mut from = 0;
+        loop {
+            let hit = self
+                .finder
+                .as_ref()
+                .and_then(|f| f.find(data.get(from..).unwrap_or(&[])))
+                .map(|i| i + from);
+            match hit {
+                Some(i) => {
+                    let want = i + nl + 3;
+                    if data.len() < want {
+                        // Need the flag and CRLF to decide.
+                        return self.body_upto(i);
+                    }
+                    let flag = data.get(i + nl).and_then(|&b| Flag::from_byte(b));
+                    let crlf = data.get(i + nl + 1..want) == Some(b"\r\n");
+                    match (flag, crlf) {
+                        (Some(flag), true) => {
+                            if i > 0 {
+                                self.state = State::Body { at_start: false };
+                                return Some(Event::Body { len: i });
+                            }
+                            return Some(self.finish(want, flag));
+                        }
+                        _ => from = i + 1, // just body content that looks alike
+                    }
+                }
+                None => {
+                    // A match can only start in the last nl-1 bytes.
+                    let keep = nl.saturating_sub(1);
+                    return self.body_upto(data.len().saturating_sub(keep));
+                }
+            }
+        }
+    }
+
+    fn body_upto(&mut self, n: usize) -> Option<Event> {
+        if n == 0 {
+            return None;
+        }
+        self.state = State::Body { at_start: false };
+        Some(Event::Body { len: n })
+    }
+
+    fn finish(&mut self, len: usize, flag: Flag) -> Event {
+        self.state = State::Idle;
+        self.frames += 1;
+        Event::End { len, flag }
+    }
+}
+
+/// RFC 4975 §9 `ident-char = ALPHANUM / "." / "-" / "+" / "%" / "="`.
+pub fn is_tid_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'%' | b'=')
+}
+
+/// RFC 4975 §9 `ident = ALPHANUM 3*31ident-char` (4 to 32 characters).
+pub fn is_ident(s: &[u8]) -> bool {
+    (4..=MAX_TID).contains(&s.len())
+        && s.first().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.iter().all(|&b| is_tid_char(b))
+}
+
+/// `method / 3DIGIT [SP comment]` after the transaction id (`rest` is what
+/// follows the SP; `base` its offset in the head).
+fn parse_start(rest: Option<&[u8]>, base: usize) -> StartKind {
+    let Some(rest) = rest else {
+        return StartKind::Unknown;
+    };
+    if rest.len() >= 3 && rest.iter().take(3).all(u8::is_ascii_digit) {
+        let code = rest
+            .iter()
+            .take(3)
+            .fold(0u16, |a, &d| a * 10 + u16::from(d - b'0'));
+        return match rest.get(3) {
+            None => StartKind::Response {
+                code,
+                comment: Span::new(base + 3, base + 3),
+            },
+            Some(b' ') => StartKind::Response {
+                code,
+                comment: Span::new(base + 4, base + rest.len()),
+            },
+            Some(_) => StartKind::Unknown,
+        };
+    }
+    // other-method = 1*UPALPHA
+    if !rest.is_empty() && rest.iter().all(u8::is_ascii_uppercase) {
+        return StartKind::Request {
+            method: Span::new(base, base + rest.len()),
+        };
+    }
+    StartKind::Unknown
+}
+
+/// `hname ":" SP hval` (RFC 4975 §9 `ext-header`); returns the name length
+/// and the value's trimmed bounds within `line`.
+fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
+    match line.first() {
+        None => return Err(Malformed::HeaderSyntax),
+        Some(b' ' | b'\t') => return Err(Malformed::Folding),
+        Some(_) => {}
+    }
+    let colon = memchr::memchr(b':', line).ok_or(Malformed::HeaderSyntax)?;
+    let name = line.get(..colon).unwrap_or(&[]);
+    // hname = ALPHA *token
+    if !name.first().is_some_and(u8::is_ascii_alphabetic)
+        || !name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    {
+        return Err(Malformed::HeaderSyntax);
+    }
+    let mut vs = colon + 1;
+    while line.get(vs).is_some_and(|&b| b == b' ' || b == b'\t') {
+        vs += 1;
+    }
+    let mut ve = line.len();
+    while ve > vs && line.get(ve - 1).is_some_and(|&b| b == b' ' || b == b'\t') {
+        ve -= 1;
+    }
+    if line.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(Malformed::HeaderSyntax);
+    }
+    Ok((colon, vs, ve))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in pieces of `split` bytes (0 = all at once), as a
+    /// reactor would, and returns the events with their bytes.
+    pub(crate) fn run(
+        input: &[u8],
+        split: usize,
+        limits: ParserLimits,
+    ) -> (Vec<(Event, Vec<u8>)>, Option<FatalError>) {
+        let mut p = FrameParser::new(limits);
+        let mut held: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match p.advance(&held) {
+                Ok(Some(ev)) => {
+                    let len = match ev {
+                        Event::Head { len, .. } | Event::Body { len } | Event::End { len, .. } => {
+                            len
+                        }
+                    };
+                    assert!(
+                        len > 0 && len <= held.len(),
+                        "bad len {len} of {}",
+                        held.len()
+                    );
+                    out.push((ev, held[..len].to_vec()));
+                    held.drain(..len);
+                }
+                Ok(None) => {
+                    if fed >= input.len() {
+                        return (out, None);
+                    }
+                    let n = if split == 0 {
+                        input.len()
+                    } else {
+                        split.min(input.len() - fed)
+                    };
+                    held.extend_from_slice(&input[fed..fed + n]);
+                    fed += n;
+                }
+                Err(e) => return (out, Some(e)),
+            }
+        }
+    }
+
+    fn body_of(evs: &[(Event, Vec<u8>)]) -> Vec<u8> {
+        evs.iter()
+            .filter(|(e, _)| matches!(e, Event::Body { .. }))
+            .flat_map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    // RFC 4975 §4 / §7.1 example SEND and its response.
+    pub(crate) const SEND: &[u8] = b"MSRP a786hjs2 SEND\r\n\
+To-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+From-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+Message-ID: 87652491\r\n\
+Byte-Range: 1-25/25\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+Hey Bob, are you there?\r\n\
+-------a786hjs2$\r\n";
+
+    const OK: &[u8] = b"MSRP a786hjs2 200 OK\r\n\
+To-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+-------a786hjs2$\r\n";
+
+    #[test]
+    fn rfc4975_send_all_splits() {
+        for split in [0, 1, 2, 3, 7, 13, 64] {
+            let (evs, err) = run(SEND, split, ParserLimits::default());
+            assert_eq!(err, None);
+            assert!(
+                matches!(
+                    evs[0].0,
+                    Event::Head {
+                        malformed: None,
+                        ..
+                    }
+                ),
+                "{split}"
+            );
+            assert_eq!(body_of(&evs), b"Hey Bob, are you there?");
+            let (last, bytes) = evs.last().unwrap();
+            assert_eq!(
+                *last,
+                Event::End {
+                    len: 20,
+                    flag: Flag::Last
+                }
+            );
+            assert_eq!(bytes, b"\r\n-------a786hjs2$\r\n");
+            let total: usize = evs.iter().map(|(_, b)| b.len()).sum();
+            assert_eq!(total, SEND.len());
+        }
+    }
+
+    #[test]
+    fn head_index_send() {
+        let mut p = FrameParser::new(ParserLimits::default());
+        let Ok(Some(Event::Head {
+            len,
+            malformed: None,
+        })) = p.advance(SEND)
+        else {
+            panic!()
+        };
+        let block = &SEND[..len];
+        let h = p.head();
+        assert!(h.has_body);
+        assert_eq!(h.tid.get(block), b"a786hjs2");
+        let Some(StartKind::Request { method }) = h.kind else {
+            panic!()
+        };
+        assert_eq!(method.get(block), b"SEND");
+        assert_eq!(h.headers.len(), 5);
+        assert_eq!(h.headers[0].name, HeaderName::ToPath);
+        assert_eq!(h.headers[1].name, HeaderName::FromPath);
+        assert_eq!(h.headers[2].value.get(block), b"87652491");
+        assert_eq!(h.headers[4].name, HeaderName::ContentType);
+        assert!(block.ends_with(b"text/plain\r\n\r\n"));
+    }
+
+    #[test]
+    fn response_without_body() {
+        let (evs, err) = run(OK, 0, ParserLimits::default());
+        assert_eq!(err, None);
+        assert_eq!(evs.len(), 2);
+        assert!(evs[0].1.ends_with(b";tcp\r\n"));
+        assert_eq!(evs[1].1, b"-------a786hjs2$\r\n");
+        let mut p = FrameParser::new(ParserLimits::default());
+        p.advance(OK).unwrap();
+        assert!(matches!(
+            p.head().kind,
+            Some(StartKind::Response { code: 200, .. })
+        ));
+    }
+
+    #[test]
+    fn kamailio_crasher_is_delimited_and_malformed() {
+        // 23 bytes that crash Kamailio's parser.
+        let f = b"MSRP abc\r\n-------abc$\r\n";
+        assert_eq!(f.len(), 23);
+        for split in [0, 1, 5] {
+            let (evs, err) = run(f, split, ParserLimits::default());
+            assert_eq!(err, None);
+            assert!(matches!(
+                evs[0].0,
+                Event::Head {
+                    malformed: Some(_),
+                    ..
+                }
+            ));
+            assert!(matches!(
+                evs.last().unwrap().0,
+                Event::End {
+                    flag: Flag::Last,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn body_lookalike_end_lines_are_body() {
+        let f = b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n\
+Content-Type: text/plain\r\n\r\nline\r\n-------abcd\r\n-------abcde$\r\n-------abc$\r\n-------abcd!\r\nend\r\n-------abcd+\r\n";
+        for split in [0, 1, 4, 9] {
+            let (evs, err) = run(f, split, ParserLimits::default());
+            assert_eq!(err, None);
+            assert_eq!(
+                body_of(&evs),
+                b"line\r\n-------abcd\r\n-------abcde$\r\n-------abc$\r\n-------abcd!\r\nend"
+            );
+            assert!(matches!(
+                evs.last().unwrap().0,
+                Event::End {
+                    flag: Flag::More,
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn empty_body_forms() {
+        for f in [
+            &b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nContent-Type: t/p\r\n\r\n\r\n-------abcd$\r\n"[..],
+            &b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nContent-Type: t/p\r\n\r\n-------abcd$\r\n"[..],
+        ] {
+            let (evs, err) = run(f, 1, ParserLimits::default());
+            assert_eq!(err, None);
+            assert!(body_of(&evs).is_empty());
+            assert!(matches!(evs.last().unwrap().0, Event::End { .. }));
+        }
+    }
+
+    #[test]
+    fn pipelined_frames() {
+        let mut s = SEND.to_vec();
+        s.extend_from_slice(OK);
+        s.extend_from_slice(SEND);
+        let (evs, err) = run(&s, 5, ParserLimits::default());
+        assert_eq!(err, None);
+        assert_eq!(
+            evs.iter()
+                .filter(|(e, _)| matches!(e, Event::End { .. }))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn fatal_inputs() {
+        let l = ParserLimits::default();
+        assert_eq!(
+            run(b"GET / HTTP/1.1\r\n\r\n", 0, l).1,
+            Some(FatalError::NotMsrp)
+        );
+        assert_eq!(
+            run(b"msrp abcd SEND\r\n", 0, l).1,
+            Some(FatalError::NotMsrp)
+        );
+        assert_eq!(
+            run(b"MSRP  SEND\r\n", 0, l).1,
+            Some(FatalError::NoTransactionId)
+        );
+        assert_eq!(
+            run(b"MSRP ab\"cd SEND\r\n", 0, l).1,
+            Some(FatalError::NoTransactionId)
+        );
+        assert_eq!(run(b"MSRP abcd SEND\n", 0, l).1, Some(FatalError::NotMsrp));
+        let long = [b"MSRP abcd ".as_slice(), &[b'A'; 20000]].concat();
+        assert_eq!(run(&long, 0, l).1, Some(FatalError::LineTooLong));
+    }
+
+    #[test]
+    fn malformed_heads() {
+        let l = ParserLimits::default();
+        let cases: &[(&[u8], Malformed)] = &[
+            (b"MSRP abcd SEND\r\nFrom-Path: msrp://b:2/y;tcp\r\nTo-Path: msrp://a:1/x;tcp\r\n-------abcd$\r\n", Malformed::ToPath),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\n-------abcd$\r\n", Malformed::FromPath),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\n msrp://c:3/z;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::Folding),
+            (b"MSRP abcd send\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
+            (b"MSRP .bcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------.bcd$\r\n", Malformed::TransactionId),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nNoColon\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
+        ];
+        for (f, want) in cases {
+            let (evs, err) = run(f, 0, l);
+            assert_eq!(err, None, "{}", String::from_utf8_lossy(f));
+            assert_eq!(
+                evs[0].0,
+                Event::Head {
+                    len: evs[0].1.len(),
+                    malformed: Some(*want)
+                },
+                "{}",
+                String::from_utf8_lossy(f)
+            );
+            assert!(matches!(evs.last().unwrap().0, Event::End { .. }));
+        }
+        let many = (0..70)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>();
+        let f = format!(
+            "MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n{many}-------abcd$\r\n"
+        );
+        let (evs, _) = run(f.as_bytes(), 0, l);
+        assert_eq!(
+            evs[0].0,
+            Event::Head {
+                len: evs[0].1.len(),
+                malformed: Some(Malformed::TooManyHeaders)
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_head_is_skipped_to_end_line() {
+        let l = ParserLimits {
+            max_head: 256,
+            max_headers: 64,
+        };
+        let big = "X-Pad: ".to_string() + &"p".repeat(1000) + "\r\n";
+        let f = format!(
+            "MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n{big}-------abcd$\r\nMSRP efgh SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------efgh$\r\n"
+        );
+        let (evs, err) = run(f.as_bytes(), 100, l);
+        assert_eq!(err, None);
+        assert!(matches!(
+            evs[0].0,
+            Event::Head {
+                malformed: Some(Malformed::TooLarge),
+                ..
+            }
+        ));
+        let heads: Vec<_> = evs
+            .iter()
+            .filter(|(e, _)| matches!(e, Event::Head { .. }))
+            .collect();
+        assert_eq!(heads.len(), 2);
+        assert!(matches!(
+            heads[1].0,
+            Event::Head {
+                malformed: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn large_body_streams_with_bounded_holdback() {
+        let mut p = FrameParser::new(ParserLimits::default());
+        let head = b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nContent-Type: a/b\r\n\r\n";
+        let Ok(Some(Event::Head { len, .. })) = p.advance(head) else {
+            panic!()
+        };
+        assert_eq!(len, head.len());
+        let chunk = vec![b'-'; 65536];
+        let mut total = 0usize;
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.extend_from_slice(&chunk);
+            while let Ok(Some(Event::Body { len })) = p.advance(&held) {
+                total += len;
+                held.drain(..len);
+            }
+            assert!(held.len() < MAX_END_LINE);
+        }
+        held.extend_from_slice(b"\r\n-------abcd$\r\n");
+        loop {
+            match p.advance(&held).unwrap() {
+                Some(Event::Body { len }) => {
+                    total += len;
+                    held.drain(..len);
+                }
+                Some(Event::End { len, flag }) => {
+                    assert_eq!(flag, Flag::Last);
+                    held.drain(..len);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 64 * 65536);
+        assert!(held.is_empty() && p.at_boundary());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), split in 0usize..40) {
+            let _ = run(&data, split, ParserLimits { max_head: 300, max_headers: 8 });
+            let mut with_prefix = b"MSRP abcd ".to_vec();
+            with_prefix.extend_from_slice(&data);
+            let _ = run(&with_prefix, split, ParserLimits { max_head: 300, max_headers: 8 });
+        }
+
+        #[test]
+        fn split_points_do_not_change_events(split in 1usize..200, body in proptest::collection::vec(proptest::sample::select(vec![b'-', b'\r', b'\n', b'a', b'b', b'c', b'd', b'$', b'+']), 0..300)) {
+            let mut f = b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nContent-Type: a/b\r\n\r\n".to_vec();
+            f.extend_from_slice(&body);
+            f.extend_from_slice(b"\r\n-------abcd#\r\n");
+            let (whole, e1) = run(&f, 0, ParserLimits::default());
+            let (parts, e2) = run(&f, split, ParserLimits::default());
+            proptest::prop_assert_eq!(e1, None);
+            proptest::prop_assert_eq!(e2, None);
+            proptest::prop_assert_eq!(body_of(&whole), body_of(&parts));
+            let ends = |v: &Vec<(Event, Vec<u8>)>| v.iter().filter(|(e, _)| matches!(e, Event::End{..})).count();
+            proptest::prop_assert!(ends(&whole) >= 1);
+            proptest::prop_assert_eq!(ends(&whole), ends(&parts));
+        }
+    }
+}

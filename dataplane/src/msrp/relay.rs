@@ -1,0 +1,824 @@
+//! The relay engine (RFC 4976 §6), sans-IO.
+//!
+//! One [`RelayCore`] per reactor core owns the core's [`SessionMap`] and the
+//! transactions it forwarded; one [`MsrpConn`] per connection owns the frame
+//! parser and the connection's AUTH state. The reactor presents received
+//! bytes with [`RelayCore::on_bytes`] and carries out the [`Action`]s:
+//! replies on this connection, frames to forward (a rewritten head, then
+//! body ranges of the very bytes it presented — no copy — then an
+//! end-line), frames for other connections or cores, and closes.
+//!
+//! Decisions for each incoming frame:
+//! - AUTH whose To-Path is only our URI: [`super::auth`] (401/403/423/200).
+//! - Other requests: the first To-Path URI must carry one of our session
+//!   ids (RFC 4976 §6.2); unknown or expired → 481. From the client that
+//!   AUTHed the session, the frame goes to the next To-Path URI (another
+//!   relay or endpoint: connect or reuse; a second URI of ours is a hairpin
+//!   to a local client). From anyone else it goes to the session's client,
+//!   and only there (403 if the To-Path goes beyond it); a session already
+//!   used from another connection → 506.
+//! - Our URI is popped from To-Path and pushed onto From-Path (RFC 4976
+//!   §6.4); the body is forwarded unchanged.
+//! - SEND responses are hop by hop (RFC 4976 §6.4.1): we answer 200 after
+//!   the complete chunk when Failure-Report is yes (absent), nothing for
+//!   `no` or `partial`; the next hop sees our own transaction id and its 200
+//!   is absorbed. An error response, an undeliverable SEND, a transaction
+//!   timeout or a lost destination produce a failure REPORT (`Status: 000
+//!   code`) back along the From-Path when Failure-Report is yes or partial.
+//! - Responses to AUTH and other non-SEND requests travel end to end with
+//!   the original transaction id restored.
+//! - REPORTs are forwarded and never answered (RFC 4975 §7.1.2); unknown
+//!   methods are forwarded (RFC 4976 §6.4.2).
+//! - A malformed frame gets 400 when it is a request with usable paths; a
+//!   frame that cannot be answered or delimited closes the connection.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
+use super::message::{
+    FailureReport, Head, Method, ReportContext, build_response, write_end_line, write_relayed_head,
+};
+use super::parser::{Event, FatalError, Flag, FrameParser, ParserLimits};
+use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
+use super::uri::MsrpUri;
+use crate::auth::{CredentialStore, NonceManager};
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub limits: ParserLimits,
+    pub auth: AuthPolicy,
+    /// RFC 4975 §7.1.1 / AG and OpenSIPS: 30 s, then REPORT 408.
+    pub transaction_timeout_ms: u64,
+    /// Forwarded transactions tracked per core at most.
+    pub max_pending: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            limits: ParserLimits::default(),
+            auth: AuthPolicy::default(),
+            transaction_timeout_ms: 30_000,
+            max_pending: 65_536,
+        }
+    }
+}
+
+/// Where a forwarded frame goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A connection of this core (a client of ours).
+    Conn(u64),
+    /// A session owned by another core: hand the frame to `core`, which
+    /// resolves it with [`RelayCore::resolve_handoff`].
+    Core { core: u8, session: SessionId },
+    /// Another relay or an endpoint: open or reuse a connection to it
+    /// (`msrps` requires TLS; `ws` targets are reachable only through
+    /// sessions and are never dialled).
+    NextHop {
+        uri: String,
+        secure: bool,
+        host: String,
+        port: u16,
+    },
+}
+
+/// What the reactor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// One complete frame to write on this connection.
+    Reply(Vec<u8>),
+    /// One complete frame to write on connection `conn` of this core.
+    SendTo { conn: u64, frame: Vec<u8> },
+    /// A complete response frame whose transaction belongs to `core`: give
+    /// it to that core's [`RelayCore::on_core_response`].
+    ToCore { core: u8, frame: Vec<u8> },
+    /// A forwarded frame starts: write `head` to `target`. `txn` names the
+    /// transaction for [`RelayCore::on_forward_failed`].
+    ForwardHead {
+        target: Target,
+        head: Vec<u8>,
+        txn: Option<Vec<u8>>,
+    },
+    /// Body bytes of the forwarded frame: `range` of the bytes presented.
+    ForwardBody { range: Range<usize> },
+    /// End of the forwarded frame.
+    ForwardEnd { end_line: Vec<u8> },
+    /// Close this connection once the queued output is written.
+    Close { reason: &'static str },
+    /// Statistics.
+    Stat(Stat),
+}
+
+/// Counters for the stats region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    FrameIn {
+        method: Option<Method>,
+        status: Option<u16>,
+    },
+    Rejected {
+        code: u16,
+    },
+    AuthGranted,
+    AuthChallenged,
+    AuthFailed,
+    SessionCreated,
+    SessionsRemoved(usize),
+    FailureReport {
+        code: u16,
+    },
+    Malformed,
+}
+
+/// External inputs: credentials, nonces, time and randomness.
+pub struct Env<'a> {
+    pub store: &'a CredentialStore,
+    pub nonces: &'a NonceManager,
+    /// Monotonic milliseconds.
+    pub now_ms: u64,
+    /// Wall-clock seconds (nonce timestamps).
+    pub unix_secs: u64,
+    /// Fills the buffer with cryptographically secure random bytes.
+    pub rng: &'a mut dyn FnMut(&mut [u8]),
+}
+
+/// What to do with the rest of the current frame.
+#[derive(Debug)]
+enum Current {
+    None,
+    Discard,
+    Forward {
+        tid: Vec<u8>,
+        has_body: bool,
+        /// Hop-by-hop 200 to send once the chunk is complete.
+        ok: Option<Vec<u8>>,
+    },
+    /// A response to relay back once its end-line is seen.
+    Response {
+        core: u8,
+        frame: Vec<u8>,
+    },
+}
+
+/// One MSRP connection (TCP, TLS or WebSocket).
+#[derive(Debug)]
+pub struct MsrpConn {
+    pub id: u64,
+    parser: FrameParser,
+    auth: ConnAuth,
+    use_path: UsePath,
+    peer_addr: String,
+    cur: Current,
+    /// One frame per message (RFC 7977 §5.3).
+    websocket: bool,
+}
+
+impl MsrpConn {
+    pub fn new(
+        id: u64,
+        limits: ParserLimits,
+        use_path: UsePath,
+        peer_addr: String,
+        websocket: bool,
+    ) -> MsrpConn {
+        MsrpConn {
+            id,
+            parser: FrameParser::new(limits),
+            auth: ConnAuth::default(),
+            use_path,
+            peer_addr,
+            cur: Current::None,
+            websocket,
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.parser.at_boundary()
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
+    }
+}
+
+/// A forwarded transaction awaiting its response.
+#[derive(Debug, Clone)]
+struct Pending {
+    orig_tid: Vec<u8>,
+    origin_conn: u64,
+    method: Method,
+    failure: FailureReport,
+    report: ReportContext,
+    deadline_ms: u64,
+    downstream: Option<u64>,
+}
+
+/// One core's relay state.
+#[derive(Debug)]
+pub struct RelayCore {
+    cfg: RelayConfig,
+    core: u8,
+    pub sessions: SessionMap,
+    pending: HashMap<Vec<u8>, Pending>,
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+impl RelayCore {
+    pub fn new(cfg: RelayConfig, core: u8, session_capacity: usize) -> RelayCore {
+        RelayCore {
+            cfg,
+            core,
+            sessions: SessionMap::new(core, session_capacity),
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    pub fn pending_transactions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A fresh transaction id owned by this core: 2 hex digits of core and
+    /// 64 random bits in hex (RFC 4975 §9 `ident`).
+    fn new_tid(&self, env: &mut Env<'_>) -> Vec<u8> {
+        let mut r = [0u8; 8];
+        (env.rng)(&mut r);
+        let mut t = Vec::with_capacity(18);
+        t.push(HEX[usize::from(self.core >> 4)]);
+        t.push(HEX[usize::from(self.core & 15)]);
+        for b in r {
+            t.push(HEX[usize::from(b >> 4)]);
+            t.push(HEX[usize::from(b & 15)]);
+        }
+        t
+    }
+
+    fn tid_core(tid: &[u8]) -> Option<u8> {
+        if tid.len() != 18 {
+            return None;
+        }
+        let d = |b: &u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        Some(d(tid.first()?)? << 4 | d(tid.get(1)?)?)
+    }
+
+    /// Feed received bytes. Returns how many were consumed; present the
+    /// rest again with more appended. `ForwardBody` ranges refer to `data`.
+    pub fn on_bytes(
+        &mut self,
+        conn: &mut MsrpConn,
+        data: &[u8],
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> usize {
+        let mut pos = 0;
+        loop {
+            let rest = data.get(pos..).unwrap_or(&[]);
+            let ev = match conn.parser.advance(rest) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return pos,
+                Err(e) => {
+                    actions.push(Action::Stat(Stat::Malformed));
+                    actions.push(Action::Close {
+                        reason: match e {
+                            FatalError::NotMsrp => "not an MSRP frame",
+                            FatalError::LineTooLong => "first line too long",
+                            FatalError::NoTransactionId => "no transaction id",
+                            FatalError::Poisoned => "protocol error",
+                        },
+                    });
+                    return data.len();
+                }
+            };
+            match ev {
+                Event::Head { len, malformed } => {
+                    let block = rest.get(..len).unwrap_or(&[]);
+                    if malformed.is_some() {
+                        conn.cur = Current::Discard;
+                        actions.push(Action::Stat(Stat::Malformed));
+                        let idx = conn.parser.head().clone();
+                        let head = Head::new(block, &idx);
+                        match head
+                            .is_request()
+                            .then(|| build_response(&head, 400, &[]))
+                            .flatten()
+                        {
+                            Some(r) if head.method() != Some(Method::Report) => {
+                                actions.push(Action::Stat(Stat::Rejected { code: 400 }));
+                                actions.push(Action::Reply(r));
+                            }
+                            Some(_) => {}
+                            None => {
+                                actions.push(Action::Close {
+                                    reason: "malformed frame",
+                                });
+                                return data.len();
+                            }
+                        }
+                    } else {
+                        let idx = conn.parser.head().clone();
+                        let head = Head::new(block, &idx);
+                        actions.push(Action::Stat(Stat::FrameIn {
+                            method: head.method(),
+                            status: head.status(),
+                        }));
+                        conn.cur = if head.is_request() {
+                            self.on_request(conn, &head, env, actions)
+                        } else {
+                            self.on_response_head(&head)
+                        };
+                        if matches!(actions.last(), Some(Action::Close { .. })) {
+                            return data.len();
+                        }
+                    }
+                    pos += len;
+                }
+                Event::Body { len } => {
+                    if let Current::Forward { .. } = conn.cur {
+                        actions.push(Action::ForwardBody {
+                            range: pos..pos + len,
+                        });
+                    }
+                    pos += len;
+                }
+                Event::End { len, flag } => {
+                    pos += len;
+                    match std::mem::replace(&mut conn.cur, Current::None) {
+                        Current::Forward { tid, has_body, ok } => {
+                            let mut end_line = Vec::with_capacity(tid.len() + 12);
+                            write_end_line(&mut end_line, &tid, flag, has_body);
+                            actions.push(Action::ForwardEnd { end_line });
+                            if let Some(ok) = ok {
+                                actions.push(Action::Reply(ok));
+                            }
+                        }
+                        Current::Response { core, frame } => {
+                            if core == self.core {
+                                self.on_core_response(&frame, env, actions);
+                            } else {
+                                actions.push(Action::ToCore { core, frame });
+                            }
+                        }
+                        Current::None | Current::Discard => {}
+                    }
+                    if conn.websocket && pos < data.len() {
+                        // RFC 7977 §5.3: exactly one chunk per message.
+                        actions.push(Action::Close {
+                            reason: "more than one MSRP chunk in a WebSocket message",
+                        });
+                        return data.len();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole WebSocket message (RFC 7977 §5.3: one MSRP chunk, so it
+    /// must end exactly at a frame boundary).
+    pub fn on_ws_message(
+        &mut self,
+        conn: &mut MsrpConn,
+        msg: &[u8],
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) {
+        let n = self.on_bytes(conn, msg, env, actions);
+        if matches!(actions.last(), Some(Action::Close { .. })) {
+            return;
+        }
+        if n != msg.len() || !conn.parser.at_boundary() {
+            actions.push(Action::Stat(Stat::Malformed));
+            actions.push(Action::Close {
+                reason: "WebSocket message is not one complete MSRP chunk",
+            });
+        }
+    }
+
+    fn reject(&self, head: &Head<'_>, code: u16, actions: &mut Vec<Action>) -> Current {
+        actions.push(Action::Stat(Stat::Rejected { code }));
+        let method = head.method();
+        // REPORTs are never answered; SEND with Failure-Report "no" gets
+        // no response (RFC 4975 §7.1.1, §7.1.2).
+        let silent = method == Some(Method::Report)
+            || (method == Some(Method::Send) && head.failure_report() == Some(FailureReport::No));
+        if !silent && let Some(r) = build_response(head, code, &[]) {
+            actions.push(Action::Reply(r));
+        }
+        Current::Discard
+    }
+
+    fn on_request(
+        &mut self,
+        conn: &mut MsrpConn,
+        head: &Head<'_>,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> Current {
+        let method = head.method().unwrap_or(Method::Other);
+        let to_len = head.to_path_len();
+        let Some(failure) = head.failure_report() else {
+            return self.reject(head, 400, actions);
+        };
+        if method == Method::Auth && to_len == 1 {
+            return self.on_auth(conn, head, env, actions);
+        }
+        // RFC 4976 §6.2: the first To-Path URI must be ours.
+        let Some(first) = head.to_uri(0).and_then(|u| MsrpUri::parse(u).ok()) else {
+            return self.reject(head, 400, actions);
+        };
+        if head
+            .from_first()
+            .and_then(|u| MsrpUri::parse(u).ok())
+            .is_none()
+        {
+            return self.reject(head, 400, actions);
+        }
+        let Some(sid) = first.session_id.and_then(SessionId::parse) else {
+            return self.reject(head, 481, actions);
+        };
+        if to_len < 2 {
+            // Nowhere to relay (RFC 4976 §6.2).
+            return self.reject(head, 481, actions);
+        }
+        let (target, pops) = match self.sessions.lookup(&sid, env.now_ms) {
+            Err(Miss::NoSession) => return self.reject(head, 481, actions),
+            Err(Miss::OtherCore(core)) => {
+                // Owned elsewhere, so not by this connection: toward that
+                // client only.
+                if to_len != 2 {
+                    return self.reject(head, 403, actions);
+                }
+                (Target::Core { core, session: sid }, 1)
+            }
+            Ok(e) if e.conn == conn.id => {
+                // From our client: on to the next hop.
+                let Some(next) = head.to_uri(1).and_then(|u| MsrpUri::parse(u).ok()) else {
+                    return self.reject(head, 400, actions);
+                };
+                match next.session_id.and_then(SessionId::parse) {
+                    // Hairpin through a second URI of ours.
+                    Some(sid2) if next.same_authority(&first) => {
+                        if to_len != 3 {
+                            return self.reject(head, 403, actions);
+                        }
+                        match self.sessions.lookup(&sid2, env.now_ms) {
+                            Ok(e2) => {
+                                let c2 = e2.conn;
+                                if !self.sessions.bind(&sid2, conn.id) {
+                                    return self.reject(head, 506, actions);
+                                }
+                                (Target::Conn(c2), 2)
+                            }
+                            Err(Miss::OtherCore(core)) => (
+                                Target::Core {
+                                    core,
+                                    session: sid2,
+                                },
+                                2,
+                            ),
+                            Err(Miss::NoSession) => return self.reject(head, 481, actions),
+                        }
+                    }
+                    _ => {
+                        if next.is_ws() || next.is_invalid_host() {
+                            // RFC 7977 §5.2: not resolvable; only reachable
+                            // through a session of the relay it AUTHed to.
+                            return self.reject(head, 481, actions);
+                        }
+                        let host = String::from_utf8_lossy(next.host).into_owned();
+                        (
+                            Target::NextHop {
+                                uri: String::from_utf8_lossy(next.raw).into_owned(),
+                                secure: next.secure,
+                                host,
+                                port: next.port.unwrap_or(2855),
+                            },
+                            1,
+                        )
+                    }
+                }
+            }
+            Ok(e) => {
+                // Toward our client, and only to it (RFC 4976 §6.2, §9).
+                let c = e.conn;
+                if to_len != 2 {
+                    return self.reject(head, 403, actions);
+                }
+                if !self.sessions.bind(&sid, conn.id) {
+                    return self.reject(head, 506, actions);
+                }
+                (Target::Conn(c), 1)
+            }
+        };
+        self.forward(conn, head, method, failure, target, pops, env, actions)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        conn: &MsrpConn,
+        head: &Head<'_>,
+        method: Method,
+        failure: FailureReport,
+        target: Target,
+        pops: usize,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> Current {
+        // REPORTs get no response: keep their id. Everything else gets our
+        // own id on the next hop (responses are matched by it).
+        let wants_response = match method {
+            Method::Report => false,
+            Method::Send => failure != FailureReport::No,
+            Method::Auth | Method::Other => true,
+        };
+        let tid = if method == Method::Report {
+            head.tid().to_vec()
+        } else {
+            self.new_tid(env)
+        };
+        let mut out = Vec::with_capacity(head.block.len() + 64);
+        if !write_relayed_head(&mut out, head, &tid, pops) {
+            return self.reject(head, 400, actions);
+        }
+        let txn = if wants_response {
+            if self.pending.len() >= self.cfg.max_pending {
+                return self.reject(head, 403, actions);
+            }
+            let our_uri = head.to_uri(0).unwrap_or(&[]).to_vec();
+            self.pending.insert(
+                tid.clone(),
+                Pending {
+                    orig_tid: head.tid().to_vec(),
+                    origin_conn: conn.id,
+                    method,
+                    failure,
+                    report: ReportContext {
+                        to_path: head.from_path().unwrap_or(&[]).to_vec(),
+                        our_uri,
+                        message_id: head.message_id().map(<[u8]>::to_vec),
+                        byte_range: head
+                            .header(super::parser::HeaderName::ByteRange)
+                            .map(<[u8]>::to_vec),
+                    },
+                    deadline_ms: env.now_ms.saturating_add(self.cfg.transaction_timeout_ms),
+                    downstream: match target {
+                        Target::Conn(c) => Some(c),
+                        _ => None,
+                    },
+                },
+            );
+            Some(tid.clone())
+        } else {
+            None
+        };
+        // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
+        // §6.4.1), sent once the chunk is complete.
+        let ok = (method == Method::Send && failure == FailureReport::Yes)
+            .then(|| build_response(head, 200, &[]))
+            .flatten();
+        actions.push(Action::ForwardHead {
+            target,
+            head: out,
+            txn,
+        });
+        Current::Forward {
+            tid,
+            has_body: head.has_body(),
+            ok,
+        }
+    }
+
+    fn on_auth(
+        &mut self,
+        conn: &mut MsrpConn,
+        head: &Head<'_>,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> Current {
+        let mut r = [0u8; SESSION_RANDOM];
+        (env.rng)(&mut r);
+        let sid = SessionId::generate(self.core, &r);
+        let aenv = AuthEnv {
+            store: env.store,
+            nonces: env.nonces,
+            now_secs: env.unix_secs,
+            use_path: &conn.use_path,
+            new_session: sid,
+        };
+        let outcome = handle_auth(head, &self.cfg.auth, &mut conn.auth, &aenv);
+        match outcome {
+            AuthOutcome::Granted {
+                response,
+                session,
+                user,
+                expires_secs,
+                peer_uri,
+            } => {
+                let entry = SessionEntry {
+                    id: session,
+                    conn: conn.id,
+                    user,
+                    peer_uri,
+                    peer_addr: conn.peer_addr.clone(),
+                    expires_ms: env.now_ms.saturating_add(expires_secs.saturating_mul(1000)),
+                    bound: None,
+                };
+                match self.sessions.insert(entry) {
+                    Ok(()) => {
+                        actions.push(Action::Stat(Stat::AuthGranted));
+                        actions.push(Action::Stat(Stat::SessionCreated));
+                        actions.push(Action::Reply(response));
+                    }
+                    Err(InsertError::Full | InsertError::Duplicate) => {
+                        return self.reject(head, 403, actions);
+                    }
+                }
+            }
+            AuthOutcome::Challenge { response, .. } => {
+                actions.push(Action::Stat(Stat::AuthChallenged));
+                actions.push(Action::Reply(response));
+            }
+            AuthOutcome::ExpiresOutOfBounds { response } => {
+                actions.push(Action::Stat(Stat::Rejected { code: 423 }));
+                actions.push(Action::Reply(response));
+            }
+            AuthOutcome::Forbidden { response, close }
+            | AuthOutcome::BadRequest { response, close } => {
+                actions.push(Action::Stat(Stat::AuthFailed));
+                actions.push(Action::Reply(response));
+                if close {
+                    actions.push(Action::Close {
+                        reason: "too many failed AUTH attempts",
+                    });
+                }
+            }
+            AuthOutcome::Unanswerable => {
+                actions.push(Action::Close {
+                    reason: "unanswerable AUTH",
+                });
+            }
+        }
+        Current::Discard
+    }
+
+    /// A response head: matched to our transaction by its id.
+    fn on_response_head(&mut self, head: &Head<'_>) -> Current {
+        let tid = head.tid();
+        let mut frame = head.block.to_vec();
+        write_end_line(&mut frame, tid, Flag::Last, false);
+        match Self::tid_core(tid) {
+            Some(core) => Current::Response { core, frame },
+            None => Current::Discard,
+        }
+    }
+
+    /// A complete response frame for one of this core's transactions (from
+    /// a connection of this core, or handed over by another core).
+    pub fn on_core_response(&mut self, frame: &[u8], env: &mut Env<'_>, actions: &mut Vec<Action>) {
+        let mut p = FrameParser::new(self.cfg.limits);
+        let Ok(Some(Event::Head {
+            len,
+            malformed: None,
+        })) = p.advance(frame)
+        else {
+            return;
+        };
+        let block = frame.get(..len).unwrap_or(&[]);
+        let idx = p.head().clone();
+        let head = Head::new(block, &idx);
+        let Some(code) = head.status() else {
+            return;
+        };
+        let Some(pending) = self.pending.remove(head.tid()) else {
+            return; // unknown or already timed out: drop
+        };
+        match pending.method {
+            Method::Send => {
+                // Hop by hop: absorb; report errors (RFC 4976 §6.4.1 ¶3).
+                if code != 200 {
+                    self.failure_report(&pending, code, env, actions);
+                }
+            }
+            _ => {
+                // End to end (RFC 4976 §6.4.3): pop our URI, restore the id.
+                let mut out = Vec::with_capacity(frame.len() + 32);
+                if write_relayed_head(&mut out, &head, &pending.orig_tid, 1) {
+                    write_end_line(&mut out, &pending.orig_tid, Flag::Last, false);
+                    actions.push(Action::SendTo {
+                        conn: pending.origin_conn,
+                        frame: out,
+                    });
+                }
+            }
+        }
+    }
+
+    fn failure_report(&self, p: &Pending, code: u16, env: &mut Env<'_>, actions: &mut Vec<Action>) {
+        if !matches!(p.failure, FailureReport::Yes | FailureReport::Partial)
+            || p.method != Method::Send
+        {
+            return;
+        }
+        let tid = self.new_tid(env);
+        if let Some(frame) = p.report.build(&tid, code) {
+            actions.push(Action::Stat(Stat::FailureReport { code }));
+            actions.push(Action::SendTo {
+                conn: p.origin_conn,
+                frame,
+            });
+        }
+    }
+
+    /// The reactor could not deliver transaction `txn` (next hop
+    /// unreachable: 408 per RFC 4975 §7.1.1 or 403 when refused).
+    pub fn on_forward_failed(
+        &mut self,
+        txn: &[u8],
+        code: u16,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) {
+        if let Some(p) = self.pending.remove(txn) {
+            self.failure_report(&p, code, env, actions);
+        }
+    }
+
+    /// On the owning core: the connection of a session named by a frame
+    /// another core handed over, or the failure code (481, 506).
+    pub fn resolve_handoff(
+        &mut self,
+        session: &SessionId,
+        from_conn: u64,
+        now_ms: u64,
+    ) -> Result<u64, u16> {
+        let conn = self
+            .sessions
+            .lookup(session, now_ms)
+            .map_err(|_| 481u16)?
+            .conn;
+        if !self.sessions.bind(session, from_conn) {
+            return Err(506);
+        }
+        Ok(conn)
+    }
+
+    /// Timer: transaction timeouts (REPORT 408, RFC 4975 §7.1.1) and the
+    /// session sweep (`timer_interval`).
+    pub fn on_tick(&mut self, env: &mut Env<'_>, sweep_sessions: bool, actions: &mut Vec<Action>) {
+        let now = env.now_ms;
+        let expired: Vec<Vec<u8>> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            if let Some(p) = self.pending.remove(&k) {
+                self.failure_report(&p, 408, env, actions);
+            }
+        }
+        if sweep_sessions {
+            let n = self.sessions.sweep(now);
+            if n > 0 {
+                actions.push(Action::Stat(Stat::SessionsRemoved(n)));
+            }
+        }
+    }
+
+    /// A connection closed: its sessions die with it; transactions waiting
+    /// on it get failure REPORTs; transactions it originated are dropped.
+    pub fn on_conn_closed(&mut self, conn: u64, env: &mut Env<'_>, actions: &mut Vec<Action>) {
+        let n = self.sessions.remove_connection(conn);
+        self.sessions.unbind_connection(conn);
+        if n > 0 {
+            actions.push(Action::Stat(Stat::SessionsRemoved(n)));
+        }
+        let lost: Vec<Vec<u8>> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.downstream == Some(conn) || p.origin_conn == conn)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in lost {
+            if let Some(p) = self.pending.remove(&k)
+                && p.origin_conn != conn
+            {
+                self.failure_report(&p, 408, env, actions);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

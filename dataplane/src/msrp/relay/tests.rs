@@ -1,0 +1,519 @@
+//! Relay engine tests: frames written as text from RFC 4975 §7.1 and
+//! RFC 4976 §7, driven through [`RelayCore`] as the reactor would.
+
+use super::*;
+use crate::msrp::auth::tests::{auth2, nonce_of, policy, store};
+
+struct World {
+    core: RelayCore,
+    store: CredentialStore,
+    nonces: NonceManager,
+    now: u64,
+    seed: u8,
+}
+
+const RELAY: &str = "intra.example.com:9000";
+
+impl World {
+    fn new() -> World {
+        let cfg = RelayConfig {
+            auth: policy(),
+            ..RelayConfig::default()
+        };
+        World {
+            core: RelayCore::new(cfg, 0, 1024),
+            store: store(),
+            nonces: NonceManager::new([3; 32], 30),
+            now: 1_000_000,
+            seed: 1,
+        }
+    }
+
+    fn conn(&self, id: u64) -> MsrpConn {
+        let up = UsePath {
+            secure: true,
+            host_port: RELAY.into(),
+            transport: "tcp",
+        };
+        MsrpConn::new(
+            id,
+            ParserLimits::default(),
+            up,
+            format!("127.0.0.1:{id}"),
+            false,
+        )
+    }
+
+    fn feed_split(&mut self, c: &mut MsrpConn, bytes: &[u8], split: usize) -> Vec<Action> {
+        let mut seed = self.seed;
+        let mut rng = move |b: &mut [u8]| {
+            for x in b.iter_mut() {
+                seed = seed.wrapping_mul(31).wrapping_add(7);
+                *x = seed;
+            }
+        };
+        let mut env = Env {
+            store: &self.store,
+            nonces: &self.nonces,
+            now_ms: self.now,
+            unix_secs: self.now / 1000,
+            rng: &mut rng,
+        };
+        let mut actions = Vec::new();
+        let mut held: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        let mut resolved = Vec::new();
+        loop {
+            let before = actions.len();
+            let n = self.core.on_bytes(c, &held, &mut env, &mut actions);
+            resolved.extend(actions.drain(before..));
+            held.drain(..n.min(held.len()));
+            if fed >= bytes.len() {
+                break;
+            }
+            let k = if split == 0 {
+                bytes.len()
+            } else {
+                split.min(bytes.len() - fed)
+            };
+            held.extend_from_slice(&bytes[fed..fed + k]);
+            fed += k;
+        }
+        self.seed = self.seed.wrapping_add(1);
+        resolved
+    }
+
+    fn feed(&mut self, c: &mut MsrpConn, bytes: &[u8]) -> Vec<Action> {
+        self.feed_split(c, bytes, 0)
+    }
+
+    fn env_run<R>(&mut self, f: impl FnOnce(&mut RelayCore, &mut Env<'_>) -> R) -> R {
+        let mut rng = |b: &mut [u8]| b.fill(9);
+        let mut env = Env {
+            store: &self.store,
+            nonces: &self.nonces,
+            now_ms: self.now,
+            unix_secs: self.now / 1000,
+            rng: &mut rng,
+        };
+        f(&mut self.core, &mut env)
+    }
+
+    /// AUTH twice (401 then 200); returns the relay URI from Use-Path.
+    fn login(&mut self, c: &mut MsrpConn) -> String {
+        let a1 = b"MSRP 49fh AUTH\r\nTo-Path: msrps://alice@intra.example.com;tcp\r\nFrom-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n-------49fh$\r\n";
+        let acts = self.feed(c, a1);
+        let nonce = nonce_of(replies(&acts)[0]);
+        let acts = self.feed(c, &auth2(&nonce, "00000001", "secret", None));
+        let r = String::from_utf8_lossy(replies(&acts)[0]).into_owned();
+        assert!(r.starts_with("MSRP 49fi 200 OK"), "{r}");
+        let i = r.find("Use-Path: ").unwrap() + 10;
+        r[i..i + r[i..].find("\r\n").unwrap()].to_string()
+    }
+}
+
+fn replies(a: &[Action]) -> Vec<&[u8]> {
+    a.iter()
+        .filter_map(|a| match a {
+            Action::Reply(r) => Some(r.as_slice()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn forward_head(a: &[Action]) -> Option<(&Target, String, Option<&Vec<u8>>)> {
+    a.iter().find_map(|a| match a {
+        Action::ForwardHead { target, head, txn } => Some((
+            target,
+            String::from_utf8_lossy(head).into_owned(),
+            txn.as_ref(),
+        )),
+        _ => None,
+    })
+}
+
+fn closes(a: &[Action]) -> bool {
+    a.iter().any(|a| matches!(a, Action::Close { .. }))
+}
+
+fn send(tid: &str, to: &str, from: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "MSRP {tid} SEND\r\nTo-Path: {to}\r\nFrom-Path: {from}\r\nMessage-ID: 87652\r\nByte-Range: 1-{n}/{n}\r\n{extra}Content-Type: text/plain\r\n\r\n{body}\r\n-------{tid}$\r\n",
+        n = body.len()
+    )
+    .into_bytes()
+}
+
+const ALICE: &str = "msrps://alice.example.com:9892/98cjs;tcp";
+const BOB: &str = "msrps://bob.example.net:8145/foo;tcp";
+
+#[test]
+fn auth_creates_session_with_unguessable_id() {
+    let mut w = World::new();
+    let mut a = w.conn(1);
+    let u = w.login(&mut a);
+    assert!(
+        u.starts_with("msrps://intra.example.com:9000/00") && u.ends_with(";tcp"),
+        "{u}"
+    );
+    assert_eq!(w.core.sessions.len(), 1);
+    let id = u
+        .trim_start_matches("msrps://intra.example.com:9000/")
+        .trim_end_matches(";tcp");
+    assert_eq!(id.len(), 22);
+}
+
+#[test]
+fn hairpin_send_between_two_local_clients() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    for split in [0, 1, 7] {
+        let f = send("6aef", &format!("{ua} {ub} {BOB}"), ALICE, "", "Hi, Bob!");
+        let acts = w.feed_split(&mut a, &f, split);
+        let (target, head, txn) = forward_head(&acts).expect("forwarded");
+        assert_eq!(*target, Target::Conn(2));
+        assert!(head.starts_with("MSRP 00"), "{head}");
+        assert!(
+            head.contains(&format!(
+                "\r\nTo-Path: {BOB}\r\nFrom-Path: {ub} {ua} {ALICE}\r\n"
+            )),
+            "{head}"
+        );
+        assert!(head.ends_with("Content-Type: text/plain\r\n\r\n"));
+        let txn = txn.unwrap().clone();
+        let Some(Action::ForwardEnd { end_line }) =
+            acts.iter().find(|a| matches!(a, Action::ForwardEnd { .. }))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            end_line,
+            &[b"\r\n-------".as_slice(), &txn, b"$\r\n"].concat()
+        );
+        // Hop-by-hop 200 to Alice after the chunk, with her transaction id.
+        let r = replies(&acts);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].starts_with(
+            b"MSRP 6aef 200 OK\r\nTo-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n"
+        ));
+        // Bob's 200 is absorbed.
+        let resp = format!(
+            "MSRP {} 200 OK\r\nTo-Path: {ub}\r\nFrom-Path: {BOB}\r\n-------{}$\r\n",
+            String::from_utf8_lossy(&txn),
+            String::from_utf8_lossy(&txn)
+        );
+        let acts = w.feed(&mut b, resp.as_bytes());
+        assert!(
+            acts.iter().all(|a| matches!(a, Action::Stat(_))),
+            "{acts:?}"
+        );
+        assert_eq!(w.core.pending_transactions(), 0);
+    }
+}
+
+#[test]
+fn downstream_error_becomes_failure_report() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    let acts = w.feed(
+        &mut a,
+        &send("6aef", &format!("{ua} {ub} {BOB}"), ALICE, "", "x"),
+    );
+    let txn = String::from_utf8_lossy(forward_head(&acts).unwrap().2.unwrap()).into_owned();
+    let resp = format!(
+        "MSRP {txn} 415 Unsupported\r\nTo-Path: {ub}\r\nFrom-Path: {BOB}\r\n-------{txn}$\r\n"
+    );
+    let acts = w.feed(&mut b, resp.as_bytes());
+    let rep = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
+            _ => None,
+        })
+        .expect("REPORT to Alice");
+    assert!(
+        rep.contains(" REPORT\r\nTo-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n"),
+        "{rep}"
+    );
+    assert!(
+        rep.contains(&format!(
+            "From-Path: {ua}\r\nMessage-ID: 87652\r\nByte-Range: 1-1/1\r\nStatus: 000 415 "
+        )),
+        "{rep}"
+    );
+}
+
+#[test]
+fn failure_report_no_and_partial() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    // "no": forwarded, no 200, no transaction kept.
+    let acts = w.feed(
+        &mut a,
+        &send(
+            "t001",
+            &format!("{ua} {ub} {BOB}"),
+            ALICE,
+            "Failure-Report: no\r\n",
+            "x",
+        ),
+    );
+    assert!(forward_head(&acts).unwrap().2.is_none());
+    assert!(replies(&acts).is_empty());
+    // "partial": no 200, but a timeout REPORT.
+    let acts = w.feed(
+        &mut a,
+        &send(
+            "t002",
+            &format!("{ua} {ub} {BOB}"),
+            ALICE,
+            "Failure-Report: partial\r\n",
+            "x",
+        ),
+    );
+    assert!(replies(&acts).is_empty());
+    w.now += 30_000;
+    let mut acts = Vec::new();
+    w.env_run(|c, e| c.on_tick(e, false, &mut acts));
+    assert!(acts.iter().any(|a| matches!(a, Action::SendTo { conn: 1, frame } if String::from_utf8_lossy(frame).contains("Status: 000 408"))), "{acts:?}");
+}
+
+#[test]
+fn foreign_sender_goes_only_to_the_client_and_506() {
+    let mut w = World::new();
+    let mut b = w.conn(2);
+    let ub = w.login(&mut b);
+    let (mut c, mut d) = (w.conn(3), w.conn(4));
+    let acts = w.feed(
+        &mut c,
+        &send("c001", &format!("{ub} {BOB}"), ALICE, "", "hello"),
+    );
+    assert_eq!(*forward_head(&acts).unwrap().0, Target::Conn(2));
+    // beyond the client: 403
+    let acts = w.feed(
+        &mut c,
+        &send("c002", &format!("{ub} {BOB} {ALICE}"), ALICE, "", "x"),
+    );
+    assert!(replies(&acts)[0].starts_with(b"MSRP c002 403 "));
+    // second connection: 506
+    let acts = w.feed(
+        &mut d,
+        &send("d001", &format!("{ub} {BOB}"), ALICE, "", "x"),
+    );
+    assert!(replies(&acts)[0].starts_with(b"MSRP d001 506 "), "{acts:?}");
+}
+
+#[test]
+fn unknown_session_481_and_silent_cases() {
+    let mut w = World::new();
+    let mut c = w.conn(3);
+    let to = format!("msrps://{RELAY}/00AAAAAAAAAAAAAAAAAAAA;tcp {BOB}");
+    let acts = w.feed(&mut c, &send("u001", &to, ALICE, "", "x"));
+    assert!(replies(&acts)[0].starts_with(b"MSRP u001 481 "));
+    let acts = w.feed(
+        &mut c,
+        &send("u002", &to, ALICE, "Failure-Report: no\r\n", "x"),
+    );
+    assert!(replies(&acts).is_empty());
+    let rep = format!(
+        "MSRP u003 REPORT\r\nTo-Path: {to}\r\nFrom-Path: {ALICE}\r\nMessage-ID: 1\r\nStatus: 000 200 OK\r\n-------u003$\r\n"
+    );
+    let acts = w.feed(&mut c, rep.as_bytes());
+    assert!(replies(&acts).is_empty());
+    assert!(!closes(&acts));
+}
+
+#[test]
+fn expired_or_closed_session_is_gone() {
+    let mut w = World::new();
+    let (mut b, mut c) = (w.conn(2), w.conn(3));
+    let ub = w.login(&mut b);
+    w.now += 3_600_000;
+    let acts = w.feed(
+        &mut c,
+        &send("e001", &format!("{ub} {BOB}"), ALICE, "", "x"),
+    );
+    assert!(replies(&acts)[0].starts_with(b"MSRP e001 481 "));
+    let mut b2 = w.conn(5);
+    let ub2 = w.login(&mut b2);
+    let mut acts = Vec::new();
+    w.env_run(|core, e| core.on_conn_closed(5, e, &mut acts));
+    assert!(acts.contains(&Action::Stat(Stat::SessionsRemoved(1))));
+    let acts = w.feed(
+        &mut c,
+        &send("e002", &format!("{ub2} {BOB}"), ALICE, "", "x"),
+    );
+    assert!(replies(&acts)[0].starts_with(b"MSRP e002 481 "));
+}
+
+#[test]
+fn report_and_unknown_methods_are_forwarded() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    let rep = format!(
+        "MSRP r001 REPORT\r\nTo-Path: {ua} {ub} {BOB}\r\nFrom-Path: {ALICE}\r\nMessage-ID: 1\r\nStatus: 000 200 OK\r\n-------r001$\r\n"
+    );
+    let acts = w.feed(&mut a, rep.as_bytes());
+    let (t, head, txn) = forward_head(&acts).unwrap();
+    assert_eq!(*t, Target::Conn(2));
+    assert!(head.starts_with("MSRP r001 REPORT\r\n"));
+    assert!(txn.is_none());
+    assert!(replies(&acts).is_empty());
+    let nick = format!(
+        "MSRP n001 NICKNAME\r\nTo-Path: {ua} {ub} {BOB}\r\nFrom-Path: {ALICE}\r\nUse-Nickname: \"Alice\"\r\n-------n001$\r\n"
+    );
+    let acts = w.feed(&mut a, nick.as_bytes());
+    let (_, head, txn) = forward_head(&acts).unwrap();
+    assert!(head.contains(" NICKNAME\r\n") && head.contains("Use-Nickname: \"Alice\"\r\n"));
+    let txn = String::from_utf8_lossy(txn.unwrap()).into_owned();
+    // Its response travels end to end with the original id restored.
+    let resp = format!(
+        "MSRP {txn} 200 OK\r\nTo-Path: {ub} {ua} {ALICE}\r\nFrom-Path: {BOB}\r\n-------{txn}$\r\n"
+    );
+    let acts = w.feed(&mut b, resp.as_bytes());
+    let back = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
+            _ => None,
+        })
+        .expect("response back to Alice");
+    assert!(back.starts_with("MSRP n001 200 OK\r\n"), "{back}");
+    assert!(back.ends_with("-------n001$\r\n"));
+}
+
+#[test]
+fn next_hop_relay_and_forwarded_auth() {
+    let mut w = World::new();
+    let mut a = w.conn(1);
+    let ua = w.login(&mut a);
+    let relay2 = "msrps://relay.example.net:9000/hjdhfha;tcp";
+    let acts = w.feed(
+        &mut a,
+        &send("h001", &format!("{ua} {relay2} {BOB}"), ALICE, "", "x"),
+    );
+    let (t, head, _) = forward_head(&acts).unwrap();
+    assert_eq!(
+        *t,
+        Target::NextHop {
+            uri: relay2.into(),
+            secure: true,
+            host: "relay.example.net".into(),
+            port: 9000
+        }
+    );
+    assert!(head.contains(&format!(
+        "To-Path: {relay2} {BOB}\r\nFrom-Path: {ua} {ALICE}\r\n"
+    )));
+    // AUTH to the outer relay through us (RFC 4976 §5.1: To-Path has 2 URIs).
+    let auth = format!(
+        "MSRP a002 AUTH\r\nTo-Path: {ua} msrps://relay.example.net;tcp\r\nFrom-Path: {ALICE}\r\n-------a002$\r\n"
+    );
+    let acts = w.feed(&mut a, auth.as_bytes());
+    let (_, head, txn) = forward_head(&acts).unwrap();
+    assert!(head.contains(" AUTH\r\n"));
+    assert!(txn.is_some());
+    // WebSocket `.invalid` URIs are never dialled.
+    let acts = w.feed(
+        &mut a,
+        &send(
+            "h002",
+            &format!("{ua} msrps://x7.invalid/abc;ws"),
+            ALICE,
+            "",
+            "x",
+        ),
+    );
+    assert!(replies(&acts)[0].starts_with(b"MSRP h002 481 "));
+}
+
+#[test]
+fn forward_failure_reports() {
+    let mut w = World::new();
+    let mut a = w.conn(1);
+    let ua = w.login(&mut a);
+    let acts = w.feed(
+        &mut a,
+        &send(
+            "f001",
+            &format!("{ua} msrp://down.example:1/x;tcp"),
+            ALICE,
+            "",
+            "x",
+        ),
+    );
+    let txn = forward_head(&acts).unwrap().2.unwrap().clone();
+    let mut acts = Vec::new();
+    w.env_run(|c, e| c.on_forward_failed(&txn, 408, e, &mut acts));
+    assert!(acts.iter().any(|a| matches!(a, Action::SendTo { conn: 1, frame } if String::from_utf8_lossy(frame).contains("Status: 000 408"))));
+}
+
+#[test]
+fn malformed_frames() {
+    let mut w = World::new();
+    // Kamailio's 23-byte crasher: no paths, no response possible → close.
+    let mut c = w.conn(7);
+    let acts = w.feed(&mut c, b"MSRP abc\r\n-------abc$\r\n");
+    assert!(closes(&acts), "{acts:?}");
+    // A request with usable paths but bad headers → 400, connection kept.
+    let mut c = w.conn(8);
+    let f = format!(
+        "MSRP m001 SEND\r\nTo-Path: {BOB}\r\nFrom-Path: {ALICE}\r\nBad Header\r\n-------m001$\r\n"
+    );
+    let acts = w.feed(&mut c, f.as_bytes());
+    assert!(replies(&acts)[0].starts_with(b"MSRP m001 400 "));
+    assert!(!closes(&acts));
+    // Garbage → close.
+    let mut c = w.conn(9);
+    assert!(closes(&w.feed(&mut c, b"GET / HTTP/1.1\r\n\r\n")));
+}
+
+#[test]
+fn websocket_one_chunk_per_message() {
+    let mut w = World::new();
+    let up = UsePath {
+        secure: true,
+        host_port: RELAY.into(),
+        transport: "ws",
+    };
+    let mut c = MsrpConn::new(11, ParserLimits::default(), up, "x".into(), true);
+    let a1 = b"MSRP 49fh AUTH\r\nTo-Path: msrps://alice@intra.example.com;ws\r\nFrom-Path: msrps://x7.invalid/98cjs;ws\r\n-------49fh$\r\n";
+    let mut acts = Vec::new();
+    let mut rng = |b: &mut [u8]| b.fill(1);
+    let mut env = Env {
+        store: &w.store,
+        nonces: &w.nonces,
+        now_ms: w.now,
+        unix_secs: w.now / 1000,
+        rng: &mut rng,
+    };
+    w.core.on_ws_message(&mut c, a1, &mut env, &mut acts);
+    assert!(replies(&acts)[0].starts_with(b"MSRP 49fh 401 "));
+    let mut acts = Vec::new();
+    w.core.on_ws_message(&mut c, &a1[..40], &mut env, &mut acts);
+    assert!(closes(&acts));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+    #[test]
+    fn engine_never_panics(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), split in 0usize..50, prefix in 0usize..3) {
+        let mut w = World::new();
+        let mut c = w.conn(1);
+        let pre: &[u8] = match prefix {
+            0 => b"",
+            1 => b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/00AAAAAAAAAAAAAAAAAAAA;tcp msrp://b:2/x;tcp\r\nFrom-Path: msrp://c:3/y;tcp\r\n",
+            _ => b"MSRP abcd AUTH\r\nTo-Path: msrp://a;tcp\r\nFrom-Path: msrp://c:3/y;tcp\r\nAuthorization: ",
+        };
+        let input = [pre, &data].concat();
+        let _ = w.feed_split(&mut c, &input, split);
+    }
+}

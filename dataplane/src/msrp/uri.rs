@@ -1,0 +1,340 @@
+//! MSRP URIs (RFC 4975 §6, §9; RFC 7977 §4 adds the `ws` transport).
+//!
+//! ```text
+//! MSRP-URI   = msrp-scheme "://" authority ["/" session-id] ";" transport *( ";" URI-parameter )
+//! msrp-scheme = "msrp" / "msrps"
+//! session-id = 1*( unreserved / "+" / "=" / "/" )
+//! transport  = "tcp" / 1*ALPHANUM
+//! ```
+//!
+//! Parsing borrows from the header value: no allocation.
+
+use std::fmt;
+
+/// A parsed MSRP URI, borrowing its parts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct MsrpUri<'a> {
+    /// The whole URI text.
+    pub raw: &'a [u8],
+    /// `msrps` (TLS, or secure WebSocket for RFC 7977).
+    pub secure: bool,
+    pub userinfo: Option<&'a [u8]>,
+    /// Host as written (IPv6 literals keep their brackets).
+    pub host: &'a [u8],
+    pub port: Option<u16>,
+    pub session_id: Option<&'a [u8]>,
+    pub transport: &'a [u8],
+    /// What follows the transport, without the leading `;`.
+    pub params: &'a [u8],
+}
+
+impl fmt::Debug for MsrpUri<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MsrpUri({})", String::from_utf8_lossy(self.raw))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("scheme is not msrp or msrps")]
+    Scheme,
+    #[error("bad authority")]
+    Authority,
+    #[error("bad port")]
+    Port,
+    #[error("bad session-id")]
+    SessionId,
+    #[error("missing or bad transport")]
+    Transport,
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
+    let head = s.get(..p.len())?;
+    head.eq_ignore_ascii_case(p)
+        .then(|| s.get(p.len()..).unwrap_or(&[]))
+}
+
+impl<'a> MsrpUri<'a> {
+    /// Parses one URI (no surrounding whitespace).
+    pub fn parse(raw: &'a [u8]) -> Result<MsrpUri<'a>, UriError> {
+        let (secure, rest) = if let Some(r) = strip_prefix_ci(raw, b"msrps://") {
+            (true, r)
+        } else if let Some(r) = strip_prefix_ci(raw, b"msrp://") {
+            (false, r)
+        } else {
+            return Err(UriError::Scheme);
+        };
+        // authority ends at "/" or ";"
+        let auth_end = rest
+            .iter()
+            .position(|&b| b == b'/' || b == b';')
+            .ok_or(UriError::Transport)?;
+        let authority = rest.get(..auth_end).unwrap_or(&[]);
+        let (userinfo, hostport) = match memchr::memrchr(b'@', authority) {
+            Some(at) => (authority.get(..at), authority.get(at + 1..).unwrap_or(&[])),
+            None => (None, authority),
+        };
+        if let Some(u) = userinfo
+            && !u
+                .iter()
+                .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'%')
+        {
+            return Err(UriError::Authority);
+        }
+        let (host, port_s) = if hostport.first() == Some(&b'[') {
+            let close = memchr::memchr(b']', hostport).ok_or(UriError::Authority)?;
+            let host = hostport.get(..=close).unwrap_or(&[]);
+            let inner = host.get(1..close).unwrap_or(&[]);
+            if inner.is_empty()
+                || !inner
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return Err(UriError::Authority);
+            }
+            match hostport.get(close + 1..) {
+                None | Some([]) => (host, None),
+                Some([b':', p @ ..]) => (host, Some(p)),
+                Some(_) => return Err(UriError::Authority),
+            }
+        } else {
+            match memchr::memchr(b':', hostport) {
+                Some(c) => (hostport.get(..c).unwrap_or(&[]), hostport.get(c + 1..)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty()
+            || (host.first() != Some(&b'[')
+                && !host
+                    .iter()
+                    .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b'%'))
+        {
+            return Err(UriError::Authority);
+        }
+        let port = match port_s {
+            None => None,
+            Some(p) => {
+                if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
+                    return Err(UriError::Port);
+                }
+                let v = p.iter().fold(0u32, |a, &d| a * 10 + u32::from(d - b'0'));
+                Some(u16::try_from(v).map_err(|_| UriError::Port)?)
+            }
+        };
+        let mut rest = rest.get(auth_end..).unwrap_or(&[]);
+        let mut session_id = None;
+        if rest.first() == Some(&b'/') {
+            let end = memchr::memchr(b';', rest).ok_or(UriError::Transport)?;
+            let sid = rest.get(1..end).unwrap_or(&[]);
+            if sid.is_empty()
+                || !sid
+                    .iter()
+                    .all(|&b| is_unreserved(b) || matches!(b, b'+' | b'=' | b'/'))
+            {
+                return Err(UriError::SessionId);
+            }
+            session_id = Some(sid);
+            rest = rest.get(end..).unwrap_or(&[]);
+        }
+        // ";" transport *( ";" URI-parameter )
+        let rest = rest.get(1..).ok_or(UriError::Transport)?;
+        let t_end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+        let transport = rest.get(..t_end).unwrap_or(&[]);
+        if transport.is_empty() || !transport.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(UriError::Transport);
+        }
+        let params = rest.get(t_end + 1..).unwrap_or(&[]);
+        if params
+            .iter()
+            .any(|&b| b <= b' ' || b == 0x7f || b == b'"' || b == b'<' || b == b'>')
+        {
+            return Err(UriError::Transport);
+        }
+        Ok(MsrpUri {
+            raw,
+            secure,
+            userinfo,
+            host,
+            port,
+            session_id,
+            transport,
+            params,
+        })
+    }
+
+    /// RFC 4975 §6.1 comparison:
+    /// - schemes match, case-insensitively;
+    /// - userinfo is not considered; the host is compared case-insensitively
+    ///   after percent-decoding unreserved characters (no DNS);
+    /// - a port present in either URI must be present and equal in both;
+    /// - session-ids compare case-sensitively; a URI with one never equals
+    ///   one without;
+    /// - transports compare case-insensitively;
+    /// - other URI parameters are ignored.
+    pub fn equivalent(&self, other: &MsrpUri<'_>) -> bool {
+        self.secure == other.secure
+            && host_eq(self.host, other.host)
+            && self.port == other.port
+            && self.session_id == other.session_id
+            && self.transport.eq_ignore_ascii_case(other.transport)
+    }
+
+    /// Same scheme, host and port (the relay's own authority).
+    pub fn same_authority(&self, other: &MsrpUri<'_>) -> bool {
+        self.secure == other.secure && host_eq(self.host, other.host) && self.port == other.port
+    }
+
+    /// WebSocket transport (RFC 7977 §4).
+    pub fn is_ws(&self) -> bool {
+        self.transport.eq_ignore_ascii_case(b"ws")
+    }
+
+    /// RFC 7977 §5.2 clients use unresolvable `.invalid` hosts.
+    pub fn is_invalid_host(&self) -> bool {
+        let h = self.host;
+        h.len() >= 8
+            && h.get(h.len() - 8..)
+                .is_some_and(|t| t.eq_ignore_ascii_case(b".invalid"))
+    }
+}
+
+/// Percent-decodes one position: returns the byte and how many input bytes
+/// it took.
+fn decode_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
+    let b = *s.get(i)?;
+    if b == b'%'
+        && let (Some(h), Some(l)) = (s.get(i + 1), s.get(i + 2))
+        && let (Some(h), Some(l)) = ((*h as char).to_digit(16), (*l as char).to_digit(16))
+    {
+        return Some((u8::try_from(h * 16 + l).unwrap_or(0), 3));
+    }
+    Some((b, 1))
+}
+
+fn host_eq(a: &[u8], b: &[u8]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    loop {
+        match (decode_at(a, i), decode_at(b, j)) {
+            (None, None) => return true,
+            (Some((x, di)), Some((y, dj))) => {
+                if !x.eq_ignore_ascii_case(&y) {
+                    return false;
+                }
+                i += di;
+                j += dj;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The URIs of a To-Path / From-Path / Use-Path value (`URI *( SP URI )`),
+/// in order. Extra whitespace is tolerated.
+pub fn path_uris(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|s| !s.is_empty())
+}
+
+/// Parses every URI of a path; `None` if one is invalid or there is none.
+pub fn parse_path(value: &[u8]) -> Option<Vec<MsrpUri<'_>>> {
+    let v: Result<Vec<_>, _> = path_uris(value).map(MsrpUri::parse).collect();
+    v.ok().filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> MsrpUri<'_> {
+        MsrpUri::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn parse_rfc_examples() {
+        // RFC 4975 §6 / §7.1 and RFC 4976 §7 URIs.
+        let a = u("msrp://atlanta.example.com:7654/jshA7weztas;tcp");
+        assert!(!a.secure);
+        assert_eq!(a.host, b"atlanta.example.com");
+        assert_eq!(a.port, Some(7654));
+        assert_eq!(a.session_id, Some(&b"jshA7weztas"[..]));
+        assert_eq!(a.transport, b"tcp");
+        let r = u("msrps://alice@intra.example.com;tcp");
+        assert!(r.secure);
+        assert_eq!(r.userinfo, Some(&b"alice"[..]));
+        assert_eq!(r.port, None);
+        assert_eq!(r.session_id, None);
+        let v6 = u("msrp://[2001:db8::1]:2855/abc=+/d;ws;foo=bar");
+        assert_eq!(v6.host, b"[2001:db8::1]");
+        assert!(v6.is_ws());
+        assert_eq!(v6.params, b"foo=bar");
+        assert!(u("msrps://df7jal23ls0d.invalid/2s93i93idj;ws").is_invalid_host());
+    }
+
+    #[test]
+    fn parse_errors() {
+        for s in [
+            "http://a;tcp",
+            "msrp://a:1/x",
+            "msrp://a:99999/x;tcp",
+            "msrp://a:/x;tcp",
+            "msrp://:1/x;tcp",
+            "msrp://a:1/;tcp",
+            "msrp://a:1/x;",
+            "msrp://a:1/x y;tcp",
+            "msrp://[zz]:1/x;tcp",
+            "msrp://a:1/x;t-p",
+            "msrp:/",
+            "",
+        ] {
+            assert!(MsrpUri::parse(s.as_bytes()).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn rfc4975_6_1_comparison() {
+        let base = u("msrp://Alice.Example.com:7777/iau39soe2843z;tcp");
+        assert!(base.equivalent(&u("MSRP://alice.example.COM:7777/iau39soe2843z;TCP")));
+        assert!(base.equivalent(&u(
+            "msrp://bob@alice.example.com:7777/iau39soe2843z;tcp;x=y"
+        )));
+        assert!(base.equivalent(&u("msrp://%61lice.example.com:7777/iau39soe2843z;tcp")));
+        assert!(!base.equivalent(&u("msrps://alice.example.com:7777/iau39soe2843z;tcp")));
+        assert!(!base.equivalent(&u("msrp://alice.example.com/iau39soe2843z;tcp")));
+        assert!(!base.equivalent(&u("msrp://alice.example.com:7778/iau39soe2843z;tcp")));
+        assert!(!base.equivalent(&u("msrp://alice.example.com:7777/IAU39soe2843z;tcp")));
+        assert!(!base.equivalent(&u("msrp://alice.example.com:7777;tcp")));
+        assert!(!base.equivalent(&u("msrp://alice.example.com:7777/iau39soe2843z;ws")));
+    }
+
+    #[test]
+    fn paths() {
+        let p = parse_path(b"msrp://a:1/x;tcp  msrps://b/y;ws").unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(parse_path(b"").is_none());
+        assert!(parse_path(b"msrp://a:1/x;tcp junk").is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(s in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            if let Ok(a) = MsrpUri::parse(&s) {
+                proptest::prop_assert!(a.equivalent(&a));
+            }
+            let mut p = b"msrp://".to_vec();
+            p.extend_from_slice(&s);
+            let _ = MsrpUri::parse(&p);
+        }
+    }
+}
