@@ -603,13 +603,6 @@ impl Worker {
         let c = self.conns.get_any(t.index).expect("live");
         let buf = std::mem::take(&mut c.inflight);
         c.inflight_sent = 0;
-        if c.paused && c.pending_output() <= self.output_low {
-            // The peer caught up: read again.
-            c.paused = false;
-            if !c.recv_armed && c.teardown == Teardown::Open {
-                self.arm_recv(t.index);
-            }
-        }
         // Nothing more to send: the connection gives its (pooled) output
         // buffers back, so an idle connection holds none.
         let spare_out = if c.out.is_empty() {
@@ -622,6 +615,13 @@ impl Worker {
         } else {
             Vec::new()
         };
+        if c.paused && c.pending_output() <= self.output_low {
+            // The peer caught up: read again.
+            c.paused = false;
+            if !c.recv_armed && c.teardown == Teardown::Open {
+                self.arm_recv(t.index);
+            }
+        }
         self.recycle_buf(buf);
         self.recycle_buf(spare_out);
         self.recycle_buf(spare_wire);
