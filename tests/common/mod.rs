@@ -104,6 +104,7 @@ pub struct ServerConfig {
     websocket: Vec<String>,
     auth: Vec<String>,
     reactor: Vec<String>,
+    msrp: Vec<String>,
     pub cert: Option<TestCert>,
 }
 
@@ -123,6 +124,7 @@ impl ServerConfig {
             websocket: Vec::new(),
             auth: Vec::new(),
             reactor: vec!["pin_workers = false".into()],
+            msrp: Vec::new(),
             cert: None,
         }
     }
@@ -194,6 +196,51 @@ impl ServerConfig {
         self
     }
 
+    /// Adds a plain `msrp` (TCP) listener on an ephemeral loopback port.
+    pub fn listen_msrp(mut self) -> Self {
+        self.listeners
+            .push("[[listen]]\ntransport = \"msrp\"\naddress = \"127.0.0.1:0\"\n".into());
+        self
+    }
+
+    /// Adds an `msrps` (TLS) listener with the test certificate.
+    pub fn listen_msrps(mut self) -> Self {
+        if self.cert.is_none() {
+            self.cert = Some(TestCert::generate(self.dir.path()));
+        }
+        let c = self.cert.as_ref().expect("cert");
+        self.listeners.push(format!(
+            "[[listen]]\ntransport = \"msrps\"\naddress = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            c.cert_pem.display().to_string(),
+            c.key_pem.display().to_string()
+        ));
+        self
+    }
+
+    /// A users file with `users` in `realm` for MSRP AUTH (the WebSocket
+    /// handshake stays open).
+    pub fn msrp_users(mut self, realm: &str, users: &[(&str, &str)]) -> Self {
+        let file = self.dir.path().join("users.toml");
+        let mut text = String::new();
+        for (name, pw) in users {
+            text.push_str(&format!(
+                "[[user]]\nname = \"{name}\"\npassword = \"{pw}\"\n"
+            ));
+        }
+        std::fs::write(&file, text).expect("write users file");
+        self.auth = vec![
+            format!("realm = \"{realm}\""),
+            format!("users_file = {:?}", file.display().to_string()),
+        ];
+        self
+    }
+
+    /// A raw `key = value` line of `[msrp]`.
+    pub fn msrp(mut self, line: &str) -> Self {
+        self.msrp.push(line.to_string());
+        self
+    }
+
     pub fn region_path(&self) -> PathBuf {
         self.dir.path().join("stats.region")
     }
@@ -224,6 +271,13 @@ impl ServerConfig {
         if !self.auth.is_empty() {
             s.push_str("\n[auth]\n");
             for l in &self.auth {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        if !self.msrp.is_empty() {
+            s.push_str("\n[msrp]\n");
+            for l in &self.msrp {
                 s.push_str(l);
                 s.push('\n');
             }

@@ -378,13 +378,13 @@ impl Default for Reactor {
     fn default() -> Self {
         Reactor {
             ring_entries: 4096,
-            recv_buffers: 1024,
+            recv_buffers: 256,
             recv_buffer_size: 16384,
             pin_workers: true,
             shutdown_grace: 5,
             max_open_files: 1 << 20,
             max_connections_per_worker: 1 << 20,
-            batch_wait_us: 50,
+            batch_wait_us: 0,
             batch_size: 32,
         }
     }
@@ -439,6 +439,19 @@ impl Config {
                     &format!("{key}.tls_cert"),
                     format!(
                         "transport {} needs tls_cert and tls_key",
+                        l.transport.name()
+                    ),
+                ));
+            }
+            if matches!(l.transport, Transport::Msrp | Transport::Msrps)
+                && self.auth.users_file.is_none()
+            {
+                // An MSRP relay relays only for clients that AUTHenticated
+                // (RFC 4976 §5): without credentials it could serve no one.
+                return Err(invalid(
+                    &format!("{key}.transport"),
+                    format!(
+                        "transport {} needs auth.users_file (MSRP clients must AUTH)",
                         l.transport.name()
                     ),
                 ));
@@ -631,6 +644,14 @@ path = "/tmp/x.region"
     fn tls_listener_needs_cert() {
         let e = parse("[[listen]]\ntransport = \"wss\"\naddress = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(e.to_string().contains("tls_cert"), "{e}");
+    }
+
+    #[test]
+    fn msrp_listener_needs_users_file() {
+        let l = "[[listen]]\ntransport = \"msrp\"\naddress = \"127.0.0.1:2855\"\n";
+        let e = parse(l).unwrap_err();
+        assert!(e.to_string().contains("users_file"), "{e}");
+        assert!(parse(&format!("{l}[auth]\nusers_file = \"u.toml\"\n")).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! engine in use, and the buffers that must outlive in-flight operations.
 
 use crate::config::{SubProtocol, Transport};
+use crate::msrp::relay::{MsrpConn, Target};
 use crate::transport::TlsSession;
 use crate::ws::session::WsSession;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ pub enum Proto {
     Handshake,
     /// An established WebSocket.
     Ws(Box<WsConn>),
+    /// MSRP over TCP or TLS (`msrp`/`msrps` listeners, outbound next hops).
+    Msrp(Box<MsrpState>),
     /// Bytes are not interpreted (outbound connections before an engine
     /// claims them, rejected handshakes draining out).
     Raw,
@@ -25,6 +28,41 @@ pub struct WsConn {
     pub close_code: Option<u16>,
     /// Why the session ended, for the event stream.
     pub close_reason: &'static str,
+    /// The relay engine of an `msrp` sub-protocol session (RFC 7977).
+    pub msrp: Option<Box<MsrpState>>,
+}
+
+/// The reactor's side of one MSRP connection: the engine's connection
+/// state plus the forwarded chunk being assembled.
+pub struct MsrpState {
+    pub conn: MsrpConn,
+    /// A chunk being forwarded: the rewritten head and the body so far,
+    /// queued to its target whole once its end-line is seen (a target
+    /// must never see two chunks interleaved).
+    pub fwd: Option<Forward>,
+    /// Outbound connection still connecting: transactions queued on it,
+    /// failed with a REPORT if the connect fails.
+    pub waiting: Vec<Vec<u8>>,
+}
+
+pub struct Forward {
+    pub target: Target,
+    /// Length of the rewritten head at the start of `frame`.
+    pub head_len: usize,
+    pub frame: Vec<u8>,
+    pub txn: Option<Vec<u8>>,
+    /// Chunk too large to assemble: the rest of it is discarded.
+    pub dropped: bool,
+}
+
+impl MsrpState {
+    pub fn new(conn: MsrpConn) -> MsrpState {
+        MsrpState {
+            conn,
+            fwd: None,
+            waiting: Vec::new(),
+        }
+    }
 }
 
 /// Where the connection is on its way out.
@@ -93,6 +131,15 @@ impl Conn {
 
     pub fn is_ws_open(&self) -> bool {
         matches!(self.proto, Proto::Ws(_))
+    }
+
+    /// The relay state of an MSRP connection (TCP/TLS or WebSocket).
+    pub fn msrp_mut(&mut self) -> Option<&mut MsrpState> {
+        match &mut self.proto {
+            Proto::Msrp(m) => Some(m),
+            Proto::Ws(ws) => ws.msrp.as_deref_mut(),
+            _ => None,
+        }
     }
 }
 

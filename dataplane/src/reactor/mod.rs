@@ -11,6 +11,7 @@
 pub mod bufring;
 pub mod conn;
 pub mod inbox;
+pub mod msrp;
 pub mod stats;
 pub mod sys;
 pub mod timer;
@@ -19,6 +20,9 @@ pub mod worker;
 
 use crate::auth::{CredentialStore, NonceManager};
 use crate::config::{Config, SubProtocol, Transport};
+use crate::msrp::auth::AuthPolicy;
+use crate::msrp::relay::RelayConfig;
+use crate::msrp::session_map::SessionId;
 use crate::region::Region;
 use crate::transport::TlsAcceptor;
 use crate::ws::handshake::{HandshakeAuth, HandshakePolicy};
@@ -38,6 +42,19 @@ pub enum InboxMsg {
     Wake,
     /// Open an outbound connection.
     Connect { addr: SocketAddr },
+    /// An MSRP frame forwarded by another core toward a session this core
+    /// owns (the frame is owned: it changes cores without a copy).
+    MsrpForward {
+        session: SessionId,
+        from_conn: u64,
+        origin_core: u8,
+        frame: Vec<u8>,
+        txn: Option<Vec<u8>>,
+    },
+    /// A complete MSRP response for a transaction this core forwarded.
+    MsrpResponse { frame: Vec<u8> },
+    /// A frame this core forwarded to another core could not be delivered.
+    MsrpForwardFailed { txn: Vec<u8>, code: u16 },
 }
 
 /// What every worker reads and nobody writes after start (except atomics).
@@ -49,6 +66,11 @@ pub struct Shared {
     /// TLS configuration per listener index.
     pub tls: HashMap<u16, TlsAcceptor>,
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
+    /// MSRP AUTH credentials (`[auth] users_file`; empty without one, so
+    /// every AUTH is challenged and then refused).
+    pub msrp_store: Arc<CredentialStore>,
+    pub msrp_nonces: NonceManager,
+    pub relay_config: RelayConfig,
     start: Instant,
     unix_start_ms: u64,
     shutdown: AtomicBool,
@@ -115,19 +137,35 @@ impl Dataplane {
             }
         }
 
+        let store = match &config.auth.users_file {
+            Some(path) => Some(Arc::new(
+                CredentialStore::load(path, &config.auth.realm)
+                    .map_err(|e| StartError::Auth(e.to_string()))?,
+            )),
+            None => None,
+        };
         let auth = if config.websocket.require_auth {
-            let path = config.auth.users_file.as_ref().ok_or_else(|| {
+            let store = store.clone().ok_or_else(|| {
                 StartError::Auth("websocket.require_auth needs auth.users_file".into())
             })?;
-            let store = CredentialStore::load(path, &config.auth.realm)
-                .map_err(|e| StartError::Auth(e.to_string()))?;
             Some(HandshakeAuth {
                 realm: config.auth.realm.clone(),
-                store: Arc::new(store),
+                store,
                 nonces: NonceManager::new(random_secret(), 300),
             })
         } else {
             None
+        };
+        let msrp_store =
+            store.unwrap_or_else(|| Arc::new(CredentialStore::empty(&config.auth.realm)));
+        let relay_config = RelayConfig {
+            auth: AuthPolicy {
+                realm: config.auth.realm.clone(),
+                min_expires: config.msrp.auth_min_expires,
+                max_expires: config.msrp.auth_max_expires,
+                ..AuthPolicy::default()
+            },
+            ..RelayConfig::default()
         };
         let ws = &config.websocket;
         let policy = HandshakePolicy {
@@ -155,7 +193,7 @@ impl Dataplane {
         let mut listening = Vec::new();
         for (i, l) in config.listen.iter().enumerate() {
             match l.transport {
-                Transport::Ws | Transport::Wss => {}
+                Transport::Ws | Transport::Wss | Transport::Msrp | Transport::Msrps => {}
                 other => {
                     tracing::warn!(
                         transport = other.name(),
@@ -202,6 +240,9 @@ impl Dataplane {
             session_config,
             tls,
             inboxes,
+            msrp_store,
+            msrp_nonces: NonceManager::new(random_secret(), 300),
+            relay_config,
             start: Instant::now(),
             unix_start_ms,
             shutdown: AtomicBool::new(false),

@@ -4,6 +4,8 @@
 
 use super::conn::Conn;
 use crate::config::{SubProtocol, Transport};
+use crate::msrp::message::Method;
+use crate::msrp::relay::Stat;
 use crate::region::{self, ConnInfo, ConnState, Counter, Event, Histogram, Region};
 use crate::ws::frame::OpCode;
 use crate::ws::handshake::RejectReason;
@@ -44,6 +46,15 @@ fn opcode(o: OpCode) -> region::Opcode {
         OpCode::Close => region::Opcode::Close,
         OpCode::Ping => region::Opcode::Ping,
         OpCode::Pong => region::Opcode::Pong,
+    }
+}
+
+fn msrp_method(m: Method) -> region::MsrpMethod {
+    match m {
+        Method::Send => region::MsrpMethod::Send,
+        Method::Report => region::MsrpMethod::Report,
+        Method::Auth => region::MsrpMethod::Auth,
+        Method::Other => region::MsrpMethod::Other,
     }
 }
 
@@ -293,6 +304,57 @@ impl WorkerStats {
 
     pub fn slot_close(&mut self, idx: u32) {
         self.core().slot_close(idx);
+    }
+
+    /// An MSRP engine statistic.
+    pub fn msrp(&mut self, s: Stat) {
+        use region::{AuthResult, MsrpStatus};
+        let c = self.core();
+        match s {
+            Stat::FrameIn {
+                method: Some(m), ..
+            } => c.inc(Counter::MsrpRequestsReceived(msrp_method(m))),
+            Stat::FrameIn { .. } => {}
+            Stat::Rejected { code } => c.inc(Counter::MsrpResponses(MsrpStatus::from_u16(code))),
+            Stat::AuthGranted => {
+                c.inc(Counter::MsrpAuth(AuthResult::Ok));
+                c.inc(Counter::MsrpResponses(MsrpStatus::Ok));
+            }
+            Stat::AuthChallenged => {
+                c.inc(Counter::MsrpAuth(AuthResult::Challenged));
+                c.inc(Counter::MsrpResponses(MsrpStatus::Unauthorized));
+            }
+            Stat::AuthFailed => {
+                c.inc(Counter::MsrpAuth(AuthResult::Failed));
+                c.inc(Counter::MsrpResponses(MsrpStatus::Forbidden));
+            }
+            Stat::SessionCreated => c.inc(Counter::MsrpSessionsActive),
+            Stat::SessionsRemoved(n) => c.sub(Counter::MsrpSessionsActive, n as u64),
+            Stat::FailureReport { .. } => c.inc(Counter::MsrpFailureReports),
+            // Answered (400, counted as a response) or closed.
+            Stat::Malformed => {}
+        }
+    }
+
+    /// A request forwarded to its next hop, with `body` bytes.
+    pub fn msrp_relayed(&mut self, head: &[u8], body: u64) {
+        let c = self.core();
+        let method = head
+            .split(|&b| b == b' ' || b == b'\r')
+            .nth(2)
+            .unwrap_or(&[]);
+        c.inc(Counter::MsrpRequestsRelayed(
+            region::MsrpMethod::from_token(method),
+        ));
+        if body > 0 {
+            c.add(Counter::MsrpRelayedBytes, body);
+        }
+    }
+
+    /// A hop-by-hop 200 the relay answered itself.
+    pub fn msrp_ok_sent(&mut self) {
+        self.core()
+            .inc(Counter::MsrpResponses(region::MsrpStatus::Ok));
     }
 
     pub fn drain_commands(&mut self, f: impl FnMut(Command)) {

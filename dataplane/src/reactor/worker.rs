@@ -8,15 +8,19 @@
 
 use super::bufring::BufRing;
 use super::conn::{Conn, ConnTable, Proto, Teardown, WsConn};
+use super::msrp::{self as glue, Effect, MsrpCtx};
 use super::stats::WorkerStats;
 use super::timer::TimerWheel;
 use super::token::{Op, Token};
 use super::{InboxMsg, Shared};
 use crate::config::{SubProtocol, Transport};
+use crate::msrp::relay::{Action, RelayCore, Target};
+use crate::msrp::session_map::{SessionId, SessionMap};
 use crate::ws::frame::{self, OpCode};
 use crate::ws::handshake::{self, Outcome, RejectReason};
 use crate::ws::session::{MessageKind, SessionEvent, State, WsSession};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
@@ -70,7 +74,18 @@ pub struct Worker {
     output_low: usize,
     /// Addresses of connects in flight (the kernel reads them).
     connect_addrs: Vec<(u32, Box<socket2::SockAddr>)>,
+    /// This core's MSRP relay state (sessions, forwarded transactions).
+    relay: RelayCore,
+    msrp_actions: Vec<Action>,
+    msrp_effects: Vec<Effect>,
+    /// Outbound MSRP connections by next-hop address (reused).
+    outbound: HashMap<SocketAddr, (u32, u32)>,
+    msrp_timer_ms: u64,
+    msrp_sweep_ms: u64,
 }
+
+/// Period of the MSRP transaction-timeout scan.
+const MSRP_TIMER_MS: u64 = 1000;
 
 impl Worker {
     pub fn new(core: u32, shared: Arc<Shared>, listeners: Vec<Listener>) -> io::Result<Worker> {
@@ -81,6 +96,12 @@ impl Worker {
         let now = shared.now_ms();
         let stats = WorkerStats::new(shared.region.clone(), core);
         let output_high = (2 * shared.config.websocket.max_message_size).max(1 << 20) + 65536;
+        let workers = shared.inboxes.len();
+        let relay = RelayCore::new(
+            shared.relay_config.clone(),
+            core as u8,
+            SessionMap::per_core_capacity(shared.config.msrp.cmap_size, workers),
+        );
         Ok(Worker {
             core,
             ring,
@@ -108,6 +129,12 @@ impl Worker {
             connect_addrs: Vec::new(),
             output_high,
             output_low: output_high / 4,
+            relay,
+            msrp_actions: Vec::new(),
+            msrp_effects: Vec::new(),
+            outbound: HashMap::new(),
+            msrp_timer_ms: now,
+            msrp_sweep_ms: now,
             shared,
         })
     }
@@ -341,10 +368,30 @@ impl Worker {
         };
         let mut conn = conn;
         conn.id = self.stats.slot_open(idx, &conn);
+        let msrp = matches!(transport, Transport::Msrp | Transport::Msrps);
+        if msrp {
+            if conn.local.ip().is_unspecified()
+                && let Some(l) = local_addr(fd)
+            {
+                conn.local = l;
+            }
+            conn.proto = Proto::Msrp(glue::new_state(
+                &self.shared,
+                self.core,
+                idx,
+                generation,
+                &conn,
+                false,
+            ));
+            self.stats.slot_ws_open(idx, SubProtocol::Msrp, "msrp");
+        }
         self.conns.insert(idx, conn);
         self.arm_recv(idx);
-        let deadline = now + self.shared.config.websocket.handshake_timeout * 1000;
-        self.schedule(idx, deadline);
+        if !msrp || transport.is_tls() {
+            // The WebSocket handshake, or the TLS handshake of msrps.
+            let deadline = now + self.shared.config.websocket.handshake_timeout * 1000;
+            self.schedule(idx, deadline);
+        }
     }
 
     fn on_recv(&mut self, t: Token, res: i32, flags: u32, now: u64) {
@@ -412,15 +459,40 @@ impl Worker {
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
             if c.partial.is_empty() {
-                let consumed = process_plain(c, data, now, &self.shared, &mut self.stats, t.index);
+                let mut ctx = MsrpCtx {
+                    relay: &mut self.relay,
+                    actions: &mut self.msrp_actions,
+                    effects: &mut self.msrp_effects,
+                };
+                let consumed = process_plain(
+                    c,
+                    data,
+                    now,
+                    &self.shared,
+                    &mut self.stats,
+                    t.index,
+                    &mut ctx,
+                );
                 if consumed < data.len() && c.teardown == Teardown::Open {
                     c.partial.extend_from_slice(&data[consumed..]);
                 }
             } else {
                 c.partial.extend_from_slice(data);
                 let mut p = std::mem::take(&mut c.partial);
-                let consumed =
-                    process_plain(c, &mut p, now, &self.shared, &mut self.stats, t.index);
+                let mut ctx = MsrpCtx {
+                    relay: &mut self.relay,
+                    actions: &mut self.msrp_actions,
+                    effects: &mut self.msrp_effects,
+                };
+                let consumed = process_plain(
+                    c,
+                    &mut p,
+                    now,
+                    &self.shared,
+                    &mut self.stats,
+                    t.index,
+                    &mut ctx,
+                );
                 p.drain(..consumed.min(p.len()));
                 if c.teardown == Teardown::Open && !p.is_empty() {
                     c.partial = p;
@@ -428,6 +500,7 @@ impl Worker {
             }
             self.bufs.recycle(bid);
         }
+        self.apply_msrp_effects(now);
         self.after_input(t.index, now);
     }
 
@@ -471,17 +544,36 @@ impl Worker {
                     self.stats.tls_result(true);
                 }
                 if !plain.is_empty() {
+                    let mut ctx = MsrpCtx {
+                        relay: &mut self.relay,
+                        actions: &mut self.msrp_actions,
+                        effects: &mut self.msrp_effects,
+                    };
                     if c.partial.is_empty() {
-                        let consumed =
-                            process_plain(c, &mut plain, now, &self.shared, &mut self.stats, idx);
+                        let consumed = process_plain(
+                            c,
+                            &mut plain,
+                            now,
+                            &self.shared,
+                            &mut self.stats,
+                            idx,
+                            &mut ctx,
+                        );
                         if consumed < plain.len() && c.teardown == Teardown::Open {
                             c.partial.extend_from_slice(&plain[consumed..]);
                         }
                     } else {
                         c.partial.extend_from_slice(&plain);
                         let mut p = std::mem::take(&mut c.partial);
-                        let consumed =
-                            process_plain(c, &mut p, now, &self.shared, &mut self.stats, idx);
+                        let consumed = process_plain(
+                            c,
+                            &mut p,
+                            now,
+                            &self.shared,
+                            &mut self.stats,
+                            idx,
+                            &mut ctx,
+                        );
                         p.drain(..consumed.min(p.len()));
                         if c.teardown == Teardown::Open && !p.is_empty() {
                             c.partial = p;
@@ -643,6 +735,9 @@ impl Worker {
         if let Some(local) = local_addr(c.fd) {
             c.local = local;
         }
+        if let Some(m) = c.msrp_mut() {
+            m.waiting.clear();
+        }
         self.arm_recv(t.index);
         self.mark_dirty(t.index);
         let _ = now;
@@ -664,6 +759,23 @@ impl Worker {
 
     fn on_tick(&mut self, now: u64) {
         self.stats.heartbeat(self.shared.unix_ms());
+        if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
+            self.msrp_timer_ms = now;
+            let sweep = now.saturating_sub(self.msrp_sweep_ms)
+                >= self.shared.config.msrp.timer_interval.saturating_mul(1000);
+            if sweep {
+                self.msrp_sweep_ms = now;
+            }
+            let mut rng = glue::fill_random;
+            let mut env = glue::env(&self.shared, now, &mut rng);
+            self.relay.on_tick(&mut env, sweep, &mut self.msrp_actions);
+            glue::run_detached(
+                &mut self.msrp_actions,
+                &mut self.msrp_effects,
+                &mut self.stats,
+            );
+            self.apply_msrp_effects(now);
+        }
         let mut due = Vec::new();
         self.wheel
             .advance(now, |key, deadline| due.push((key, deadline)));
@@ -703,6 +815,20 @@ impl Worker {
                 }
                 Proto::Ws(ws) => {
                     ws.session.on_tick(now, &mut c.out);
+                }
+                Proto::Msrp(_) => {
+                    // msrps: the TLS handshake did not finish in time.
+                    let limit =
+                        c.accepted_ms + self.shared.config.websocket.handshake_timeout * 1000;
+                    if now >= limit
+                        && c.teardown == Teardown::Open
+                        && c.tls.as_ref().is_some_and(|t| t.is_handshaking())
+                    {
+                        self.stats.tls_result(false);
+                        c.teardown = Teardown::Abort;
+                        self.mark_dirty(idx);
+                        continue;
+                    }
                 }
                 Proto::Raw => {}
             }
@@ -759,8 +885,240 @@ impl Worker {
                 InboxMsg::Connect { addr } => {
                     let _ = self.connect(addr, now);
                 }
+                InboxMsg::MsrpForward {
+                    session,
+                    from_conn,
+                    origin_core,
+                    frame,
+                    txn,
+                } => self.on_handoff(session, from_conn, origin_core, frame, txn, now),
+                InboxMsg::MsrpResponse { frame } => {
+                    let mut rng = glue::fill_random;
+                    let mut env = glue::env(&self.shared, now, &mut rng);
+                    self.relay
+                        .on_core_response(&frame, &mut env, &mut self.msrp_actions);
+                    glue::run_detached(
+                        &mut self.msrp_actions,
+                        &mut self.msrp_effects,
+                        &mut self.stats,
+                    );
+                }
+                InboxMsg::MsrpForwardFailed { txn, code } => self.forward_failed(&txn, code, now),
             }
         }
+        self.apply_msrp_effects(now);
+    }
+
+    // ---- MSRP relay effects ----
+
+    /// Tell the relay a transaction it forwarded could not be delivered
+    /// (it answers with a failure REPORT where one is due).
+    fn forward_failed(&mut self, txn: &[u8], code: u16, now: u64) {
+        let mut rng = glue::fill_random;
+        let mut env = glue::env(&self.shared, now, &mut rng);
+        self.relay
+            .on_forward_failed(txn, code, &mut env, &mut self.msrp_actions);
+        glue::run_detached(
+            &mut self.msrp_actions,
+            &mut self.msrp_effects,
+            &mut self.stats,
+        );
+    }
+
+    /// A transaction of `core` failed: tell that core.
+    fn fail_on(&mut self, core: u8, txn: Option<Vec<u8>>, code: u16, now: u64) {
+        let Some(txn) = txn else {
+            return;
+        };
+        if u32::from(core) == self.core {
+            self.forward_failed(&txn, code, now);
+        } else if let Some(inbox) = self.shared.inboxes.get(usize::from(core)) {
+            // A full inbox loses only the REPORT; the origin's transaction
+            // times out (408) instead.
+            let _ = inbox.send(InboxMsg::MsrpForwardFailed { txn, code });
+        }
+    }
+
+    /// A chunk another core forwarded toward a session of this core.
+    fn on_handoff(
+        &mut self,
+        session: SessionId,
+        from_conn: u64,
+        origin_core: u8,
+        frame: Vec<u8>,
+        txn: Option<Vec<u8>>,
+        now: u64,
+    ) {
+        match self.relay.resolve_handoff(&session, from_conn, now) {
+            Ok(conn) => {
+                if !self.deliver_local(conn, frame) {
+                    self.fail_on(origin_core, txn, 481, now);
+                }
+            }
+            Err(code) => self.fail_on(origin_core, txn, code, now),
+        }
+    }
+
+    /// Queue a frame on connection `id` of this core.
+    fn deliver_local(&mut self, id: u64, frame: Vec<u8>) -> bool {
+        let (core, generation, idx) = split_conn_id(id);
+        if core != self.core {
+            return false;
+        }
+        let Some(c) = self.conns.get_mut(idx, generation) else {
+            return false;
+        };
+        if !glue::queue_frame(c, frame, &mut self.stats) {
+            return false;
+        }
+        self.mark_dirty(idx);
+        true
+    }
+
+    /// Carry out what the relay produced for other connections and cores.
+    fn apply_msrp_effects(&mut self, now: u64) {
+        loop {
+            let list = std::mem::take(&mut self.msrp_effects);
+            if list.is_empty() {
+                return;
+            }
+            for e in list {
+                self.apply_effect(e, now);
+            }
+        }
+    }
+
+    fn apply_effect(&mut self, e: Effect, now: u64) {
+        let me = self.core as u8;
+        match e {
+            Effect::SendTo { conn, frame } => {
+                let _ = self.deliver_local(conn, frame);
+            }
+            Effect::ToCore { core, frame } => {
+                if core == me {
+                    let mut rng = glue::fill_random;
+                    let mut env = glue::env(&self.shared, now, &mut rng);
+                    self.relay
+                        .on_core_response(&frame, &mut env, &mut self.msrp_actions);
+                    glue::run_detached(
+                        &mut self.msrp_actions,
+                        &mut self.msrp_effects,
+                        &mut self.stats,
+                    );
+                } else if let Some(inbox) = self.shared.inboxes.get(usize::from(core)) {
+                    // A full inbox drops the response; the transaction
+                    // times out on its core (408).
+                    let _ = inbox.send(InboxMsg::MsrpResponse { frame });
+                }
+            }
+            Effect::Deliver {
+                target,
+                frame,
+                txn,
+                from_conn,
+            } => match target {
+                Target::Conn(conn) => {
+                    if !self.deliver_local(conn, frame) {
+                        self.fail_on(me, txn, 481, now);
+                    }
+                }
+                Target::Core { core, session } => {
+                    let msg = InboxMsg::MsrpForward {
+                        session,
+                        from_conn,
+                        origin_core: me,
+                        frame,
+                        txn,
+                    };
+                    let sent = match self.shared.inboxes.get(usize::from(core)) {
+                        Some(inbox) => inbox.send(msg),
+                        None => Err(msg),
+                    };
+                    if let Err(InboxMsg::MsrpForward { txn, .. }) = sent {
+                        self.fail_on(me, txn, 408, now);
+                    }
+                }
+                Target::NextHop {
+                    secure, host, port, ..
+                } => self.forward_next_hop(secure, &host, port, frame, txn, now),
+            },
+        }
+    }
+
+    /// Forward to another relay or endpoint over an outbound connection,
+    /// opened on first use and reused. Only literal IP addresses (and
+    /// `localhost`) are dialled: the reactor does no blocking DNS; other
+    /// names fail with 408. Outbound TLS (`msrps` next hops) is not
+    /// implemented yet: 403.
+    fn forward_next_hop(
+        &mut self,
+        secure: bool,
+        host: &str,
+        port: u16,
+        frame: Vec<u8>,
+        txn: Option<Vec<u8>>,
+        now: u64,
+    ) {
+        let me = self.core as u8;
+        if secure {
+            tracing::debug!(host, port, "msrps next hop: outbound TLS not supported yet");
+            self.fail_on(me, txn, 403, now);
+            return;
+        }
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        let ip = if h.eq_ignore_ascii_case("localhost") {
+            Some(std::net::IpAddr::from([127, 0, 0, 1]))
+        } else {
+            h.parse().ok()
+        };
+        let Some(ip) = ip else {
+            tracing::debug!(host, "msrp next hop is not an IP address; not resolved");
+            self.fail_on(me, txn, 408, now);
+            return;
+        };
+        let addr = SocketAddr::new(ip, port);
+        let existing = self.outbound.get(&addr).copied().filter(|&(idx, g)| {
+            self.conns
+                .get_mut(idx, g)
+                .is_some_and(|c| c.teardown == Teardown::Open)
+        });
+        let (idx, generation) = match existing {
+            Some(x) => x,
+            None => match self.connect(addr, now) {
+                Ok(idx) => {
+                    let Some(c) = self.conns.get_any(idx) else {
+                        self.fail_on(me, txn, 408, now);
+                        return;
+                    };
+                    let generation = c.generation;
+                    let st = glue::new_state(&self.shared, self.core, idx, generation, c, false);
+                    c.proto = Proto::Msrp(st);
+                    self.outbound.insert(addr, (idx, generation));
+                    (idx, generation)
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "msrp next hop: connect failed");
+                    self.fail_on(me, txn, 408, now);
+                    return;
+                }
+            },
+        };
+        let Some(c) = self.conns.get_mut(idx, generation) else {
+            self.fail_on(me, txn, 408, now);
+            return;
+        };
+        let connecting = c.connecting;
+        if !glue::queue_frame(c, frame, &mut self.stats) {
+            self.fail_on(me, txn, 408, now);
+            return;
+        }
+        if connecting
+            && let Some(t) = txn
+            && let Some(m) = c.msrp_mut()
+        {
+            m.waiting.push(t);
+        }
+        self.mark_dirty(idx);
     }
 
     /// Open an outbound TCP connection (next-hop relays). Returns its slot.
@@ -978,9 +1336,32 @@ impl Worker {
             }
             return;
         }
-        let c = self.conns.remove(idx).expect("live");
+        let mut c = self.conns.remove(idx).expect("live");
         close_fd(c.fd);
         self.stats.slot_close(idx);
+        if let Some(m) = c.msrp_mut() {
+            // Its sessions die with it; transactions waiting on it fail.
+            let id = m.conn.id;
+            let waiting = std::mem::take(&mut m.waiting);
+            if c.outbound {
+                self.outbound.retain(|_, v| v.0 != idx);
+            }
+            let now = self.shared.now_ms();
+            let mut rng = glue::fill_random;
+            let mut env = glue::env(&self.shared, now, &mut rng);
+            self.relay
+                .on_conn_closed(id, &mut env, &mut self.msrp_actions);
+            for t in &waiting {
+                self.relay
+                    .on_forward_failed(t, 408, &mut env, &mut self.msrp_actions);
+            }
+            glue::run_detached(
+                &mut self.msrp_actions,
+                &mut self.msrp_effects,
+                &mut self.stats,
+            );
+            self.apply_msrp_effects(now);
+        }
         if !c.outbound {
             self.stats.closed(c.transport);
         }
@@ -1018,6 +1399,7 @@ fn process_plain(
     shared: &Shared,
     stats: &mut WorkerStats,
     c_idx: u32,
+    ctx: &mut MsrpCtx<'_>,
 ) -> usize {
     let mut consumed = 0;
     if matches!(c.proto, Proto::Handshake) {
@@ -1037,11 +1419,22 @@ fn process_plain(
                 stats.ws_session_opened(a.sub_protocol);
                 c.out.extend_from_slice(&a.response);
                 let session = WsSession::new(shared.session_config.clone(), now);
+                let msrp = (a.sub_protocol == SubProtocol::Msrp).then(|| {
+                    glue::new_state(
+                        shared,
+                        u32::from(ctx.relay.sessions.core()),
+                        c_idx,
+                        c.generation,
+                        c,
+                        true,
+                    )
+                });
                 c.proto = Proto::Ws(Box::new(WsConn {
                     session,
                     sub_protocol: a.sub_protocol,
                     close_code: None,
                     close_reason: "",
+                    msrp,
                 }));
                 let info = match &a.user {
                     Some(u) => format!("{} {}", a.path, u),
@@ -1059,27 +1452,47 @@ fn process_plain(
             let mut messages = 0u64;
             let mut echoed_text = 0u64;
             let mut echoed_binary = 0u64;
+            let mut msrp_out = 0u64;
+            let mut msrp_close = None;
             let rest = &mut data[consumed..];
-            let n = ws
-                .session
-                .on_bytes(rest, now, &mut c.out, &mut |kind, payload, out| {
-                    messages += 1;
-                    if sub == SubProtocol::Echo {
-                        let op = match kind {
-                            MessageKind::Text => {
-                                echoed_text += 1;
-                                OpCode::Text
-                            }
-                            MessageKind::Binary => {
-                                echoed_binary += 1;
-                                OpCode::Binary
-                            }
-                        };
-                        frame::write_frame(out, op, payload);
+            let WsConn { session, msrp, .. } = &mut **ws;
+            let n = session.on_bytes(rest, now, &mut c.out, &mut |kind, payload, out| {
+                messages += 1;
+                if let Some(m) = msrp.as_deref_mut() {
+                    // RFC 7977: one MSRP chunk per WebSocket message.
+                    let mut rng = glue::fill_random;
+                    let mut env = glue::env(shared, now, &mut rng);
+                    ctx.relay
+                        .on_ws_message(&mut m.conn, payload, &mut env, ctx.actions);
+                    let o = glue::run_actions(m, payload, true, out, ctx, stats);
+                    msrp_out += o.frames_out;
+                    if o.close.is_some() && msrp_close.is_none() {
+                        msrp_close = o.close;
                     }
-                });
+                } else if sub == SubProtocol::Echo {
+                    let op = match kind {
+                        MessageKind::Text => {
+                            echoed_text += 1;
+                            OpCode::Text
+                        }
+                        MessageKind::Binary => {
+                            echoed_binary += 1;
+                            OpCode::Binary
+                        }
+                    };
+                    frame::write_frame(out, op, payload);
+                }
+            });
             stats.messages_in(sub, messages);
-            if sub == SubProtocol::Echo {
+            if let Some(reason) = msrp_close {
+                ws.close_reason = reason;
+                ws.session
+                    .close(1002, "MSRP protocol error", now, &mut c.out);
+            }
+            if ws.msrp.is_some() {
+                stats.messages_out(sub, msrp_out);
+                c.frames_out += msrp_out;
+            } else if sub == SubProtocol::Echo {
                 stats.messages_out(sub, echoed_text + echoed_binary);
                 c.frames_out += echoed_text + echoed_binary;
                 stats.data_frames_out(echoed_binary, echoed_text);
@@ -1087,6 +1500,21 @@ fn process_plain(
                 // Engines for sip/msrp/xmpp come with their own issues; until
                 // then their messages are counted and dropped.
                 stats.messages_dropped(sub, messages);
+            }
+            consumed + n
+        }
+        Proto::Msrp(m) => {
+            let rest = &data[consumed..];
+            let mut rng = glue::fill_random;
+            let mut env = glue::env(shared, now, &mut rng);
+            let n = ctx.relay.on_bytes(&mut m.conn, rest, &mut env, ctx.actions);
+            let o = glue::run_actions(m, rest, false, &mut c.out, ctx, stats);
+            c.frames_in += o.frames_in;
+            c.frames_out += o.frames_out;
+            if let Some(reason) = o.close {
+                tracing::debug!(peer = %c.peer, reason, "closing MSRP connection");
+                c.teardown = Teardown::AfterFlush;
+                return data.len();
             }
             consumed + n
         }
@@ -1102,7 +1530,7 @@ fn next_deadline(c: &Conn, shared: &Shared, _now: u64) -> Option<u64> {
     match &c.proto {
         Proto::Handshake => Some(c.accepted_ms + shared.config.websocket.handshake_timeout * 1000),
         Proto::Ws(ws) => ws.session.next_deadline(),
-        Proto::Raw => None,
+        Proto::Raw | Proto::Msrp(_) => None,
     }
 }
 

@@ -1,0 +1,265 @@
+//! Glue between the sans-IO MSRP relay engine ([`crate::msrp::relay`]) and
+//! the reactor: building the engine's environment, carrying out the
+//! actions that concern the connection being read, and collecting those
+//! that concern other connections or cores as [`Effect`]s the worker
+//! applies once the input is handled.
+//!
+//! Forwarded chunks: the engine hands the rewritten head, body ranges of
+//! the very bytes it was given and the end-line. The reactor assembles
+//! them into one owned frame per chunk (head + a copy of the body +
+//! end-line) and queues it whole to the target, so a target never sees
+//! two chunks interleaved; the owned frame moves to another core through
+//! its inbox without a further copy, and is swapped (not copied) into an
+//! idle target's output buffer. Memory per chunk is bounded by
+//! [`MAX_CHUNK`]; cut-through streaming and re-chunking of larger chunks
+//! (RFC 4976 §7.1) are not done yet.
+
+use super::conn::{Conn, Forward, MsrpState, Proto, Teardown};
+use super::stats::WorkerStats;
+use super::{Shared, worker};
+use crate::msrp::auth::UsePath;
+use crate::msrp::relay::{Action, Env, MsrpConn, RelayCore, Target};
+use crate::ws::frame::{self, OpCode};
+use crate::ws::session::State;
+use std::net::SocketAddr;
+
+/// Largest chunk (head + body) the relay assembles; a larger one closes
+/// the sending connection.
+pub const MAX_CHUNK: usize = 16 << 20;
+
+/// Work for connections other than the one being read, or other cores.
+pub enum Effect {
+    /// A forwarded chunk, complete.
+    Deliver {
+        target: Target,
+        frame: Vec<u8>,
+        txn: Option<Vec<u8>>,
+        from_conn: u64,
+    },
+    /// A complete frame for connection `conn` of this core.
+    SendTo { conn: u64, frame: Vec<u8> },
+    /// A response for a transaction of another core.
+    ToCore { core: u8, frame: Vec<u8> },
+}
+
+/// The engine and the worker's collections, borrowed for one input.
+pub struct MsrpCtx<'a> {
+    pub relay: &'a mut RelayCore,
+    pub actions: &'a mut Vec<Action>,
+    pub effects: &'a mut Vec<Effect>,
+}
+
+/// What carrying out the actions of one input produced for its connection.
+#[derive(Default)]
+pub struct Outcome {
+    pub close: Option<&'static str>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+}
+
+/// Cryptographically secure randomness for session and transaction ids.
+pub fn fill_random(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        // getrandom does not fail on Linux ≥ 3.17; should it, ids stay
+        // unique (not unpredictable): time-seeded splitmix64.
+        let mut x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        for b in buf.iter_mut() {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            *b = (z ^ (z >> 31)) as u8;
+        }
+    }
+}
+
+/// The engine's environment: credentials, nonces, worker time, randomness.
+pub fn env<'a>(shared: &'a Shared, now_ms: u64, rng: &'a mut dyn FnMut(&mut [u8])) -> Env<'a> {
+    Env {
+        store: &shared.msrp_store,
+        nonces: &shared.msrp_nonces,
+        now_ms,
+        unix_secs: shared.unix_ms() / 1000,
+        rng,
+    }
+}
+
+/// This relay's Use-Path for a connection: `[msrp] use_path_addr`, else
+/// the address the connection arrived on.
+pub fn use_path(shared: &Shared, local: SocketAddr, secure: bool, websocket: bool) -> UsePath {
+    UsePath {
+        secure,
+        host_port: shared
+            .config
+            .msrp
+            .use_path_addr
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
+        transport: if websocket { "ws" } else { "tcp" },
+    }
+}
+
+/// A new relay connection state for connection `idx`/`generation`.
+pub fn new_state(
+    shared: &Shared,
+    core: u32,
+    idx: u32,
+    generation: u32,
+    c: &Conn,
+    websocket: bool,
+) -> Box<MsrpState> {
+    let secure = c.transport.is_tls();
+    let conn = MsrpConn::new(
+        worker::conn_id(core, idx, generation),
+        shared.relay_config.limits,
+        use_path(shared, c.local, secure, websocket),
+        c.peer.to_string(),
+        websocket,
+    );
+    Box::new(MsrpState::new(conn))
+}
+
+/// One MSRP frame on a WebSocket: one message (RFC 7977 §5.3), text when
+/// it is UTF-8 (RFC 6455 requires it of text messages), else binary.
+pub fn write_ws(out: &mut Vec<u8>, msrp: &[u8]) -> bool {
+    let text = std::str::from_utf8(msrp).is_ok();
+    frame::write_frame(out, if text { OpCode::Text } else { OpCode::Binary }, msrp);
+    text
+}
+
+fn write_frame(out: &mut Vec<u8>, msrp: &[u8], websocket: bool, stats: &mut WorkerStats) {
+    if websocket {
+        if write_ws(out, msrp) {
+            stats.data_frames_out(0, 1);
+        } else {
+            stats.data_frames_out(1, 0);
+        }
+    } else {
+        out.extend_from_slice(msrp);
+    }
+}
+
+/// Queue a complete frame on connection `c`. `false` when it cannot take
+/// it (closing, not an MSRP connection).
+pub fn queue_frame(c: &mut Conn, frame: Vec<u8>, stats: &mut WorkerStats) -> bool {
+    if c.teardown != Teardown::Open {
+        return false;
+    }
+    match &c.proto {
+        Proto::Ws(ws) => {
+            if ws.msrp.is_none() || ws.session.state() != State::Open {
+                return false;
+            }
+            write_frame(&mut c.out, &frame, true, stats);
+            stats.messages_out(crate::config::SubProtocol::Msrp, 1);
+        }
+        Proto::Msrp(_) => {
+            if c.out.is_empty() {
+                // Take the frame's buffer as the output: no copy.
+                c.out = frame;
+            } else {
+                c.out.extend_from_slice(&frame);
+            }
+        }
+        _ => return false,
+    }
+    c.frames_out += 1;
+    true
+}
+
+/// Carry out the engine's actions after it read `data` from connection
+/// `m`: replies into `out`, forwarded chunks assembled, the rest as
+/// [`Effect`]s.
+pub fn run_actions(
+    m: &mut MsrpState,
+    data: &[u8],
+    websocket: bool,
+    out: &mut Vec<u8>,
+    ctx: &mut MsrpCtx<'_>,
+    stats: &mut WorkerStats,
+) -> Outcome {
+    let mut o = Outcome::default();
+    for a in ctx.actions.drain(..) {
+        match a {
+            Action::Reply(r) => {
+                write_frame(out, &r, websocket, stats);
+                o.frames_out += 1;
+            }
+            Action::SendTo { conn, frame } if conn == m.conn.id => {
+                write_frame(out, &frame, websocket, stats);
+                o.frames_out += 1;
+            }
+            Action::SendTo { conn, frame } => ctx.effects.push(Effect::SendTo { conn, frame }),
+            Action::ToCore { core, frame } => ctx.effects.push(Effect::ToCore { core, frame }),
+            Action::ForwardHead { target, head, txn } => {
+                m.fwd = Some(Forward {
+                    head_len: head.len(),
+                    target,
+                    frame: head,
+                    txn,
+                    dropped: false,
+                });
+            }
+            Action::ForwardBody { range } => {
+                if let Some(f) = m.fwd.as_mut()
+                    && !f.dropped
+                {
+                    match data.get(range) {
+                        Some(b) if f.frame.len() + b.len() <= MAX_CHUNK => {
+                            f.frame.extend_from_slice(b)
+                        }
+                        _ => {
+                            f.dropped = true;
+                            f.frame = Vec::new();
+                            o.close = Some("MSRP chunk too large to relay");
+                        }
+                    }
+                }
+            }
+            Action::ForwardEnd { end_line } => {
+                if let Some(mut f) = m.fwd.take()
+                    && !f.dropped
+                {
+                    let body = f.frame.len().saturating_sub(f.head_len) as u64;
+                    stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body);
+                    f.frame.extend_from_slice(&end_line);
+                    ctx.effects.push(Effect::Deliver {
+                        target: f.target,
+                        frame: f.frame,
+                        txn: f.txn,
+                        from_conn: m.conn.id,
+                    });
+                }
+            }
+            Action::Close { reason } => o.close = Some(reason),
+            Action::Stat(s) => {
+                if let crate::msrp::relay::Stat::FrameIn { .. } = s {
+                    o.frames_in += 1;
+                }
+                stats.msrp(s);
+            }
+        }
+    }
+    o
+}
+
+/// Actions not tied to a connection being read (timers, responses and
+/// failures handed over, connection teardown): only frames for
+/// connections, frames for cores and statistics can occur.
+pub fn run_detached(actions: &mut Vec<Action>, effects: &mut Vec<Effect>, stats: &mut WorkerStats) {
+    for a in actions.drain(..) {
+        match a {
+            Action::SendTo { conn, frame } => effects.push(Effect::SendTo { conn, frame }),
+            Action::ToCore { core, frame } => effects.push(Effect::ToCore { core, frame }),
+            Action::Stat(s) => stats.msrp(s),
+            Action::Reply(_)
+            | Action::ForwardHead { .. }
+            | Action::ForwardBody { .. }
+            | Action::ForwardEnd { .. }
+            | Action::Close { .. } => {}
+        }
+    }
+}

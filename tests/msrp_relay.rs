@@ -1,0 +1,524 @@
+//! End-to-end MSRP relay tests (RFC 4975, RFC 4976, RFC 7977) against the
+//! real binary: raw TCP clients and a WebSocket client (`msrp`
+//! sub-protocol) write frames as text from the RFC grammar and read them
+//! with their own small parser (not the relay's).
+
+mod common;
+
+use common::{IO_TIMEOUT, Server, ServerConfig, tcp, within, ws_client_over};
+use dataplane::region::{AuthResult, Counter, MsrpMethod, MsrpStatus};
+use futures_util::{SinkExt, StreamExt};
+use md5::{Digest, Md5};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+const REALM: &str = "rtedge.test";
+const USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];
+
+fn relay(workers: u32) -> Server {
+    ServerConfig::new()
+        .workers(workers)
+        .listen_msrp()
+        .listen_ws()
+        .sub_protocols(&["msrp"])
+        .msrp_users(REALM, USERS)
+        .start()
+}
+
+fn md5_hex(s: &str) -> String {
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One MSRP frame as read by the test's own parser.
+#[derive(Debug, Clone)]
+struct Frame {
+    first: String,
+    tid: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    flag: u8,
+}
+
+impl Frame {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn status(&self) -> Option<u16> {
+        let mut it = self.first.split(' ');
+        it.next();
+        it.next();
+        it.next()?.parse().ok()
+    }
+    fn method(&self) -> Option<&str> {
+        let m = self.first.split(' ').nth(2)?;
+        m.bytes().all(|b| b.is_ascii_uppercase()).then_some(m)
+    }
+}
+
+/// Parses one frame from the front of `buf`; `None` if incomplete.
+fn parse(buf: &[u8]) -> Option<(Frame, usize)> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let first = String::from_utf8(buf[..eol].to_vec()).expect("utf-8 first line");
+    let tid = first.split(' ').nth(1).expect("transaction id").to_string();
+    let marker = format!("\r\n-------{tid}");
+    let mut from = eol;
+    let end = loop {
+        let rel = buf[from..]
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())?;
+        let at = from + rel;
+        let after = at + marker.len();
+        if buf.len() < after + 3 {
+            return None;
+        }
+        if matches!(buf[after], b'$' | b'+' | b'#') && &buf[after + 1..after + 3] == b"\r\n" {
+            break at;
+        }
+        from = at + 2;
+    };
+    let flag = buf[end + marker.len()];
+    let inner = &buf[eol + 2..end + 2];
+    let (head, body) = match inner.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => (&inner[..p + 2], inner[p + 4..inner.len() - 2].to_vec()),
+        None => (inner, Vec::new()),
+    };
+    let headers = String::from_utf8(head.to_vec())
+        .expect("utf-8 headers")
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    Some((
+        Frame {
+            first,
+            tid,
+            headers,
+            body,
+            flag,
+        },
+        end + marker.len() + 3,
+    ))
+}
+
+/// A raw MSRP-over-TCP client.
+struct Client {
+    io: TcpStream,
+    buf: Vec<u8>,
+    /// The relay URI from Use-Path after a successful AUTH.
+    relay_uri: String,
+    /// Our own URI (From-Path).
+    uri: String,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr, name: &str) -> Client {
+        Client {
+            io: tcp(addr).await,
+            buf: Vec::new(),
+            relay_uri: String::new(),
+            uri: format!("msrp://127.0.0.1:9/{name}s1;tcp"),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        within("msrp write", self.io.write_all(bytes))
+            .await
+            .expect("write");
+    }
+
+    async fn read(&mut self) -> Frame {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some((f, n)) = parse(&self.buf) {
+                self.buf.drain(..n);
+                return f;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(left, self.io.read(&mut chunk))
+                .await
+                .expect("timed out reading an MSRP frame")
+                .expect("read");
+            assert!(
+                n > 0,
+                "connection closed; buffered: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Expects nothing for `d`.
+    async fn quiet(&mut self, d: Duration) {
+        let mut chunk = [0u8; 4096];
+        if let Ok(r) = tokio::time::timeout(d, self.io.read(&mut chunk)).await {
+            let n = r.expect("read");
+            panic!(
+                "unexpected bytes: {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            );
+        }
+    }
+
+    /// Reads until EOF or an error (the relay closed the connection).
+    async fn expect_closed(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match within("msrp close", self.io.read(&mut chunk)).await {
+                Ok(0) | Err(_) => return all,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+fn auth_frame(
+    tid: &str,
+    relay: &str,
+    from: &str,
+    authz: Option<&str>,
+    expires: Option<u64>,
+) -> Vec<u8> {
+    let mut s = format!("MSRP {tid} AUTH\r\nTo-Path: {relay}\r\nFrom-Path: {from}\r\n");
+    if let Some(a) = authz {
+        s.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    if let Some(e) = expires {
+        s.push_str(&format!("Expires: {e}\r\n"));
+    }
+    s.push_str(&format!("-------{tid}$\r\n"));
+    s.into_bytes()
+}
+
+fn param(challenge: &str, name: &str) -> String {
+    let key = format!("{name}=\"");
+    let i = challenge.find(&key).expect("challenge parameter") + key.len();
+    challenge[i..i + challenge[i..].find('"').expect("closing quote")].to_string()
+}
+
+fn authorization(user: &str, password: &str, nonce: &str, uri: &str) -> String {
+    let ha1 = md5_hex(&format!("{user}:{REALM}:{password}"));
+    let ha2 = md5_hex(&format!("AUTH:{uri}"));
+    let cnonce = "0a4f113b";
+    let nc = "00000001";
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", response=\"{response}\""
+    )
+}
+
+/// AUTH without credentials, then with them: the challenge's nonce, and
+/// the final response.
+async fn auth_with(
+    c: &mut Client,
+    relay_uri: &str,
+    user: &str,
+    password: &str,
+    expires: Option<u64>,
+) -> Frame {
+    let from = c.uri.clone();
+    c.send(&auth_frame("a1x9", relay_uri, &from, None, None))
+        .await;
+    let r = c.read().await;
+    assert_eq!(r.status(), Some(401), "{r:?}");
+    let ch = r.header("WWW-Authenticate").expect("WWW-Authenticate");
+    let nonce = param(ch, "nonce");
+    let authz = authorization(user, password, &nonce, relay_uri);
+    c.send(&auth_frame("a2x9", relay_uri, &from, Some(&authz), expires))
+        .await;
+    let r = c.read().await;
+    assert_eq!(r.tid, "a2x9");
+    r
+}
+
+async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Client {
+    let mut c = Client::connect(addr, name).await;
+    let relay_uri = format!("msrp://{addr};tcp");
+    let r = auth_with(&mut c, &relay_uri, user, password, None).await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    c.relay_uri = r.header("Use-Path").expect("Use-Path").to_string();
+    c
+}
+
+fn send_frame(tid: &str, to: &[&str], from: &str, msg_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut s = format!(
+        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: {msg_id}\r\nByte-Range: 1-{}/{}\r\nContent-Type: text/plain\r\n\r\n",
+        to.join(" "),
+        body.len(),
+        body.len()
+    )
+    .into_bytes();
+    s.extend_from_slice(body);
+    s.extend_from_slice(format!("\r\n-------{tid}$\r\n").as_bytes());
+    s
+}
+
+#[tokio::test]
+async fn auth_challenge_success_bounds_and_failure() {
+    let srv = relay(1);
+    let addr = srv.addrs[0];
+    let relay_uri = format!("msrp://{addr};tcp");
+
+    // No credentials: 401 with a Digest challenge.
+    let mut c = Client::connect(addr, "alice").await;
+    let from = c.uri.clone();
+    c.send(&auth_frame("t0aa", &relay_uri, &from, None, None))
+        .await;
+    let r = c.read().await;
+    assert_eq!(r.status(), Some(401));
+    assert_eq!(r.tid, "t0aa");
+    let ch = r.header("WWW-Authenticate").expect("challenge");
+    assert!(ch.starts_with("Digest "), "{ch}");
+    assert!(ch.contains(&format!("realm=\"{REALM}\"")), "{ch}");
+    assert_eq!(r.header("To-Path"), Some(from.as_str()));
+
+    // Correct digest: 200 with Use-Path and Expires.
+    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(600)).await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let up = r.header("Use-Path").expect("Use-Path");
+    assert!(up.starts_with(&format!("msrp://{addr}/")), "{up}");
+    assert!(up.ends_with(";tcp"), "{up}");
+    assert_eq!(r.header("Expires"), Some("600"));
+
+    // Expires out of bounds: 423 with Min-Expires / Max-Expires.
+    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(5)).await;
+    assert_eq!(r.status(), Some(423), "{r:?}");
+    assert_eq!(r.header("Min-Expires"), Some("60"));
+    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(999_999)).await;
+    assert_eq!(r.status(), Some(423), "{r:?}");
+    assert_eq!(r.header("Max-Expires"), Some("3600"));
+
+    // Wrong password: 403.
+    let mut d = Client::connect(addr, "mallory").await;
+    let r = auth_with(&mut d, &relay_uri, "alice", "not-it", None).await;
+    assert_eq!(r.status(), Some(403), "{r:?}");
+
+    srv.wait_counter(Counter::MsrpAuth(AuthResult::Ok), 1).await;
+    srv.wait_counter(Counter::MsrpAuth(AuthResult::Challenged), 5)
+        .await;
+    srv.wait_counter(Counter::MsrpAuth(AuthResult::Failed), 1)
+        .await;
+    srv.wait_counter(Counter::MsrpResponses(MsrpStatus::IntervalOutOfBounds), 2)
+        .await;
+    assert_eq!(srv.gauge(Counter::MsrpSessionsActive), 1);
+}
+
+/// A sends to B through the relay: B gets the SEND with the relay's URI
+/// moved to From-Path and the body intact; A gets the relay's 200; B's 200
+/// is absorbed.
+async fn relay_pair(addr: SocketAddr, n: usize) {
+    let mut a = authed(addr, &format!("a{n}"), "alice", "wonderland").await;
+    let mut b = authed(addr, &format!("b{n}"), "bob", "builder").await;
+    let body = format!("hello bob #{n}, from alice\r\nline two ✓").into_bytes();
+    let tid = format!("snd{n}x");
+    a.send(&send_frame(
+        &tid,
+        &[&a.relay_uri, &b.relay_uri, &b.uri],
+        &a.uri,
+        &format!("m{n}"),
+        &body,
+    ))
+    .await;
+    let got = b.read().await;
+    assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    assert_eq!(got.header("To-Path"), Some(b.uri.as_str()));
+    assert_eq!(
+        got.header("From-Path"),
+        Some(format!("{} {} {}", b.relay_uri, a.relay_uri, a.uri).as_str()),
+        "{got:?}"
+    );
+    assert_eq!(got.header("Message-ID"), Some(format!("m{n}").as_str()));
+    assert_eq!(got.body, body);
+    assert_eq!(got.flag, b'$');
+    assert_ne!(got.tid, tid, "the relay uses its own transaction id");
+    let ok = a.read().await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert_eq!(ok.tid, tid);
+    // B answers; the relay absorbs it (hop by hop).
+    b.send(
+        format!(
+            "MSRP {} 200 OK\r\nTo-Path: {}\r\nFrom-Path: {}\r\n-------{}$\r\n",
+            got.tid,
+            got.header("From-Path").unwrap(),
+            b.uri,
+            got.tid
+        )
+        .as_bytes(),
+    )
+    .await;
+    a.quiet(Duration::from_millis(150)).await;
+}
+
+#[tokio::test]
+async fn send_relays_between_two_tcp_clients() {
+    let srv = relay(1);
+    relay_pair(srv.addrs[0], 0).await;
+    srv.wait_counter(Counter::MsrpRequestsRelayed(MsrpMethod::Send), 1)
+        .await;
+    assert!(srv.counter(Counter::MsrpRelayedBytes) > 0);
+    assert!(srv.counter(Counter::MsrpRequestsReceived(MsrpMethod::Send)) >= 1);
+}
+
+#[tokio::test]
+async fn send_relays_across_cores() {
+    let srv = relay(2);
+    let before = srv.counter(Counter::InboxMessages);
+    let addr = srv.addrs[0];
+    // SO_REUSEPORT spreads connections: with 8 pairs some A and B land on
+    // different workers.
+    for n in 0..8 {
+        relay_pair(addr, n).await;
+    }
+    assert_eq!(
+        srv.counter(Counter::MsrpRequestsRelayed(MsrpMethod::Send)),
+        8
+    );
+    assert!(
+        srv.counter(Counter::InboxMessages) > before,
+        "no cross-core hand-off happened"
+    );
+}
+
+#[tokio::test]
+async fn unknown_session_gets_481() {
+    let srv = relay(1);
+    let addr = srv.addrs[0];
+    let mut a = authed(addr, "a", "alice", "wonderland").await;
+    let bogus = format!("msrp://{addr}/AAAAAAAAAAAAAAAAAAAAAA;tcp");
+    a.send(&send_frame(
+        "u481",
+        &[&bogus, "msrp://127.0.0.1:9/x;tcp"],
+        &a.uri,
+        "m1",
+        b"hi",
+    ))
+    .await;
+    let r = a.read().await;
+    assert_eq!(r.status(), Some(481), "{r:?}");
+    assert_eq!(r.tid, "u481");
+    srv.wait_counter(Counter::MsrpResponses(MsrpStatus::NoSession), 1)
+        .await;
+}
+
+#[tokio::test]
+async fn kamailio_crash_frame_is_answered_or_closed_and_others_are_served() {
+    let srv = relay(1);
+    let addr = srv.addrs[0];
+    let mut bad = Client::connect(addr, "bad").await;
+    bad.send(b"MSRP abc\r\n-------abc$\r\n").await;
+    let rest = bad.expect_closed().await;
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.is_empty() || text.starts_with("MSRP abc 400"),
+        "{text}"
+    );
+    // The relay still serves others.
+    let mut a = authed(addr, "a", "alice", "wonderland").await;
+    let mut b = authed(addr, "b", "bob", "builder").await;
+    a.send(&send_frame(
+        "k1x1",
+        &[&a.relay_uri, &b.relay_uri, &b.uri],
+        &a.uri,
+        "m1",
+        b"still alive",
+    ))
+    .await;
+    assert_eq!(b.read().await.body, b"still alive");
+}
+
+async fn ws_frame(ws: &mut common::Ws<TcpStream>) -> Frame {
+    match within("ws message", ws.next()).await {
+        Some(Ok(Message::Text(t))) => parse(t.as_bytes()).expect("one frame").0,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_client_relays_to_tcp_client() {
+    // One relay authority for both listeners, so URIs of either are "ours".
+    let srv = ServerConfig::new()
+        .workers(2)
+        .listen_msrp()
+        .listen_ws()
+        .sub_protocols(&["msrp"])
+        .msrp_users(REALM, USERS)
+        .msrp("use_path_addr = \"127.0.0.1:2855\"")
+        .start();
+    let tcp_addr = srv.addrs[0];
+    let ws_addr = srv.addrs[1];
+    let mut b = authed(tcp_addr, "b", "bob", "builder").await;
+
+    let s = tcp(ws_addr).await;
+    let mut ws = ws_client_over(s, &format!("ws://{ws_addr}/"), Some("msrp")).await;
+    let ws_uri = "msrp://k3j2.invalid:2855/wsa1;ws";
+    let relay_uri = format!("msrp://{ws_addr};ws");
+    let send = |bytes: Vec<u8>| Message::Text(String::from_utf8(bytes).unwrap().into());
+    ws.send(send(auth_frame("w1aa", &relay_uri, ws_uri, None, None)))
+        .await
+        .unwrap();
+    let r = ws_frame(&mut ws).await;
+    assert_eq!(r.status(), Some(401), "{r:?}");
+    let nonce = param(r.header("WWW-Authenticate").unwrap(), "nonce");
+    let authz = authorization("alice", "wonderland", &nonce, &relay_uri);
+    ws.send(send(auth_frame(
+        "w2aa",
+        &relay_uri,
+        ws_uri,
+        Some(&authz),
+        None,
+    )))
+    .await
+    .unwrap();
+    let r = ws_frame(&mut ws).await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let use_path = r.header("Use-Path").unwrap().to_string();
+    assert!(use_path.ends_with(";ws"), "{use_path}");
+
+    // WS → TCP.
+    ws.send(send(send_frame(
+        "w3aa",
+        &[&use_path, &b.relay_uri, &b.uri],
+        ws_uri,
+        "mw",
+        b"over websocket",
+    )))
+    .await
+    .unwrap();
+    let got = b.read().await;
+    assert_eq!(got.body, b"over websocket");
+    assert_eq!(
+        got.header("From-Path"),
+        Some(format!("{} {use_path} {ws_uri}", b.relay_uri).as_str())
+    );
+    let ok = ws_frame(&mut ws).await;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.tid, "w3aa");
+
+    // TCP → WS: each frame in one WebSocket message.
+    b.send(&send_frame(
+        "w4bb",
+        &[&b.relay_uri, &use_path, ws_uri],
+        &b.uri,
+        "mb",
+        b"back to the browser",
+    ))
+    .await;
+    let got = ws_frame(&mut ws).await;
+    assert_eq!(got.method(), Some("SEND"));
+    assert_eq!(got.body, b"back to the browser");
+    assert_eq!(got.header("To-Path"), Some(ws_uri));
+    assert_eq!(b.read().await.status(), Some(200));
+}
