@@ -96,7 +96,6 @@ async fn no_arguments_serves_the_loopback_defaults() {
         }
         let s = last.expect("rtedge listens on 127.0.0.1:8080");
         let mut ws = ws_client_over(s, "ws://127.0.0.1:8080/", Some("sip")).await;
-        use futures_util::SinkExt;
         ws.close(None).await.ok();
         // Management answers on 9090.
         let mut m = tokio::net::TcpStream::connect("127.0.0.1:9090")
