@@ -4,6 +4,7 @@
 //! with their own small parser (not the relay's).
 
 mod common;
+mod mgmt_common;
 
 use common::{IO_TIMEOUT, Server, ServerConfig, tcp, within, ws_client_over};
 use dataplane::region::{AuthResult, Counter, MsrpMethod, MsrpStatus};
@@ -446,17 +447,30 @@ async fn ws_frame(ws: &mut common::Ws<TcpStream>) -> Frame {
     }
 }
 
+/// Without `use_path_addr`: each listener hands out its own address in
+/// Use-Path, and the relay recognises both as itself (RFC 4975 §6.1).
 #[tokio::test]
 async fn websocket_client_relays_to_tcp_client() {
-    // One relay authority for both listeners, so URIs of either are "ours".
-    let srv = ServerConfig::new()
+    ws_tcp_relay(None).await;
+}
+
+/// With `use_path_addr`: one authority for both listeners.
+#[tokio::test]
+async fn websocket_client_relays_to_tcp_client_with_use_path_addr() {
+    ws_tcp_relay(Some("127.0.0.1:2855")).await;
+}
+
+async fn ws_tcp_relay(use_path_addr: Option<&str>) {
+    let mut cfg = ServerConfig::new()
         .workers(2)
         .listen_msrp()
         .listen_ws()
         .sub_protocols(&["msrp"])
-        .msrp_users(REALM, USERS)
-        .msrp("use_path_addr = \"127.0.0.1:2855\"")
-        .start();
+        .msrp_users(REALM, USERS);
+    if let Some(a) = use_path_addr {
+        cfg = cfg.msrp(&format!("use_path_addr = \"{a}\""));
+    }
+    let srv = cfg.start();
     let tcp_addr = srv.addrs[0];
     let ws_addr = srv.addrs[1];
     let mut b = authed(tcp_addr, "b", "bob", "builder").await;
@@ -486,6 +500,14 @@ async fn websocket_client_relays_to_tcp_client() {
     assert_eq!(r.status(), Some(200), "{r:?}");
     let use_path = r.header("Use-Path").unwrap().to_string();
     assert!(use_path.ends_with(";ws"), "{use_path}");
+    let authority = use_path_addr.map_or(ws_addr.to_string(), str::to_string);
+    assert!(
+        use_path.starts_with(&format!("msrp://{authority}/")),
+        "{use_path}"
+    );
+    if use_path_addr.is_none() {
+        assert!(b.relay_uri.starts_with(&format!("msrp://{tcp_addr}/")));
+    }
 
     // WS → TCP.
     ws.send(send(send_frame(
@@ -521,4 +543,209 @@ async fn websocket_client_relays_to_tcp_client() {
     assert_eq!(got.body, b"back to the browser");
     assert_eq!(got.header("To-Path"), Some(ws_uri));
     assert_eq!(b.read().await.status(), Some(200));
+}
+
+/// The session id of a relay URI.
+fn session_of(relay_uri: &str) -> String {
+    let tail = relay_uri.rsplit('/').next().expect("path");
+    tail.split(';').next().expect("session id").to_string()
+}
+
+/// Polls `GET /api/msrp/sessions` (bounded) until `pred` holds.
+async fn wait_sessions(
+    http: &mgmt_common::Http,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let v = http.get_json("/api/msrp/sessions").await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn listed<'a>(v: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    v["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|e| e["id"] == id)
+}
+
+/// Kamailio's `msrp.cmaplist` / `cmapdel` through the management service:
+/// every session is listed with its user, peer, connection and expiry, on
+/// the core its id names; DELETE drops one (the relay then answers 481 for
+/// it); a closed connection's sessions leave the list.
+#[tokio::test]
+async fn mgmt_lists_and_drops_sessions() {
+    let srv = ServerConfig::new()
+        .workers(2)
+        .listen_msrp()
+        .msrp_users(REALM, USERS)
+        .with_mgmt()
+        .start();
+    let addr = srv.addrs[0];
+    let http = mgmt_common::Http::new(srv.mgmt.expect("management service"), None);
+    let a = authed(addr, "a", "alice", "wonderland").await;
+    let mut b = authed(addr, "b", "bob", "builder").await;
+    let mut c = authed(addr, "c", "alice", "wonderland").await;
+    let (sa, sb, sc) = (
+        session_of(&a.relay_uri),
+        session_of(&b.relay_uri),
+        session_of(&c.relay_uri),
+    );
+    let v = wait_sessions(&http, "three sessions", |v| v["total"] == 3).await;
+    let now = dataplane::region::unix_time_ms();
+    for (sid, user, cl) in [(&sa, "alice", &a), (&sb, "bob", &b), (&sc, "alice", &c)] {
+        let e = listed(&v, sid).unwrap_or_else(|| panic!("{sid} not listed: {v}"));
+        assert_eq!(e["user"], user, "{e}");
+        let peer = cl.io.local_addr().unwrap().to_string();
+        assert_eq!(e["peer"], peer.as_str(), "{e}");
+        let core = u64::from_str_radix(&sid[..2], 16).unwrap();
+        assert_eq!(e["core"], core, "{e}");
+        // The connection id is the one the connection dump uses.
+        let conn = http
+            .get_json(&format!("/api/ws/connections/{}", e["conn_id"]))
+            .await;
+        assert_eq!(conn["peer"], peer.as_str(), "{conn}");
+        // Default Expires: auth_max_expires (3600 s).
+        let exp = e["expires_unix_ms"].as_u64().expect("expiry");
+        assert!(
+            exp > now + 3_590_000 && exp <= now + 3_601_000,
+            "{exp} vs {now}"
+        );
+        assert!(
+            e["expires"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{e}"
+        );
+    }
+    // JSON-RPC msrp.cmaplist: the same list.
+    let r = http
+        .rpc(&serde_json::json!({"jsonrpc": "2.0", "method": "msrp.cmaplist", "id": 1}))
+        .await
+        .json();
+    assert_eq!(r["result"]["total"], 3, "{r}");
+    assert!(listed(&r["result"], &sb).is_some(), "{r}");
+
+    // Unknown, malformed and out-of-range ids: 404.
+    for bad in [
+        "00AAAAAAAAAAAAAAAAAAAA".to_string(),
+        "abc".to_string(),
+        format!("ff{}", &sb[2..]),
+    ] {
+        http.delete(&format!("/api/msrp/sessions/{bad}"))
+            .await
+            .expect_error(404, "unknown MSRP session");
+    }
+
+    // Drop B's session: it leaves the list, and the relay no longer knows it.
+    let r = http.delete(&format!("/api/msrp/sessions/{sb}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["id"], sb.as_str());
+    assert_eq!(j["queued"], true);
+    wait_sessions(&http, "B dropped", |v| {
+        v["total"] == 2 && listed(v, &sb).is_none()
+    })
+    .await;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while srv.gauge(Counter::MsrpSessionsActive) != 2 {
+        assert!(Instant::now() < deadline, "sessions-active gauge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.send(&send_frame(
+        "dr01",
+        &[&c.relay_uri, &b.relay_uri, &b.uri],
+        &c.uri,
+        "m1",
+        b"to a dropped session",
+    ))
+    .await;
+    // Same core: 481 at once; another core: the hop-by-hop 200, then a
+    // failure REPORT with 481 from the owning core.
+    let r = c.read().await;
+    if r.status() != Some(481) {
+        assert_eq!(r.status(), Some(200), "{r:?}");
+        let rep = c.read().await;
+        assert_eq!(rep.method(), Some("REPORT"), "{rep:?}");
+        assert!(
+            rep.header("Status")
+                .is_some_and(|s| s.starts_with("000 481")),
+            "{rep:?}"
+        );
+    }
+    b.quiet(Duration::from_millis(100)).await;
+    http.delete(&format!("/api/msrp/sessions/{sb}"))
+        .await
+        .expect_error(404, "unknown MSRP session");
+
+    // A's connection closes: its session goes with it.
+    drop(a);
+    wait_sessions(&http, "A closed", |v| {
+        v["total"] == 1 && listed(v, &sc).is_some()
+    })
+    .await;
+}
+
+/// RFC 4975 §7.1.2 / RFC 4976 §6.4: a REPORT is forwarded (its transaction
+/// id kept) and never answered; an unknown method is forwarded (not 501)
+/// and its response comes back end to end with the original transaction
+/// id.
+#[tokio::test]
+async fn report_and_unknown_method_are_forwarded() {
+    let srv = relay(1);
+    let addr = srv.addrs[0];
+    let mut a = authed(addr, "a", "alice", "wonderland").await;
+    let mut b = authed(addr, "b", "bob", "builder").await;
+    let to = format!("{} {} {}", a.relay_uri, b.relay_uri, b.uri);
+    a.send(
+        format!(
+            "MSRP rp01 REPORT\r\nTo-Path: {to}\r\nFrom-Path: {}\r\nMessage-ID: m9\r\nByte-Range: 1-5/5\r\nStatus: 000 200 OK\r\n-------rp01$\r\n",
+            a.uri
+        )
+        .as_bytes(),
+    )
+    .await;
+    let got = b.read().await;
+    assert_eq!(got.method(), Some("REPORT"), "{got:?}");
+    assert_eq!(got.tid, "rp01");
+    assert_eq!(got.header("Status"), Some("000 200 OK"));
+    assert_eq!(got.header("To-Path"), Some(b.uri.as_str()));
+    a.quiet(Duration::from_millis(150)).await;
+
+    a.send(
+        format!(
+            "MSRP nk01 NICKNAME\r\nTo-Path: {to}\r\nFrom-Path: {}\r\nUse-Nickname: \"Alice\"\r\n-------nk01$\r\n",
+            a.uri
+        )
+        .as_bytes(),
+    )
+    .await;
+    let got = b.read().await;
+    assert_eq!(got.method(), Some("NICKNAME"), "{got:?}");
+    assert_eq!(got.header("Use-Nickname"), Some("\"Alice\""));
+    assert_ne!(got.tid, "nk01", "the relay uses its own transaction id");
+    b.send(
+        format!(
+            "MSRP {} 200 OK\r\nTo-Path: {}\r\nFrom-Path: {}\r\n-------{}$\r\n",
+            got.tid,
+            got.header("From-Path").unwrap(),
+            b.uri,
+            got.tid
+        )
+        .as_bytes(),
+    )
+    .await;
+    let r = a.read().await;
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    assert_eq!(r.tid, "nk01");
+    assert_eq!(r.header("To-Path"), Some(a.uri.as_str()));
+    assert_eq!(
+        r.header("From-Path"),
+        Some(format!("{} {} {}", a.relay_uri, b.relay_uri, b.uri).as_str())
+    );
 }

@@ -9,7 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dataplane::region::{
-    COMMAND_DATA_MAX, Command, ConnState, Protocol, Region, conn_id_core, unix_time_ms,
+    COMMAND_DATA_MAX, Command, CommandKind, ConnState, MSRP_SESSION_SLOTS, Protocol, Region,
+    SESSION_ID_CAP, conn_id_core, unix_time_ms,
 };
 use serde_json::{Value, json};
 use simd_json::prelude::*;
@@ -481,30 +482,105 @@ async fn ws_enable(State(app): State<Arc<App>>) -> ApiResult {
 
 // ------------------------------------------------------------------ MSRP
 
-/// Why the MSRP session list is empty in this build.
-pub(crate) const MSRP_NOTE: &str = "this build has no MSRP relay yet: the session table is empty \
-    until the MSRP relay is added";
-
-/// `msrp.cmaplist`.
-pub(crate) fn msrp_list() -> Value {
-    json!({"sessions": [], "total": 0, "note": MSRP_NOTE})
+/// `msrp.cmaplist`: every session the reactors publish in the stats
+/// region's session table (session id, user, peer, connection id, expiry,
+/// owning core), ordered by session id.
+pub(crate) fn msrp_list(region: &Region) -> Value {
+    let now = unix_time_ms();
+    let mut list = region.msrp_sessions();
+    list.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    let sessions: Vec<Value> = list
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.session_id,
+                "user": s.user,
+                "peer": s.peer,
+                "conn_id": s.conn_id,
+                "core": s.core,
+                "expires_unix_ms": s.expires_unix_ms,
+                "expires": rfc3339_ms(s.expires_unix_ms),
+                "expires_in_secs": s.expires_unix_ms.saturating_sub(now) / 1000,
+            })
+        })
+        .collect();
+    json!({
+        "total": sessions.len(),
+        "sessions": sessions,
+        "listed_per_core_max": MSRP_SESSION_SLOTS,
+    })
 }
 
-async fn msrp_sessions(RawQuery(q): RawQuery) -> ApiResult {
+async fn msrp_sessions(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> ApiResult {
     query_pairs(q.as_deref(), &[])?;
-    ok(msrp_list())
+    ok(msrp_list(&app.regions.get()))
 }
 
-async fn msrp_session_delete(Path(id): Path<String>) -> ApiError {
+fn unknown_session(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("unknown MSRP session {id:?} ({MSRP_NOTE})"),
+        format!("unknown MSRP session {id:?}"),
     )
+}
+
+/// The core that owns session `id`: its first two hex digits (see the
+/// relay's session ids), if it could be one of ours.
+pub(crate) fn session_core(id: &str) -> Option<u32> {
+    let b = id.as_bytes();
+    if b.len() < 3 || b.len() > SESSION_ID_CAP {
+        return None;
+    }
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(u32::from(c - b'0')),
+        b'a'..=b'f' => Some(u32::from(c - b'a' + 10)),
+        _ => None,
+    };
+    Some(hex(b[0])? << 4 | hex(b[1])?)
+}
+
+/// Drop MSRP session `id`: post `DropSession` to the owning core.
+pub(crate) fn drop_session(region: &Region, id: &str) -> Result<Value, ApiError> {
+    let core = session_core(id)
+        .filter(|&c| c < region.cores())
+        .ok_or_else(|| unknown_session(id))?;
+    let s = region
+        .find_msrp_session(core, id)
+        .ok_or_else(|| unknown_session(id))?;
+    let cmd = Command::new(CommandKind::DropSession, s.conn_id, 0, id.as_bytes());
+    region.post_command(core, cmd).map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the command ring of core {core} is full; retry shortly"),
+        )
+    })?;
+    Ok(json!({
+        "id": id,
+        "core": core,
+        "user": s.user,
+        "conn_id": s.conn_id,
+        "action": "drop",
+        "queued": true,
+    }))
+}
+
+async fn msrp_session_delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
+    ok(drop_session(&app.regions.get(), &id)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_cores() {
+        assert_eq!(session_core("00abcdefghijklmnopqrst"), Some(0));
+        assert_eq!(session_core("1fabcdefghijklmnopqrst"), Some(31));
+        assert_eq!(session_core("1F"), None);
+        assert_eq!(session_core("ab"), None);
+        assert_eq!(session_core("zzabc"), None);
+        assert_eq!(session_core("é1abc"), None);
+        assert_eq!(session_core(&"0".repeat(40)), None);
+    }
 
     #[test]
     fn conn_ids() {

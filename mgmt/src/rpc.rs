@@ -252,7 +252,7 @@ fn dispatch(app: &App, method: &str, p: &Params<'_>) -> Result<Value, RpcError> 
         }
         "msrp.cmaplist" => {
             p.only(&[])?;
-            Ok(api::msrp_list())
+            Ok(api::msrp_list(&region()))
         }
         "system.listMethods" => {
             p.only(&[])?;

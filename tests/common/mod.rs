@@ -105,6 +105,8 @@ pub struct ServerConfig {
     auth: Vec<String>,
     reactor: Vec<String>,
     msrp: Vec<String>,
+    /// Run the in-process management service on an ephemeral port.
+    mgmt: bool,
     pub cert: Option<TestCert>,
 }
 
@@ -125,6 +127,7 @@ impl ServerConfig {
             auth: Vec::new(),
             reactor: vec!["pin_workers = false".into()],
             msrp: Vec::new(),
+            mgmt: false,
             cert: None,
         }
     }
@@ -235,6 +238,13 @@ impl ServerConfig {
         self
     }
 
+    /// Enables the management service (127.0.0.1, ephemeral port; see
+    /// [`Server::mgmt`]).
+    pub fn with_mgmt(mut self) -> Self {
+        self.mgmt = true;
+        self
+    }
+
     /// A raw `key = value` line of `[msrp]`.
     pub fn msrp(mut self, line: &str) -> Self {
         self.msrp.push(line.to_string());
@@ -288,7 +298,8 @@ impl ServerConfig {
             s.push('\n');
         }
         s.push_str(&format!(
-            "\n[mgmt]\nenabled = false\n\n[region]\npath = {:?}\nslots_per_core = 4096\n\n[log]\nlevel = \"info\"\n",
+            "\n[mgmt]\nenabled = {}\nlisten = \"127.0.0.1:0\"\n\n[region]\npath = {:?}\nslots_per_core = 4096\n\n[log]\nlevel = \"info\"\n",
+            self.mgmt,
             self.region_path().display().to_string()
         ));
         s
@@ -307,6 +318,8 @@ pub struct Server {
     /// Listening addresses, in configuration order.
     pub addrs: Vec<SocketAddr>,
     pub config: ServerConfig,
+    /// The management service, when enabled.
+    pub mgmt: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     region: OnceLock<Region>,
 }
@@ -371,6 +384,7 @@ impl Server {
             child: Some(child),
             addrs: Vec::new(),
             config,
+            mgmt: None,
             log,
             region: OnceLock::new(),
         };
@@ -379,7 +393,9 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(a) = parse_listen_line(&line) {
+                    if line.contains("management listening") {
+                        server.mgmt = parse_listen_line(&line);
+                    } else if let Some(a) = parse_listen_line(&line) {
                         server.addrs.push(a);
                     } else if line.contains("rtedge running") {
                         break;

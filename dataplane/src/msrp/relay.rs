@@ -41,7 +41,7 @@ use super::message::{
 };
 use super::parser::{Event, FatalError, Flag, FrameParser, ParserLimits};
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
-use super::uri::MsrpUri;
+use super::uri::{LocalAuthorities, MsrpUri};
 use crate::auth::{CredentialStore, NonceManager};
 
 /// Engine settings.
@@ -53,6 +53,10 @@ pub struct RelayConfig {
     pub transaction_timeout_ms: u64,
     /// Forwarded transactions tracked per core at most.
     pub max_pending: usize,
+    /// This relay's authorities (all listeners and `use_path_addr`): a
+    /// To-Path URI naming one of them is ours. Empty: only the first
+    /// To-Path URI's authority is known to be ours.
+    pub local: LocalAuthorities,
 }
 
 impl Default for RelayConfig {
@@ -62,6 +66,7 @@ impl Default for RelayConfig {
             auth: AuthPolicy::default(),
             transaction_timeout_ms: 30_000,
             max_pending: 65_536,
+            local: LocalAuthorities::default(),
         }
     }
 }
@@ -214,6 +219,9 @@ struct Pending {
     report: ReportContext,
     deadline_ms: u64,
     downstream: Option<u64>,
+    /// URIs of ours the request lost from To-Path (2 for a hairpin): the
+    /// end-to-end response loses as many.
+    pops: usize,
 }
 
 /// One core's relay state.
@@ -443,6 +451,10 @@ impl RelayCore {
         {
             return self.reject(head, 400, actions);
         }
+        // RFC 4975 §6.1 comparison against every authority of ours.
+        if !self.cfg.local.is_empty() && !self.cfg.local.contains(&first) {
+            return self.reject(head, 481, actions);
+        }
         let Some(sid) = first.session_id.and_then(SessionId::parse) else {
             return self.reject(head, 481, actions);
         };
@@ -465,9 +477,11 @@ impl RelayCore {
                 let Some(next) = head.to_uri(1).and_then(|u| MsrpUri::parse(u).ok()) else {
                     return self.reject(head, 400, actions);
                 };
+                let next_ours = self.cfg.local.contains(&next) || next.same_authority(&first);
                 match next.session_id.and_then(SessionId::parse) {
-                    // Hairpin through a second URI of ours.
-                    Some(sid2) if next.same_authority(&first) => {
+                    // Hairpin through a second URI of ours (any of our
+                    // listeners: TCP ↔ WebSocket across listeners).
+                    Some(sid2) if next_ours => {
                         if to_len != 3 {
                             return self.reject(head, 403, actions);
                         }
@@ -489,6 +503,8 @@ impl RelayCore {
                             Err(Miss::NoSession) => return self.reject(head, 481, actions),
                         }
                     }
+                    // Ours, but no session of ours: nowhere to go.
+                    None if next_ours => return self.reject(head, 481, actions),
                     _ => {
                         if next.is_ws() || next.is_invalid_host() {
                             // RFC 7977 §5.2: not resolvable; only reachable
@@ -576,6 +592,7 @@ impl RelayCore {
                         Target::Conn(c) => Some(c),
                         _ => None,
                     },
+                    pops,
                 },
             );
             Some(tid.clone())
@@ -713,7 +730,7 @@ impl RelayCore {
             _ => {
                 // End to end (RFC 4976 §6.4.3): pop our URI, restore the id.
                 let mut out = Vec::with_capacity(frame.len() + 32);
-                if write_relayed_head(&mut out, &head, &pending.orig_tid, 1) {
+                if write_relayed_head(&mut out, &head, &pending.orig_tid, pending.pops) {
                     write_end_line(&mut out, &pending.orig_tid, Flag::Last, false);
                     actions.push(Action::SendTo {
                         conn: pending.origin_conn,

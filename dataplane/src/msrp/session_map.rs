@@ -126,6 +126,10 @@ pub struct SessionMap {
     capacity: usize,
     map: HashMap<SessionId, SessionEntry>,
     by_conn: HashMap<u64, Vec<SessionId>>,
+    /// Ids created, refreshed or removed since the last
+    /// [`SessionMap::drain_changes`], when tracked (the reactor publishes
+    /// them to the stats region).
+    changes: Option<Vec<SessionId>>,
 }
 
 impl SessionMap {
@@ -137,6 +141,29 @@ impl SessionMap {
             capacity: capacity.max(1),
             map: HashMap::new(),
             by_conn: HashMap::new(),
+            changes: None,
+        }
+    }
+
+    /// Start recording changed ids for [`SessionMap::drain_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    fn changed(&mut self, id: SessionId) {
+        if let Some(c) = self.changes.as_mut() {
+            c.push(id);
+        }
+    }
+
+    /// Calls `f` for each id changed since the last call, with its live
+    /// entry, or `None` once it is gone.
+    pub fn drain_changes(&mut self, mut f: impl FnMut(&SessionId, Option<&SessionEntry>)) {
+        let Some(changes) = self.changes.as_mut() else {
+            return;
+        };
+        for id in changes.drain(..) {
+            f(&id, self.map.get(&id));
         }
     }
 
@@ -170,6 +197,7 @@ impl SessionMap {
             return Err(InsertError::Full);
         }
         self.by_conn.entry(e.conn).or_default().push(e.id);
+        self.changed(e.id);
         self.map.insert(e.id, e);
         Ok(())
     }
@@ -190,6 +218,7 @@ impl SessionMap {
         match self.map.get_mut(id) {
             Some(e) => {
                 e.expires_ms = expires_ms;
+                self.changed(*id);
                 true
             }
             None => false,
@@ -222,6 +251,7 @@ impl SessionMap {
 
     pub fn remove(&mut self, id: &SessionId) -> Option<SessionEntry> {
         let e = self.map.remove(id)?;
+        self.changed(*id);
         if let Some(v) = self.by_conn.get_mut(&e.conn) {
             v.retain(|s| s != id);
             if v.is_empty() {
@@ -236,9 +266,14 @@ impl SessionMap {
         let Some(ids) = self.by_conn.remove(&conn) else {
             return 0;
         };
-        ids.iter()
-            .filter(|id| self.map.remove(id).is_some())
-            .count()
+        let mut n = 0;
+        for id in ids {
+            if self.map.remove(&id).is_some() {
+                self.changed(id);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Sessions of a connection.
@@ -320,6 +355,27 @@ mod tests {
         assert_eq!(m.remove_connection(10), 1);
         assert!(m.is_empty());
         assert_eq!(m.remove_connection(10), 0);
+    }
+
+    #[test]
+    fn changes_are_tracked_for_publishing() {
+        let mut m = SessionMap::new(1, 8);
+        let a = entry(1, 1, 10, 1000);
+        m.insert(a.clone()).unwrap();
+        let mut seen: Vec<(SessionId, Option<u64>)> = Vec::new();
+        m.drain_changes(|id, e| seen.push((*id, e.map(|e| e.expires_ms))));
+        assert!(seen.is_empty(), "untracked");
+        m.track_changes();
+        let b = entry(1, 2, 11, 5000);
+        m.insert(b.clone()).unwrap();
+        m.refresh(&a.id, 2000);
+        m.drain_changes(|id, e| seen.push((*id, e.map(|e| e.expires_ms))));
+        assert_eq!(seen, vec![(b.id, Some(5000)), (a.id, Some(2000))]);
+        let mut seen = Vec::new();
+        assert_eq!(m.sweep(3000), 1);
+        assert_eq!(m.remove_connection(11), 1);
+        m.drain_changes(|id, e| seen.push((*id, e.is_some())));
+        assert_eq!(seen, vec![(a.id, false), (b.id, false)]);
     }
 
     #[test]

@@ -209,6 +209,106 @@ impl<'a> MsrpUri<'a> {
     }
 }
 
+/// One authority of this relay: scheme (`None`: either), host, port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Authority {
+    secure: Option<bool>,
+    host: String,
+    port: u16,
+}
+
+/// Every authority this relay answers as: the bound addresses of all its
+/// msrp/msrps/ws/wss listeners (scheme `msrps` for TLS ones) and
+/// `use_path_addr` (either scheme). A URI is "this relay" when its scheme,
+/// host and port match one of them (RFC 4975 §6.1: scheme and host
+/// case-insensitive, host percent-decoded, ports equal; IP literals compare
+/// as addresses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalAuthorities {
+    entries: Vec<Authority>,
+}
+
+fn strip_brackets(h: &str) -> &str {
+    h.strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h)
+}
+
+impl LocalAuthorities {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Adds `host` (a name, an IPv4 literal or a bracketed IPv6 literal)
+    /// and `port`.
+    pub fn add(&mut self, secure: Option<bool>, host: &str, port: u16) {
+        let a = Authority {
+            secure,
+            host: host.to_string(),
+            port,
+        };
+        if !self.entries.contains(&a) {
+            self.entries.push(a);
+        }
+    }
+
+    /// Adds a socket address (a listener's bound address or one of the
+    /// host's addresses behind a wildcard listener).
+    pub fn add_socket(&mut self, secure: Option<bool>, addr: std::net::SocketAddr) {
+        let host = match addr.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        self.add(secure, &host, addr.port());
+    }
+
+    /// Adds `host:port`, `[v6]:port` or a bare host (port 2855); `false`
+    /// when it cannot be parsed.
+    pub fn add_host_port(&mut self, secure: Option<bool>, s: &str) -> bool {
+        if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+            self.add_socket(secure, a);
+            return true;
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => match p.parse::<u16>() {
+                Ok(p) => (h, p),
+                Err(_) => return false,
+            },
+            _ => (s, 2855),
+        };
+        if host.is_empty() {
+            return false;
+        }
+        self.add(secure, host, port);
+        true
+    }
+
+    /// Whether `uri` names this relay.
+    pub fn contains(&self, uri: &MsrpUri<'_>) -> bool {
+        let Some(port) = uri.port else {
+            return false;
+        };
+        let uri_ip = std::str::from_utf8(uri.host)
+            .ok()
+            .and_then(|h| strip_brackets(h).parse::<std::net::IpAddr>().ok());
+        self.entries.iter().any(|a| {
+            a.port == port
+                && a.secure.is_none_or(|s| s == uri.secure)
+                && match (
+                    uri_ip,
+                    strip_brackets(&a.host).parse::<std::net::IpAddr>().ok(),
+                ) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => host_eq(a.host.as_bytes(), uri.host),
+                }
+        })
+    }
+}
+
 /// Percent-decodes one position: returns the byte and how many input bytes
 /// it took.
 fn decode_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
@@ -316,6 +416,28 @@ mod tests {
         assert!(!base.equivalent(&u("msrp://alice.example.com:7777/IAU39soe2843z;tcp")));
         assert!(!base.equivalent(&u("msrp://alice.example.com:7777;tcp")));
         assert!(!base.equivalent(&u("msrp://alice.example.com:7777/iau39soe2843z;ws")));
+    }
+
+    #[test]
+    fn local_authorities() {
+        let mut l = LocalAuthorities::default();
+        assert!(!l.contains(&u("msrp://127.0.0.1:2855/x;tcp")));
+        l.add_socket(Some(false), "127.0.0.1:2855".parse().unwrap());
+        l.add_socket(Some(true), "[::1]:2856".parse().unwrap());
+        assert!(l.add_host_port(None, "Relay.Example.com:9000"));
+        assert!(l.add_host_port(None, "bare.example.com"));
+        assert!(!l.add_host_port(None, "x:notaport"));
+        assert!(l.contains(&u("msrp://127.0.0.1:2855/x;tcp")));
+        assert!(l.contains(&u("msrp://127.0.0.1:2855/x;ws")));
+        assert!(!l.contains(&u("msrps://127.0.0.1:2855/x;tcp")));
+        assert!(!l.contains(&u("msrp://127.0.0.1/x;tcp")));
+        assert!(!l.contains(&u("msrp://127.0.0.2:2855/x;tcp")));
+        assert!(l.contains(&u("msrps://[0:0::1]:2856/x;tcp")));
+        assert!(!l.contains(&u("msrp://[::1]:2856/x;tcp")));
+        assert!(l.contains(&u("msrp://relay.example.COM:9000/x;tcp")));
+        assert!(l.contains(&u("msrps://%72elay.example.com:9000/x;ws")));
+        assert!(l.contains(&u("msrp://bare.example.com:2855;tcp")));
+        assert!(!l.contains(&u("msrp://relay.example.com:9001/x;tcp")));
     }
 
     #[test]

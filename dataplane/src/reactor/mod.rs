@@ -23,6 +23,7 @@ use crate::config::{Config, SubProtocol, Transport};
 use crate::msrp::auth::AuthPolicy;
 use crate::msrp::relay::RelayConfig;
 use crate::msrp::session_map::SessionId;
+use crate::msrp::uri::LocalAuthorities;
 use crate::region::Region;
 use crate::transport::TlsAcceptor;
 use crate::ws::handshake::{HandshakeAuth, HandshakePolicy};
@@ -80,6 +81,11 @@ impl Shared {
     /// Milliseconds on the process's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Wall-clock milliseconds of a monotonic [`Shared::now_ms`] instant.
+    pub fn mono_to_unix_ms(&self, mono_ms: u64) -> u64 {
+        self.unix_start_ms.saturating_add(mono_ms)
     }
 
     /// Wall-clock milliseconds (for dumps), derived from the monotonic clock.
@@ -158,7 +164,7 @@ impl Dataplane {
         };
         let msrp_store =
             store.unwrap_or_else(|| Arc::new(CredentialStore::empty(&config.auth.realm)));
-        let relay_config = RelayConfig {
+        let mut relay_config = RelayConfig {
             auth: AuthPolicy {
                 realm: config.auth.realm.clone(),
                 min_expires: config.msrp.auth_min_expires,
@@ -224,6 +230,8 @@ impl Dataplane {
             }
             listening.push((l.transport, address));
         }
+
+        relay_config.local = local_authorities(&listening, config.msrp.use_path_addr.as_deref());
 
         let inboxes = (0..workers)
             .map(|_| Inbox::new(4096).map(Arc::new))
@@ -349,6 +357,48 @@ pub fn sub_protocol_names(list: &[SubProtocol]) -> String {
         .map(|s| s.token())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// This relay's authorities for To-Path matching: every MSRP-capable
+/// listener's bound address (a wildcard one stands for each of the host's
+/// interface addresses of its family), scheme `msrps` for TLS listeners,
+/// and `use_path_addr` with either scheme.
+pub fn local_authorities(
+    listening: &[(Transport, std::net::SocketAddr)],
+    use_path_addr: Option<&str>,
+) -> LocalAuthorities {
+    let mut l = LocalAuthorities::default();
+    let mut ifaces = None;
+    for &(t, addr) in listening {
+        if !matches!(
+            t,
+            Transport::Ws | Transport::Wss | Transport::Msrp | Transport::Msrps
+        ) {
+            continue;
+        }
+        let secure = Some(t.is_tls());
+        if addr.ip().is_unspecified() {
+            let ips = ifaces.get_or_insert_with(sys::interface_addrs);
+            for ip in ips.iter() {
+                // An IPv6 wildcard also takes IPv4 (dual stack).
+                if ip.is_ipv4() || addr.is_ipv6() {
+                    l.add_socket(secure, std::net::SocketAddr::new(*ip, addr.port()));
+                }
+                // …whose connections show IPv4-mapped local addresses.
+                if let (std::net::IpAddr::V4(v4), true) = (ip, addr.is_ipv6()) {
+                    let mapped = std::net::IpAddr::V6(v4.to_ipv6_mapped());
+                    l.add_socket(secure, std::net::SocketAddr::new(mapped, addr.port()));
+                }
+            }
+        }
+        l.add_socket(secure, addr);
+    }
+    if let Some(u) = use_path_addr
+        && !l.add_host_port(None, u)
+    {
+        tracing::warn!(use_path_addr = u, "msrp.use_path_addr is not host:port");
+    }
+    l
 }
 
 fn random_secret() -> [u8; 32] {

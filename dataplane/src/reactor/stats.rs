@@ -306,6 +306,16 @@ impl WorkerStats {
         self.core().slot_close(idx);
     }
 
+    /// Publish MSRP session slot `idx` in the region's session table.
+    pub fn msrp_session_put(&mut self, idx: u32, info: &region::MsrpSessionInfo<'_>) {
+        self.core().msrp_session_put(idx, info);
+    }
+
+    /// Free MSRP session slot `idx`.
+    pub fn msrp_session_free(&mut self, idx: u32) {
+        self.core().msrp_session_free(idx);
+    }
+
     /// An MSRP engine statistic.
     pub fn msrp(&mut self, s: Stat) {
         use region::{AuthResult, MsrpStatus};

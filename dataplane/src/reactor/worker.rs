@@ -82,6 +82,11 @@ pub struct Worker {
     outbound: HashMap<SocketAddr, (u32, u32)>,
     msrp_timer_ms: u64,
     msrp_sweep_ms: u64,
+    /// Session-table slots of the stats region in use, by session.
+    msrp_slots: HashMap<SessionId, u32>,
+    /// Freed session-table slots, and the next never-used one.
+    msrp_slots_free: Vec<u32>,
+    msrp_slots_next: u32,
 }
 
 /// Period of the MSRP transaction-timeout scan.
@@ -97,11 +102,12 @@ impl Worker {
         let stats = WorkerStats::new(shared.region.clone(), core);
         let output_high = (2 * shared.config.websocket.max_message_size).max(1 << 20) + 65536;
         let workers = shared.inboxes.len();
-        let relay = RelayCore::new(
+        let mut relay = RelayCore::new(
             shared.relay_config.clone(),
             core as u8,
             SessionMap::per_core_capacity(shared.config.msrp.cmap_size, workers),
         );
+        relay.sessions.track_changes();
         Ok(Worker {
             core,
             ring,
@@ -135,6 +141,9 @@ impl Worker {
             outbound: HashMap::new(),
             msrp_timer_ms: now,
             msrp_sweep_ms: now,
+            msrp_slots: HashMap::new(),
+            msrp_slots_free: Vec::new(),
+            msrp_slots_next: 0,
             shared,
         })
     }
@@ -841,6 +850,17 @@ impl Worker {
         let mut cmds = Vec::new();
         self.stats.drain_commands(|cmd| cmds.push(cmd));
         for cmd in cmds {
+            if cmd.kind == super::stats::CommandKind::DropSession {
+                // The session id is the data (`msrp` DELETE).
+                let data = &cmd.data[..(cmd.data_len as usize).min(cmd.data.len())];
+                if let Some(sid) = SessionId::parse(data)
+                    && self.relay.sessions.remove(&sid).is_some()
+                {
+                    self.stats
+                        .msrp(crate::msrp::relay::Stat::SessionsRemoved(1));
+                }
+                continue;
+            }
             // Commands are rare: a scan keeps ids out of per-connection memory.
             let Some(idx) = self
                 .conns
@@ -875,6 +895,59 @@ impl Worker {
             }
             self.after_input(idx, now);
         }
+        self.publish_msrp_sessions();
+    }
+
+    /// Mirror the session map's changes into the stats region's session
+    /// table (`msrp.cmaplist`): a slot per live session, freed when the
+    /// session expires, closes or is dropped. Sessions beyond the table's
+    /// size are relayed but not listed.
+    fn publish_msrp_sessions(&mut self) {
+        let (conns, stats, slots, free, next, shared) = (
+            &mut self.conns,
+            &mut self.stats,
+            &mut self.msrp_slots,
+            &mut self.msrp_slots_free,
+            &mut self.msrp_slots_next,
+            &self.shared,
+        );
+        self.relay.sessions.drain_changes(|id, entry| match entry {
+            Some(e) => {
+                let slot = match slots.get(id) {
+                    Some(&s) => s,
+                    None => {
+                        let s = match free.pop() {
+                            Some(s) => s,
+                            None if *next < crate::region::MSRP_SESSION_SLOTS => {
+                                *next += 1;
+                                *next - 1
+                            }
+                            None => return,
+                        };
+                        slots.insert(*id, s);
+                        s
+                    }
+                };
+                let (_, generation, idx) = split_conn_id(e.conn);
+                let conn_id = conns.get_mut(idx, generation).map_or(0, |c| c.id);
+                stats.msrp_session_put(
+                    slot,
+                    &crate::region::MsrpSessionInfo {
+                        session_id: id.as_str(),
+                        user: &e.user,
+                        peer: &e.peer_addr,
+                        conn_id,
+                        expires_unix_ms: shared.mono_to_unix_ms(e.expires_ms),
+                    },
+                );
+            }
+            None => {
+                if let Some(s) = slots.remove(id) {
+                    stats.msrp_session_free(s);
+                    free.push(s);
+                }
+            }
+        });
     }
 
     fn drain_inbox(&mut self, now: u64) {
@@ -980,12 +1053,13 @@ impl Worker {
         loop {
             let list = std::mem::take(&mut self.msrp_effects);
             if list.is_empty() {
-                return;
+                break;
             }
             for e in list {
                 self.apply_effect(e, now);
             }
         }
+        self.publish_msrp_sessions();
     }
 
     fn apply_effect(&mut self, e: Effect, now: u64) {

@@ -7,12 +7,13 @@
 
 use super::events;
 use super::metrics::CORE_WORDS;
+use super::sessions::{MSRP_SESSION_SLOTS, SESSION_SLOT_SIZE};
 
 /// File magic: `b"RTEDGE\0\x01"`.
 pub const MAGIC: [u8; 8] = *b"RTEDGE\0\x01";
 /// Layout version. Bump whenever anything in the layout changes (including
 /// appending a counter or histogram).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Bytes reserved for the fixed part of the header (fields below + spare).
 pub(crate) const FIXED_HEADER: usize = 256;
@@ -84,6 +85,9 @@ const PAGE: usize = 4096;
 /// | 136 | events_offset     | u64     |
 /// | 144 | events_stride     | u64     |
 /// | 152 | event_capacity    | u32     |
+/// | 156 | session_slots     | u32     |
+/// | 160 | sessions_offset   | u64     |
+/// | 168 | sessions_stride   | u64     |
 /// | 256 | heartbeats: `cores` × 64 B, an atomic u64 (unix ms) at the start of each |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderInfo {
@@ -117,6 +121,10 @@ pub struct HeaderInfo {
     pub events_stride: u64,
     /// Events kept per core.
     pub event_capacity: u32,
+    /// MSRP session slots per core.
+    pub session_slots: u32,
+    pub sessions_offset: u64,
+    pub sessions_stride: u64,
 }
 
 /// Section geometry (byte offsets from the start of the mapping).
@@ -136,6 +144,8 @@ pub(crate) struct Layout {
     pub ring_stride: usize,
     pub events_offset: usize,
     pub events_stride: usize,
+    pub sessions_offset: usize,
+    pub sessions_stride: usize,
     pub total_size: usize,
 }
 
@@ -184,9 +194,16 @@ impl Layout {
             .and_then(|s| s.checked_add(rings_offset))
             .ok_or_else(too_big)?;
         let events_stride = align_up(events::ring_words() * 8, BLOCK_ALIGN).ok_or_else(too_big)?;
-        let total_size = events_stride
+        let sessions_offset = events_stride
             .checked_mul(n)
             .and_then(|s| s.checked_add(events_offset))
+            .ok_or_else(too_big)?;
+        let sessions_stride =
+            align_up(MSRP_SESSION_SLOTS as usize * SESSION_SLOT_SIZE, BLOCK_ALIGN)
+                .ok_or_else(too_big)?;
+        let total_size = sessions_stride
+            .checked_mul(n)
+            .and_then(|s| s.checked_add(sessions_offset))
             .and_then(|s| align_up(s, PAGE))
             .filter(|&s| s as u64 <= isize::MAX as u64)
             .ok_or_else(too_big)?;
@@ -205,6 +222,8 @@ impl Layout {
             ring_stride,
             events_offset,
             events_stride,
+            sessions_offset,
+            sessions_stride,
             total_size,
         })
     }
@@ -236,6 +255,9 @@ impl Layout {
             events_offset: self.events_offset as u64,
             events_stride: self.events_stride as u64,
             event_capacity: events::EVENT_CAPACITY,
+            session_slots: MSRP_SESSION_SLOTS,
+            sessions_offset: self.sessions_offset as u64,
+            sessions_stride: self.sessions_stride as u64,
         }
     }
 
@@ -257,6 +279,11 @@ impl Layout {
     pub fn events_of(&self, core: u32) -> usize {
         self.events_offset + core as usize * self.events_stride
     }
+    pub fn session_offset(&self, core: u32, slot: u32) -> usize {
+        self.sessions_offset
+            + core as usize * self.sessions_stride
+            + slot as usize * SESSION_SLOT_SIZE
+    }
 }
 
 impl HeaderInfo {
@@ -275,6 +302,7 @@ impl HeaderInfo {
             (36, self.cell_size),
             (40, self.pid),
             (152, self.event_capacity),
+            (156, self.session_slots),
         ];
         for (off, v) in u32s {
             b[off..off + 4].copy_from_slice(&v.to_ne_bytes());
@@ -293,6 +321,8 @@ impl HeaderInfo {
             (128, self.total_size),
             (136, self.events_offset),
             (144, self.events_stride),
+            (160, self.sessions_offset),
+            (168, self.sessions_stride),
         ];
         for (off, v) in u64s {
             b[off..off + 8].copy_from_slice(&v.to_ne_bytes());
@@ -335,13 +365,16 @@ impl HeaderInfo {
             events_offset: u64_at(136),
             events_stride: u64_at(144),
             event_capacity: u32_at(152),
+            session_slots: u32_at(156),
+            sessions_offset: u64_at(160),
+            sessions_stride: u64_at(168),
         }
     }
 
     /// The first field that differs from what this build computes for the
     /// same dimensions, if any.
     pub(crate) fn mismatch(&self, expected: &HeaderInfo) -> Option<&'static str> {
-        let checks: [(&'static str, u64, u64); 16] = [
+        let checks: [(&'static str, u64, u64); 19] = [
             (
                 "header_size",
                 self.header_size.into(),
@@ -393,6 +426,21 @@ impl HeaderInfo {
                 "event_capacity",
                 self.event_capacity.into(),
                 expected.event_capacity.into(),
+            ),
+            (
+                "session_slots",
+                self.session_slots.into(),
+                expected.session_slots.into(),
+            ),
+            (
+                "sessions_offset",
+                self.sessions_offset,
+                expected.sessions_offset,
+            ),
+            (
+                "sessions_stride",
+                self.sessions_stride,
+                expected.sessions_stride,
             ),
         ];
         checks

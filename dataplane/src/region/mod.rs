@@ -31,6 +31,9 @@
 //!    [`Event`]s (opened, closed, handshake rejected) with one writer (the
 //!    reactor) and any number of readers, each with its own cursor (see
 //!    `events.rs`).
+//! 7. **MSRP session table**: per core
+//!    [`MSRP_SESSION_SLOTS`] seqlock-guarded slots listing the relay sessions
+//!    of the core's session map (see `sessions.rs`).
 //!
 //! Every word after the header is an atomic; the header's plain fields are
 //! written with `pwrite` before the file is published (created under a
@@ -47,6 +50,7 @@ mod labels;
 mod layout;
 mod metrics;
 mod ring;
+mod sessions;
 mod slots;
 
 #[cfg(test)]
@@ -75,6 +79,10 @@ pub use metrics::{
     histogram_descriptors,
 };
 pub use ring::{COMMAND_DATA_MAX, Command, CommandKind, RingFull};
+pub use sessions::{
+    MSRP_SESSION_SLOTS, MsrpSessionInfo, MsrpSessionSnapshot, SESSION_ID_CAP, SESSION_PEER_CAP,
+    SESSION_SLOT_SIZE, SESSION_USER_CAP,
+};
 pub use slots::{
     ConnInfo, ConnSnapshot, INFO_CAP, InfoText, SlotWriter, conn_id_core, make_conn_id,
 };
@@ -591,6 +599,43 @@ impl Region {
         None
     }
 
+    #[inline]
+    fn session_slot(&self, core: u32, index: u32) -> Option<&sessions::SessionWords> {
+        if core >= self.layout.cores || index >= MSRP_SESSION_SLOTS {
+            return None;
+        }
+        let words = self.mem.u64s(
+            self.layout.session_offset(core, index),
+            sessions::SESSION_WORDS,
+        );
+        words.try_into().ok()
+    }
+
+    /// Consistent copies of every listed MSRP session of one core (none if
+    /// `core >= cores()`).
+    pub fn core_msrp_sessions(&self, core: u32) -> Vec<MsrpSessionSnapshot> {
+        (0..MSRP_SESSION_SLOTS)
+            .filter_map(|i| {
+                self.session_slot(core, i)
+                    .and_then(|w| sessions::read(w, core, i))
+            })
+            .collect()
+    }
+
+    /// Every listed MSRP session of every core (`msrp.cmaplist`).
+    pub fn msrp_sessions(&self) -> Vec<MsrpSessionSnapshot> {
+        (0..self.layout.cores)
+            .flat_map(|c| self.core_msrp_sessions(c))
+            .collect()
+    }
+
+    /// The listed MSRP session with this id, searched on `core`.
+    pub fn find_msrp_session(&self, core: u32, id: &str) -> Option<MsrpSessionSnapshot> {
+        self.core_msrp_sessions(core)
+            .into_iter()
+            .find(|s| s.session_id == id)
+    }
+
     fn ring(&self, core: u32) -> &[AtomicU64] {
         assert!(core < self.layout.cores, "core {core} out of range");
         self.mem
@@ -786,6 +831,20 @@ impl<'a> CoreStats<'a> {
     pub fn slot_close(&self, index: u32) {
         if let Some(w) = self.region.slot(self.core, index) {
             slots::close(w);
+        }
+    }
+
+    /// Publish MSRP session slot `index` (ignored when out of range).
+    pub fn msrp_session_put(&self, index: u32, info: &MsrpSessionInfo<'_>) {
+        if let Some(w) = self.region.session_slot(self.core, index) {
+            sessions::put(w, info);
+        }
+    }
+
+    /// Mark MSRP session slot `index` free.
+    pub fn msrp_session_free(&self, index: u32) {
+        if let Some(w) = self.region.session_slot(self.core, index) {
+            sessions::free(w);
         }
     }
 

@@ -1126,3 +1126,52 @@ fn concurrent_event_readers_never_see_torn_events() {
         );
     }
 }
+
+#[test]
+fn msrp_session_table_put_free_and_bounds() {
+    let r = Region::create_anonymous(2, 4).unwrap();
+    assert!(r.msrp_sessions().is_empty());
+    let c1 = r.core(1);
+    let long_user = "ü".repeat(40); // 80 bytes: truncated at a char boundary
+    c1.msrp_session_put(
+        7,
+        &MsrpSessionInfo {
+            session_id: "01abcdefghijklmnopqrst",
+            user: &long_user,
+            peer: "[2001:db8::1]:65535",
+            conn_id: make_conn_id(1, 9),
+            expires_unix_ms: 1234,
+        },
+    );
+    // Out of range: ignored, no panic.
+    c1.msrp_session_put(
+        MSRP_SESSION_SLOTS,
+        &MsrpSessionInfo {
+            session_id: "x",
+            user: "",
+            peer: "",
+            conn_id: 0,
+            expires_unix_ms: 0,
+        },
+    );
+    c1.msrp_session_free(MSRP_SESSION_SLOTS);
+    let all = r.msrp_sessions();
+    assert_eq!(all.len(), 1);
+    let s = &all[0];
+    assert_eq!(s.session_id, "01abcdefghijklmnopqrst");
+    assert_eq!(s.user, "ü".repeat(32));
+    assert_eq!(s.peer, "[2001:db8::1]:65535");
+    assert_eq!(
+        (s.core, s.slot, s.conn_id, s.expires_unix_ms),
+        (1, 7, make_conn_id(1, 9), 1234)
+    );
+    assert_eq!(
+        r.find_msrp_session(1, "01abcdefghijklmnopqrst"),
+        Some(s.clone())
+    );
+    assert_eq!(r.find_msrp_session(0, "01abcdefghijklmnopqrst"), None);
+    assert!(r.core_msrp_sessions(99).is_empty());
+    c1.msrp_session_free(7);
+    assert!(r.msrp_sessions().is_empty());
+    assert_eq!(r.header().session_slots, MSRP_SESSION_SLOTS);
+}

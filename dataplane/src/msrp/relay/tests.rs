@@ -30,10 +30,14 @@ impl World {
     }
 
     fn conn(&self, id: u64) -> MsrpConn {
+        self.conn_on(id, RELAY, true, "tcp")
+    }
+
+    fn conn_on(&self, id: u64, host_port: &str, secure: bool, transport: &'static str) -> MsrpConn {
         let up = UsePath {
-            secure: true,
-            host_port: RELAY.into(),
-            transport: "tcp",
+            secure,
+            host_port: host_port.into(),
+            transport,
         };
         MsrpConn::new(
             id,
@@ -211,6 +215,59 @@ fn hairpin_send_between_two_local_clients() {
         );
         assert_eq!(w.core.pending_transactions(), 0);
     }
+}
+
+/// Two listeners of one relay (TCP and WebSocket, different ports): a URI
+/// of either is "ours" (RFC 4975 §6.1 against every local authority), so
+/// the hairpin works without `use_path_addr`; a first URI naming someone
+/// else is refused.
+#[test]
+fn hairpin_across_listeners_and_foreign_first_uri() {
+    let mut w = World::new();
+    let mut local = LocalAuthorities::default();
+    local.add_socket(Some(false), "127.0.0.1:2855".parse().unwrap());
+    local.add_socket(Some(false), "127.0.0.1:8080".parse().unwrap());
+    w.core.cfg.local = local;
+    let mut a = w.conn_on(1, "127.0.0.1:2855", false, "tcp");
+    let mut b = w.conn_on(2, "127.0.0.1:8080", false, "ws");
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    assert!(ub.starts_with("msrp://127.0.0.1:8080/") && ub.ends_with(";ws"));
+    let bws = "msrp://k3j2.invalid:2855/wsb;ws";
+    let acts = w.feed(
+        &mut a,
+        &send("x1aa", &format!("{ua} {ub} {bws}"), ALICE, "", "hi"),
+    );
+    let (target, head, _) = forward_head(&acts).expect("forwarded");
+    assert_eq!(*target, Target::Conn(2), "{acts:?}");
+    assert!(head.contains(&format!("To-Path: {bws}\r\n")), "{head}");
+    // …and back.
+    let acts = w.feed(
+        &mut b,
+        &send("x2bb", &format!("{ub} {ua} {ALICE}"), bws, "", "yo"),
+    );
+    assert_eq!(*forward_head(&acts).expect("forwarded").0, Target::Conn(1));
+    // A first URI with our session id but another relay's authority.
+    let foreign = ua.replace("127.0.0.1:2855", "192.0.2.1:2855");
+    let acts = w.feed(
+        &mut a,
+        &send("x3cc", &format!("{foreign} {ub} {bws}"), ALICE, "", "no"),
+    );
+    assert!(forward_head(&acts).is_none());
+    assert!(replies(&acts)[0].starts_with(b"MSRP x3cc 481"), "{acts:?}");
+    // A second URI of ours without a session: nowhere to go.
+    let acts = w.feed(
+        &mut a,
+        &send(
+            "x4dd",
+            &format!("{ua} msrp://127.0.0.1:8080;tcp"),
+            ALICE,
+            "",
+            "no",
+        ),
+    );
+    assert!(forward_head(&acts).is_none());
+    assert!(replies(&acts)[0].starts_with(b"MSRP x4dd 481"), "{acts:?}");
 }
 
 #[test]
