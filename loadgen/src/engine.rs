@@ -239,6 +239,14 @@ pub struct EngineConfig {
     /// Stop the measured window when every connection has finished its work
     /// (count mode).
     pub stop_when_finished: bool,
+    /// Count mode: total requests. When no reply has come for `drain`
+    /// while requests are in flight, the window ends (a lossy server would
+    /// otherwise keep the run waiting forever: lost messages never leave a
+    /// closed-loop window).
+    pub count: Option<u64>,
+    /// Connections come and go (ws-connect --churn): run for the whole
+    /// duration even when no connection is open.
+    pub churn: bool,
     pub server_pid: Option<u32>,
     pub ready_file: Option<PathBuf>,
     #[serde(skip)]
@@ -368,7 +376,11 @@ pub fn run<S: Scenario>(
     cfg: &EngineConfig,
 ) -> Result<(Vec<S::Thread>, RunSummary)> {
     let units = scenario.units();
-    let threads = cfg.threads.clamp(1, units.max(1));
+    let threads = if cfg.churn {
+        cfg.threads.max(1)
+    } else {
+        cfg.threads.clamp(1, units.max(1))
+    };
     sys::raise_nofile(units as u64 + 64 * threads as u64 + 64);
 
     let started_unix = SystemTime::now()
@@ -608,7 +620,7 @@ async fn control<T>(
 
     // ---- Run (warm-up, then measured) ----
     let measure_from = run_start + cfg.warmup;
-    let no_conns = t_conn.connected == 0;
+    let no_conns = t_conn.connected == 0 && !cfg.churn;
     let _ = tx.send(PhaseState {
         phase: Phase::Run,
         run_start,
@@ -625,6 +637,7 @@ async fn control<T>(
     };
     let mut next_tick = run_start + Duration::from_secs(1);
     let end_reason;
+    let mut last_rx = (u64::MAX, run_start);
     loop {
         let now = Instant::now();
         if at_start.is_none() && now >= measure_from {
@@ -645,7 +658,14 @@ async fn control<T>(
             end_reason = "duration";
             break;
         }
-        if t.connected > 0 && t.open() == 0 {
+        if t.received != last_rx.0 {
+            last_rx = (t.received, now);
+        }
+        if cfg.count.is_some() && t.inflight > 0 && now.duration_since(last_rx.1) >= cfg.drain {
+            end_reason = "count-stalled";
+            break;
+        }
+        if t.connected > 0 && t.open() == 0 && !cfg.churn {
             end_reason = if cfg.stop_when_finished {
                 "count"
             } else {

@@ -6,8 +6,10 @@
 //! messages), `sys` (rlimits, rusage, /proc).
 
 mod engine;
+mod mixed;
 mod net;
 mod payload;
+mod plot;
 mod report;
 mod rng;
 mod scenario;
@@ -45,6 +47,17 @@ Examples:
   rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --subprotocol sip \\
       --connections 10000 --duration 60s --connect-rate 2000
 
+  # handshake storm: 200 new connections per second, each closed at once
+  rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --connections 0 \\
+      --churn 200 --duration 30s
+
+  # mixed workload from a scenario file, one combined report and plot
+  rtedge-loadgen run loadgen/examples/mixed.toml --url ws://127.0.0.1:8080/ \\
+      --json mixed.json --plot mixed.svg
+
+  # latency percentiles and throughput over time
+  rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ -c 10 --duration 30s --plot echo.svg
+
 Exit status: 0 OK; 1 a message was lost, corrupted, duplicated or
 reordered; 3 connections failed or died (no integrity problem);
 2 usage or runtime error.";
@@ -70,9 +83,13 @@ enum Cmd {
     /// Echo load: send self-checking messages and verify every echo.
     #[command(after_help = WS_ECHO_HELP)]
     WsEcho(WsEchoArgs),
-    /// Connection load: open N connections, hold them idle, check which survive.
+    /// Connection load: open N connections, hold them idle, check which
+    /// survive; optionally a handshake storm (--churn).
     #[command(after_help = WS_CONNECT_HELP)]
     WsConnect(WsConnectArgs),
+    /// Run the scenarios of a TOML file together (mixed workload).
+    #[command(after_help = mixed::HELP)]
+    Run(mixed::RunFileArgs),
 }
 
 const WS_ECHO_HELP: &str = "\
@@ -87,9 +104,14 @@ Payloads (--size ≥ 24 binary, ≥ 44 text) start with a header: magic RTLG,
 connection id, sequence number and a 64-bit checksum of the body; every echo
 is checked and counted as lost, duplicated, reordered or corrupted.
 
-Example:
+Examples:
   rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ --subprotocol echo \\
-      --connections 10 --size 64 --window 16 --duration 10s --json out.json";
+      --connections 10 --size 64 --window 16 --duration 10s --json out.json
+  rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ -c 100 --rate 20000 \\
+      --duration 30s --plot echo.svg
+
+--plot FILE.svg draws the round-trip p50/p90/p99 per second and the echo
+throughput (sent and received msg/s) over time.";
 
 const WS_CONNECT_HELP: &str = "\
 Each connection does TCP connect (+TLS) and the upgrade (timed into the
@@ -101,9 +123,22 @@ With --server-pid the server's RSS before and after connecting is reported
 more loopback sources (--local-addr 127.0.0.2 ...; automatic above 25k on
 loopback targets). RLIMIT_NOFILE is raised to its hard limit.
 
-Example:
+Handshake storm (--churn R): from the start of the run phase, R new
+connections per second (over all threads) are opened, upgraded (timed) and
+closed with a closing handshake after --churn-lifetime (default 0: at once),
+besides the held connections (--connections 0: only the storm). Reported
+under `churn`: attempts, established, failed, closed, handshake percentiles;
+any failure makes the exit status 3. At most --connect-concurrency attempts
+per thread are pending; ticks beyond that are counted as `skipped`.
+
+--plot FILE.svg draws the handshake p50/p90/p99 per second and the open
+connections and new connections per second over time.
+
+Examples:
   rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --subprotocol echo \\
-      --connections 10000 --duration 30s --server-pid $(pidof rtedge)";
+      --connections 10000 --duration 30s --server-pid $(pidof rtedge)
+  rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --connections 0 \\
+      --churn 200 --churn-lifetime 100ms --duration 20s --plot storm.svg";
 
 /// A duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or plain seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -181,6 +216,9 @@ struct RunArgs {
     /// Write the full result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Draw latency percentiles and throughput over time into FILE.svg.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     /// Sample this process's CPU and RSS (/proc) as the server under test.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
@@ -193,6 +231,10 @@ struct RunArgs {
     /// Plain progress lines on stderr even on a terminal.
     #[arg(long)]
     plain: bool,
+    /// Progress label (scenario files: the scenario's name).
+    #[arg(skip)]
+    #[serde(skip)]
+    label: Option<String>,
 }
 
 #[derive(Args, Debug, Serialize)]
@@ -240,9 +282,16 @@ struct WsConnectArgs {
     #[command(flatten)]
     #[serde(flatten)]
     target: TargetArgs,
-    /// Connections to open and hold.
+    /// Connections to open and hold (0: only the --churn storm).
     #[arg(long, short = 'c', alias = "hold", default_value_t = 1000)]
     connections: usize,
+    /// Handshake storm: new short-lived connections per second during the
+    /// run, over all threads.
+    #[arg(long, value_name = "CONN/S")]
+    churn: Option<f64>,
+    /// How long each --churn connection stays open before it is closed.
+    #[arg(long, default_value = "0s", value_name = "DUR")]
+    churn_lifetime: Dur,
     /// New connections per second over all threads (default: as fast as possible).
     #[arg(long, value_name = "CONN/S")]
     connect_rate: Option<f64>,
@@ -291,6 +340,8 @@ fn engine_config(
         warmup,
         drain: run.drain.0,
         stop_when_finished,
+        count: None,
+        churn: false,
         server_pid: run.server_pid,
         ready_file: run.ready_file.clone(),
         progress: if run.quiet {
@@ -300,7 +351,7 @@ fn engine_config(
         } else {
             ProgressMode::Auto
         },
-        label: format!("[{label}]"),
+        label: format!("[{}]", run.label.as_deref().unwrap_or(label)),
     }
 }
 
@@ -347,7 +398,8 @@ fn ws_echo(a: WsEchoArgs) -> Result<Report> {
     } else {
         Duration::from_secs(1)
     });
-    let cfg = engine_config(&a.run, duration, warmup, "ws-echo", a.count.is_some());
+    let mut cfg = engine_config(&a.run, duration, warmup, "ws-echo", a.count.is_some());
+    cfg.count = a.count;
     let mut config = serde_json::to_value(&a).context("config")?;
     config["window"] = window.into();
     config["engine"] = serde_json::to_value(&cfg).context("config")?;
@@ -356,8 +408,13 @@ fn ws_echo(a: WsEchoArgs) -> Result<Report> {
 }
 
 fn ws_connect(a: WsConnectArgs) -> Result<Report> {
-    if a.connections == 0 {
-        bail!("--connections must be at least 1");
+    if let Some(r) = a.churn
+        && !(r > 0.0 && r.is_finite())
+    {
+        bail!("--churn must be a positive number of connections per second");
+    }
+    if a.connections == 0 && a.churn.is_none() {
+        bail!("--connections must be at least 1 (or give --churn)");
     }
     let sc = Arc::new(scenario::ws_connect::WsConnect {
         connector: connector(&a.target, a.connections)?,
@@ -366,9 +423,12 @@ fn ws_connect(a: WsConnectArgs) -> Result<Report> {
         connect_concurrency: a.target.connect_concurrency,
         ping_interval: Some(a.ping_interval.0).filter(|d| !d.is_zero()),
         close_timeout: a.run.close_timeout.0,
+        churn: a.churn,
+        churn_lifetime: a.churn_lifetime.0,
     });
     let warmup = a.run.warmup.map(|d| d.0).unwrap_or(Duration::ZERO);
     let mut cfg = engine_config(&a.run, Some(a.duration.0), warmup, "ws-connect", false);
+    cfg.churn = a.churn.is_some();
     // The final-ping check needs time to come back.
     cfg.drain = cfg.drain.max(Duration::from_secs(2));
     let mut config = serde_json::to_value(&a).context("config")?;
@@ -377,35 +437,75 @@ fn ws_connect(a: WsConnectArgs) -> Result<Report> {
     Ok(sc.report(threads, &run, config, cfg.threads))
 }
 
+/// Run one scenario subcommand (not `run`).
+fn run_scenario(cmd: Cmd) -> Result<Report> {
+    match cmd {
+        Cmd::WsEcho(a) => ws_echo(a),
+        Cmd::WsConnect(a) => ws_connect(a),
+        Cmd::Run(_) => bail!("scenario files cannot nest"),
+    }
+}
+
+/// Exit status of one report: 0 OK, 1 integrity failure, 3 other failure.
+fn exit_code(r: &Report) -> i32 {
+    if r.ok {
+        0
+    } else if r.scenario == "ws-echo" && scenario::ws_echo::integrity_failed(r) {
+        1
+    } else {
+        3
+    }
+}
+
+/// Combine exit statuses: an integrity failure (1) wins over the rest (3).
+fn worst(codes: impl IntoIterator<Item = i32>) -> i32 {
+    codes.into_iter().fold(0, |acc, c| match (acc, c) {
+        (1, _) | (_, 1) => 1,
+        (0, c) => c,
+        (a, _) => a,
+    })
+}
+
+fn write_json(path: &std::path::Path, v: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).context("serialising the result")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
 fn main() {
     let cli = Cli::parse();
-    let (json, result) = match cli.cmd {
-        Cmd::WsEcho(a) => (a.run.json.clone(), ws_echo(a)),
-        Cmd::WsConnect(a) => (a.run.json.clone(), ws_connect(a)),
+    let outcome = match cli.cmd {
+        Cmd::Run(a) => mixed::main(a),
+        cmd => {
+            let (json, plot) = match &cmd {
+                Cmd::WsEcho(a) => (a.run.json.clone(), a.run.plot.clone()),
+                Cmd::WsConnect(a) => (a.run.json.clone(), a.run.plot.clone()),
+                Cmd::Run(_) => (None, None),
+            };
+            if let Some(p) = &plot
+                && let Err(e) = plot::check_path(p)
+            {
+                eprintln!("rtedge-loadgen: {e:#}");
+                std::process::exit(2);
+            }
+            run_scenario(cmd).and_then(|report| {
+                print!("{}", report.table());
+                if let Some(path) = json {
+                    write_json(&path, &report)?;
+                }
+                if let Some(path) = plot {
+                    plot::write(&path, &[(String::new(), &report)])?;
+                }
+                Ok(exit_code(&report))
+            })
+        }
     };
-    let report = match result {
-        Ok(r) => r,
+    match outcome {
+        Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("rtedge-loadgen: {e:#}");
             std::process::exit(2);
         }
-    };
-    print!("{}", report.table());
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-        if let Err(e) = std::fs::write(&path, text + "\n") {
-            eprintln!("rtedge-loadgen: writing {}: {e}", path.display());
-            std::process::exit(2);
-        }
     }
-    let code = if report.ok {
-        0
-    } else if scenario::ws_echo::integrity_failed(&report) && report.scenario == "ws-echo" {
-        1
-    } else {
-        3
-    };
-    std::process::exit(code);
 }
 
 #[cfg(test)]
@@ -457,5 +557,20 @@ mod tests {
             panic!("ws-connect expected")
         };
         assert_eq!(a.connections, 50);
+        let c = Cli::try_parse_from(["x", "ws-connect", "-c", "0", "--churn", "200"]).unwrap();
+        let Cmd::WsConnect(a) = c.cmd else {
+            panic!("ws-connect expected")
+        };
+        assert_eq!(a.churn, Some(200.0));
+        assert!(a.churn_lifetime.0.is_zero());
+    }
+
+    #[test]
+    fn exit_codes_combine() {
+        assert_eq!(worst([0, 0]), 0);
+        assert_eq!(worst([0, 3, 0]), 3);
+        assert_eq!(worst([3, 1, 0]), 1);
+        assert_eq!(worst([1, 3]), 1);
+        assert_eq!(worst([]), 0);
     }
 }

@@ -12,8 +12,75 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Percentiles of a histogram, in µs.
+/// Per-second histograms (2 significant digits, 1 µs .. 1 h): small
+/// enough to keep one per second per thread.
+fn small_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Latencies bucketed by the second (since the engine start) in which they
+/// were recorded, for the latency-over-time series and plots.
+#[derive(Debug, Default, Clone)]
+pub struct SecondHists(Vec<Option<Histogram<u32>>>);
+
+impl SecondHists {
+    /// Record `v_us` at engine time `now_ns`.
+    #[inline]
+    pub fn record(&mut self, now_ns: u64, v_us: u64) {
+        let i = (now_ns / 1_000_000_000) as usize;
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i]
+            .get_or_insert_with(small_histogram)
+            .saturating_record(v_us);
+    }
+
+    pub fn merge(&mut self, o: &SecondHists) {
+        if o.0.len() > self.0.len() {
+            self.0.resize_with(o.0.len(), || None);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(&o.0) {
+            if let Some(h) = theirs {
+                let _ = mine.get_or_insert_with(small_histogram).add(h);
+            }
+        }
+    }
+
+    /// One entry per second that recorded anything.
+    pub fn series(&self) -> Vec<SecondLatency> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let h = h.as_ref().filter(|h| !h.is_empty())?;
+                Some(SecondLatency {
+                    t_s: (i + 1) as f64,
+                    count: h.len(),
+                    p50: h.value_at_quantile(0.50),
+                    p90: h.value_at_quantile(0.90),
+                    p99: h.value_at_quantile(0.99),
+                    max: h.max(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Latency percentiles of one second (µs, 2 significant digits).
 #[derive(Debug, Clone, Serialize)]
+pub struct SecondLatency {
+    /// End of the second, seconds since the engine started.
+    pub t_s: f64,
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+/// Percentiles of a histogram, in µs.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub count: u64,
     pub min: u64,
@@ -127,6 +194,13 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_us: Option<Percentiles>,
     pub per_second: Vec<Sample>,
+    /// Round-trip (ws-echo) or handshake (ws-connect) latency per second,
+    /// warm-up and drain included.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_per_second: Vec<SecondLatency>,
+    /// ws-connect `--churn`: the short-lived connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<serde_json::Value>,
     pub errors: ErrorLog,
     pub client: ClientUsage,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -204,6 +278,8 @@ impl Report {
             latency_us: None,
             handshake_us: None,
             per_second: run.per_second.clone(),
+            latency_per_second: Vec::new(),
+            churn: None,
             errors,
             client: ClientUsage {
                 threads,
@@ -302,6 +378,32 @@ impl Report {
         }
         if let Some(p) = &self.handshake_us {
             pct(&mut o, "handshake µs", p);
+        }
+        if let Some(c) = &self.churn {
+            let st = &c["stats"];
+            row(
+                &mut o,
+                "churn",
+                format!(
+                    "{} conn/s asked: {} attempted, {} established ({}/s), {} failed, \
+                     {} closed, {} close errors, {} aborted at the end, {} skipped",
+                    c["rate"],
+                    st["attempted"],
+                    st["established"],
+                    c["established_per_s"],
+                    st["failed"],
+                    st["closed"],
+                    st["close_errors"],
+                    st["aborted"],
+                    st["skipped"]
+                ),
+            );
+            if let Some(p) = c
+                .get("handshake_us")
+                .and_then(|h| serde_json::from_value::<Percentiles>(h.clone()).ok())
+            {
+                pct(&mut o, "churn handshake µs", &p);
+            }
         }
         let cl = &self.client;
         let mut cpu = format!(

@@ -120,6 +120,53 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection in its first state: no engine yet (`Proto::Raw`), no
+    /// buffers, nothing in flight. Callers set what differs (TLS, listener,
+    /// outbound).
+    pub fn new(
+        fd: RawFd,
+        generation: u32,
+        transport: Transport,
+        peer: SocketAddr,
+        local: SocketAddr,
+        now_ms: u64,
+        unix_ms: u64,
+    ) -> Conn {
+        Conn {
+            fd,
+            generation,
+            id: 0,
+            transport,
+            listener: u16::MAX,
+            outbound: false,
+            peer,
+            local,
+            tls: None,
+            proto: Proto::Raw,
+            partial: Vec::new(),
+            tls_pending: Vec::new(),
+            out: Vec::new(),
+            wire: Vec::new(),
+            inflight: Vec::new(),
+            inflight_sent: 0,
+            sending: false,
+            recv_armed: false,
+            cancel_sent: false,
+            paused: false,
+            connecting: false,
+            teardown: Teardown::Open,
+            timer_at: 0,
+            accepted_ms: now_ms,
+            created_unix_ms: unix_ms,
+            last_used_unix_ms: unix_ms,
+            frames_in: 0,
+            frames_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            dirty: false,
+        }
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty() || !self.wire.is_empty()
     }

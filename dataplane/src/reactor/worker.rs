@@ -67,7 +67,6 @@ pub struct Worker {
     tick_ts: types::Timespec,
     inbox_buf: Box<u64>,
     draining_since: Option<u64>,
-    conn_seq: u64,
     /// Pending output above which a connection stops being read, and
     /// below which it is read again.
     output_high: usize,
@@ -131,7 +130,6 @@ impl Worker {
             tick_ts: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             inbox_buf: Box::new(0),
             draining_since: None,
-            conn_seq: 0,
             connect_addrs: Vec::new(),
             output_high,
             output_low: output_high / 4,
@@ -339,42 +337,18 @@ impl Worker {
         };
         self.stats.accepted(transport);
         let (idx, generation) = self.conns.reserve();
-        self.conn_seq += 1;
-        let id = 0;
-        let unix = self.shared.unix_ms();
-        let conn = Conn {
+        let mut conn = Conn::new(
             fd,
             generation,
-            id,
             transport,
-            listener: li as u16,
-            outbound: false,
             peer,
             local,
-            tls,
-            proto: Proto::Handshake,
-            partial: Vec::new(),
-            tls_pending: Vec::new(),
-            out: Vec::new(),
-            wire: Vec::new(),
-            inflight: Vec::new(),
-            inflight_sent: 0,
-            sending: false,
-            recv_armed: false,
-            cancel_sent: false,
-            paused: false,
-            connecting: false,
-            teardown: Teardown::Open,
-            timer_at: 0,
-            accepted_ms: now,
-            created_unix_ms: unix,
-            last_used_unix_ms: unix,
-            frames_in: 0,
-            frames_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            dirty: false,
-        };
+            now,
+            self.shared.unix_ms(),
+        );
+        conn.listener = li as u16;
+        conn.tls = tls;
+        conn.proto = Proto::Handshake;
         let mut conn = conn;
         conn.id = self.stats.slot_open(idx, &conn);
         let msrp = matches!(transport, Transport::Msrp | Transport::Msrps);
@@ -467,46 +441,20 @@ impl Worker {
             // unmasked in place; only an incomplete tail is copied out.
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
-            if c.partial.is_empty() {
-                let mut ctx = MsrpCtx {
-                    relay: &mut self.relay,
-                    actions: &mut self.msrp_actions,
-                    effects: &mut self.msrp_effects,
-                };
-                let consumed = process_plain(
-                    c,
-                    data,
-                    now,
-                    &self.shared,
-                    &mut self.stats,
-                    t.index,
-                    &mut ctx,
-                );
-                if consumed < data.len() && c.teardown == Teardown::Open {
-                    c.partial.extend_from_slice(&data[consumed..]);
-                }
-            } else {
-                c.partial.extend_from_slice(data);
-                let mut p = std::mem::take(&mut c.partial);
-                let mut ctx = MsrpCtx {
-                    relay: &mut self.relay,
-                    actions: &mut self.msrp_actions,
-                    effects: &mut self.msrp_effects,
-                };
-                let consumed = process_plain(
-                    c,
-                    &mut p,
-                    now,
-                    &self.shared,
-                    &mut self.stats,
-                    t.index,
-                    &mut ctx,
-                );
-                p.drain(..consumed.min(p.len()));
-                if c.teardown == Teardown::Open && !p.is_empty() {
-                    c.partial = p;
-                }
-            }
+            let mut ctx = MsrpCtx {
+                relay: &mut self.relay,
+                actions: &mut self.msrp_actions,
+                effects: &mut self.msrp_effects,
+            };
+            feed_plain(
+                c,
+                data,
+                now,
+                &self.shared,
+                &mut self.stats,
+                t.index,
+                &mut ctx,
+            );
             self.bufs.recycle(bid);
         }
         self.apply_msrp_effects(now);
@@ -558,36 +506,15 @@ impl Worker {
                         actions: &mut self.msrp_actions,
                         effects: &mut self.msrp_effects,
                     };
-                    if c.partial.is_empty() {
-                        let consumed = process_plain(
-                            c,
-                            &mut plain,
-                            now,
-                            &self.shared,
-                            &mut self.stats,
-                            idx,
-                            &mut ctx,
-                        );
-                        if consumed < plain.len() && c.teardown == Teardown::Open {
-                            c.partial.extend_from_slice(&plain[consumed..]);
-                        }
-                    } else {
-                        c.partial.extend_from_slice(&plain);
-                        let mut p = std::mem::take(&mut c.partial);
-                        let consumed = process_plain(
-                            c,
-                            &mut p,
-                            now,
-                            &self.shared,
-                            &mut self.stats,
-                            idx,
-                            &mut ctx,
-                        );
-                        p.drain(..consumed.min(p.len()));
-                        if c.teardown == Teardown::Open && !p.is_empty() {
-                            c.partial = p;
-                        }
-                    }
+                    feed_plain(
+                        c,
+                        &mut plain,
+                        now,
+                        &self.shared,
+                        &mut self.stats,
+                        idx,
+                        &mut ctx,
+                    );
                 }
                 if p.peer_closed && c.teardown == Teardown::Open {
                     c.teardown = Teardown::AfterFlush;
@@ -1203,40 +1130,17 @@ impl Worker {
         sock.set_tcp_nodelay(true)?;
         let fd = sock.into_raw_fd();
         let (idx, generation) = self.conns.reserve();
-        let unix = self.shared.unix_ms();
-        let conn = Conn {
+        let mut conn = Conn::new(
             fd,
             generation,
-            id: 0,
-            transport: Transport::Msrp,
-            listener: u16::MAX,
-            outbound: true,
-            peer: addr,
-            local: SocketAddr::from(([0, 0, 0, 0], 0)),
-            tls: None,
-            proto: Proto::Raw,
-            partial: Vec::new(),
-            tls_pending: Vec::new(),
-            out: Vec::new(),
-            wire: Vec::new(),
-            inflight: Vec::new(),
-            inflight_sent: 0,
-            sending: false,
-            recv_armed: false,
-            cancel_sent: false,
-            paused: false,
-            connecting: true,
-            teardown: Teardown::Open,
-            timer_at: 0,
-            accepted_ms: now,
-            created_unix_ms: unix,
-            last_used_unix_ms: unix,
-            frames_in: 0,
-            frames_out: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            dirty: false,
-        };
+            Transport::Msrp,
+            addr,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            now,
+            self.shared.unix_ms(),
+        );
+        conn.outbound = true;
+        conn.connecting = true;
         self.conns.insert(idx, conn);
         // The address must stay put until the connect completes.
         let sa = Box::new(socket2::SockAddr::from(addr));
@@ -1466,6 +1370,35 @@ impl Worker {
 
 /// Feed plaintext to the connection's engine. Returns bytes consumed; the
 /// rest is an incomplete handshake or frame.
+/// Feed plaintext to the connection's engine, keeping only the bytes of an
+/// incomplete handshake or frame: when nothing is pending, `data` is handled
+/// where it lies (the provided buffer, unmasked in place) and just the tail
+/// is copied; otherwise it is appended to the pending bytes first.
+fn feed_plain(
+    c: &mut Conn,
+    data: &mut [u8],
+    now: u64,
+    shared: &Shared,
+    stats: &mut WorkerStats,
+    c_idx: u32,
+    ctx: &mut MsrpCtx<'_>,
+) {
+    if c.partial.is_empty() {
+        let consumed = process_plain(c, data, now, shared, stats, c_idx, ctx);
+        if consumed < data.len() && c.teardown == Teardown::Open {
+            c.partial.extend_from_slice(&data[consumed..]);
+        }
+    } else {
+        c.partial.extend_from_slice(data);
+        let mut p = std::mem::take(&mut c.partial);
+        let consumed = process_plain(c, &mut p, now, shared, stats, c_idx, ctx);
+        p.drain(..consumed.min(p.len()));
+        if c.teardown == Teardown::Open && !p.is_empty() {
+            c.partial = p;
+        }
+    }
+}
+
 fn process_plain(
     c: &mut Conn,
     data: &mut [u8],

@@ -3,6 +3,11 @@
 //! pings and sending our own keep-alive pings, then check which ones
 //! survived: at the end each connection sends a final ping and counts as
 //! surviving only if the pong comes back.
+//!
+//! Handshake storm (`--churn R`): besides the held connections (which may
+//! be zero), R new short-lived connections per second are opened during the
+//! run phase; each completes the upgrade (timed), lives `--churn-lifetime`
+//! and ends with a closing handshake. They are reported in `churn`.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -18,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::engine::{ErrorLog, Phase, Scenario, ThreadCtx, wait_phase};
 use crate::net::{ConnError, Connector};
-use crate::report;
+use crate::report::{self, SecondHists};
 use crate::rng::Rng;
 use crate::ws::frame::OP_PING;
 use crate::ws::{Event, WsIo};
@@ -34,6 +39,41 @@ pub struct WsConnect {
     /// Keep-alive ping period (None: no pings until the final check).
     pub ping_interval: Option<Duration>,
     pub close_timeout: Duration,
+    /// Handshake storm: new short-lived connections per second during the
+    /// run phase, over all threads.
+    pub churn: Option<f64>,
+    /// How long each churn connection stays open before its close.
+    pub churn_lifetime: Duration,
+}
+
+/// The short-lived connections of `--churn`.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct ChurnStats {
+    pub attempted: u64,
+    pub established: u64,
+    pub failed: u64,
+    /// Closing handshake completed.
+    pub closed: u64,
+    /// Closing handshake failed or timed out.
+    pub close_errors: u64,
+    /// Cut short by the end of the run (still connecting, or open before
+    /// the end of their lifetime); not failures.
+    pub aborted: u64,
+    /// Attempts skipped because --connect-concurrency were already pending
+    /// (the server is slower than the requested rate).
+    pub skipped: u64,
+}
+
+impl ChurnStats {
+    pub fn add(&mut self, o: &ChurnStats) {
+        self.attempted += o.attempted;
+        self.established += o.established;
+        self.failed += o.failed;
+        self.closed += o.closed;
+        self.close_errors += o.close_errors;
+        self.aborted += o.aborted;
+        self.skipped += o.skipped;
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -64,15 +104,23 @@ impl ConnectStats {
 }
 
 pub struct ConnectThread {
-    /// TCP connect + TLS + upgrade time, µs.
+    /// TCP connect + TLS + upgrade time, µs (held connections).
     pub hist: Histogram<u64>,
+    /// The same for the churn connections.
+    pub churn_hist: Histogram<u64>,
+    /// Handshake times of both kinds, by second.
+    pub seconds: SecondHists,
     pub stats: ConnectStats,
+    pub churn: ChurnStats,
     pub errors: ErrorLog,
 }
 
 struct Shared {
     hist: RefCell<Histogram<u64>>,
+    churn_hist: RefCell<Histogram<u64>>,
+    seconds: RefCell<SecondHists>,
     stats: RefCell<ConnectStats>,
+    churn: RefCell<ChurnStats>,
     errors: RefCell<ErrorLog>,
 }
 
@@ -87,7 +135,10 @@ impl Scenario for WsConnect {
         let ctx = Rc::new(ctx);
         let sh = Rc::new(Shared {
             hist: RefCell::new(report::new_histogram()),
+            churn_hist: RefCell::new(report::new_histogram()),
+            seconds: RefCell::new(SecondHists::default()),
             stats: RefCell::new(ConnectStats::default()),
+            churn: RefCell::new(ChurnStats::default()),
             errors: RefCell::new(ErrorLog::default()),
         });
         let sem = Rc::new(Semaphore::new(self.connect_concurrency.max(1)));
@@ -106,12 +157,23 @@ impl Scenario for WsConnect {
                 at,
             ));
         }
+        if let Some(rate) = self.churn.filter(|r| *r > 0.0) {
+            set.spawn_local(churn_driver(
+                self.clone(),
+                ctx.clone(),
+                sh.clone(),
+                rate / ctx.threads as f64,
+            ));
+        }
         while set.join_next().await.is_some() {}
         drop(set);
         let sh = Rc::try_unwrap(sh).unwrap_or_else(|_| unreachable!("all tasks joined"));
         ConnectThread {
             hist: sh.hist.into_inner(),
+            churn_hist: sh.churn_hist.into_inner(),
+            seconds: sh.seconds.into_inner(),
             stats: sh.stats.into_inner(),
+            churn: sh.churn.into_inner(),
             errors: sh.errors.into_inner(),
         }
     }
@@ -163,9 +225,9 @@ async fn conn_task(
             return;
         }
     };
-    sh.hist
-        .borrow_mut()
-        .saturating_record(t0.elapsed().as_micros() as u64);
+    let us = t0.elapsed().as_micros() as u64;
+    sh.hist.borrow_mut().saturating_record(us);
+    sh.seconds.borrow_mut().record(ctx.clock.now_ns(), us);
     ctx.counters.connected.add(1);
     // One outstanding reply per connection: its final liveness check, so
     // the engine's drain waits for every final pong.
@@ -307,6 +369,102 @@ async fn conn_task(
     sh.stats.borrow_mut().add(&stats);
 }
 
+/// Start `rate` (per second, this thread) short-lived connections from the
+/// Run phase until the Drain phase; wait for them all.
+async fn churn_driver(sc: Arc<WsConnect>, ctx: Rc<ThreadCtx>, sh: Rc<Shared>, rate: f64) {
+    let mut phase = ctx.phase.clone();
+    let st = wait_phase(&mut phase, Phase::Run).await;
+    if st.phase != Phase::Run {
+        return;
+    }
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let pending = Arc::new(Semaphore::new(sc.connect_concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut next = Instant::now();
+    let mut k: usize = 0;
+    let mut stop = pin!(wait_phase(&mut phase, Phase::Drain));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = &mut stop => break,
+        }
+        // Open loop: every tick that is due starts one attempt.
+        while next <= Instant::now() {
+            next += interval;
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                sh.churn.borrow_mut().skipped += 1;
+                continue;
+            };
+            let idx = sc.connections + k;
+            k += 1;
+            tasks.spawn_local(churn_conn(sc.clone(), ctx.clone(), sh.clone(), idx, permit));
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn churn_conn(
+    sc: Arc<WsConnect>,
+    ctx: Rc<ThreadCtx>,
+    sh: Rc<Shared>,
+    idx: usize,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let phase = ctx.phase.clone();
+    let mut rng = Rng::from_os(idx as u64 ^ 0xC4);
+    let counters = &ctx.counters;
+    counters.attempted.add(1);
+    sh.churn.borrow_mut().attempted += 1;
+    let t0 = Instant::now();
+    let mut stop = phase.clone();
+    let up = tokio::select! {
+        r = sc.connector.connect(idx, &mut rng) => r,
+        _ = wait_phase(&mut stop, Phase::Close) => {
+            // Cut short by the end of the run: not the server's failure.
+            sh.churn.borrow_mut().aborted += 1;
+            return;
+        }
+    };
+    let up = match up {
+        Ok(u) => u,
+        Err(e) => {
+            counters.failed.add(1);
+            sh.churn.borrow_mut().failed += 1;
+            ctx.error(&sh.errors, &e);
+            return;
+        }
+    };
+    let us = t0.elapsed().as_micros() as u64;
+    sh.churn_hist.borrow_mut().saturating_record(us);
+    sh.seconds.borrow_mut().record(ctx.clock.now_ns(), us);
+    counters.connected.add(1);
+    sh.churn.borrow_mut().established += 1;
+    let mut io = WsIo::new(up, rng, 256, 1 << 20);
+    if !sc.churn_lifetime.is_zero() {
+        let mut stop = phase.clone();
+        let mut ended = false;
+        tokio::select! {
+            _ = tokio::time::sleep(sc.churn_lifetime) => {}
+            _ = wait_phase(&mut stop, Phase::Close) => ended = true,
+        }
+        if ended {
+            sh.churn.borrow_mut().aborted += 1;
+            let _ = io.close(1000, Duration::from_millis(50)).await;
+            counters.finished.add(1);
+            return;
+        }
+    }
+    match io.close(1000, sc.close_timeout).await {
+        Ok(()) => sh.churn.borrow_mut().closed += 1,
+        Err(e) => {
+            sh.churn.borrow_mut().close_errors += 1;
+            ctx.error(&sh.errors, &e);
+        }
+    }
+    counters.finished.add(1);
+}
+
 impl WsConnect {
     /// Merge the threads' results into the report.
     pub fn report(
@@ -317,11 +475,17 @@ impl WsConnect {
         nthreads: usize,
     ) -> report::Report {
         let mut hist = report::new_histogram();
+        let mut churn_hist = report::new_histogram();
+        let mut seconds = SecondHists::default();
         let mut stats = ConnectStats::default();
+        let mut churn = ChurnStats::default();
         let mut errors = ErrorLog::default();
         for t in &threads {
             let _ = hist.add(&t.hist);
+            let _ = churn_hist.add(&t.churn_hist);
+            seconds.merge(&t.seconds);
             stats.add(&t.stats);
+            churn.add(&t.churn);
             errors.merge(&t.errors);
         }
         let mut r = report::Report::base(
@@ -334,9 +498,35 @@ impl WsConnect {
             errors,
         );
         r.connections.survived = Some(stats.survived);
+        // The engine's counters include the churn connections.
+        r.connections.established = stats.established;
+        r.connections.failed = r.connections.failed.saturating_sub(churn.failed);
+        r.connections.connect_rate = if run.connect_s > 0.0 {
+            (stats.established as f64 / run.connect_s * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        };
         r.messages = serde_json::to_value(stats).ok();
         r.handshake_us = report::Percentiles::of(&hist);
-        r.ok = r.threads_lost == 0 && stats.survived == self.connections as u64;
+        r.latency_per_second = seconds.series();
+        let churn_ok = self.churn.is_none() || (churn.failed == 0 && churn.close_errors == 0);
+        if let Some(rate) = self.churn {
+            let per_s = if run.measured_s > 0.0 {
+                // Handshakes completed per second over the whole run phase.
+                let run_s = run.warmup_s + run.measured_s;
+                (churn.established as f64 / run_s.max(1e-9) * 1000.0).round() / 1000.0
+            } else {
+                0.0
+            };
+            r.churn = Some(serde_json::json!({
+                "rate": rate,
+                "lifetime_s": self.churn_lifetime.as_secs_f64(),
+                "stats": churn,
+                "established_per_s": per_s,
+                "handshake_us": report::Percentiles::of(&churn_hist),
+            }));
+        }
+        r.ok = r.threads_lost == 0 && stats.survived == self.connections as u64 && churn_ok;
         r
     }
 }

@@ -30,7 +30,7 @@ use tokio::time::Sleep;
 use crate::engine::{Clock, ErrorLog, Phase, Scenario, ThreadCtx, wait_phase};
 use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
-use crate::report;
+use crate::report::{self, SecondHists};
 use crate::rng::Rng;
 use crate::ws::frame::{self, OP_BINARY, OP_TEXT};
 use crate::ws::{Event, WsIo};
@@ -83,12 +83,20 @@ impl EchoStats {
 /// One worker thread's results.
 pub struct EchoThread {
     pub hist: Histogram<u64>,
+    pub seconds: SecondHists,
     pub stats: EchoStats,
     pub errors: ErrorLog,
 }
 
+/// Latency histograms of one thread: the measured window's and the
+/// per-second ones.
+struct Hists {
+    measured: Histogram<u64>,
+    seconds: SecondHists,
+}
+
 struct Shared {
-    hist: RefCell<Histogram<u64>>,
+    hist: RefCell<Hists>,
     stats: RefCell<EchoStats>,
     errors: RefCell<ErrorLog>,
 }
@@ -103,7 +111,10 @@ impl Scenario for WsEcho {
     async fn run_thread(self: Arc<Self>, ctx: ThreadCtx) -> EchoThread {
         let ctx = Rc::new(ctx);
         let sh = Rc::new(Shared {
-            hist: RefCell::new(report::new_histogram()),
+            hist: RefCell::new(Hists {
+                measured: report::new_histogram(),
+                seconds: SecondHists::default(),
+            }),
             stats: RefCell::new(EchoStats::default()),
             errors: RefCell::new(ErrorLog::default()),
         });
@@ -121,8 +132,10 @@ impl Scenario for WsEcho {
         while set.join_next().await.is_some() {}
         drop(set);
         let sh = Rc::try_unwrap(sh).unwrap_or_else(|_| unreachable!("all tasks joined"));
+        let h = sh.hist.into_inner();
         EchoThread {
-            hist: sh.hist.into_inner(),
+            hist: h.measured,
+            seconds: h.seconds,
             stats: sh.stats.into_inner(),
             errors: sh.errors.into_inner(),
         }
@@ -185,6 +198,7 @@ async fn conn_task(
             size: sc.size,
             body: Body::new(sc.size, text, &mut body_rng),
             next_seq: 0,
+            max_acked: None,
             inflight: VecDeque::with_capacity(sc.window.min(4096)),
             quota: quota(sc.count, sc.connections, idx),
             window: sc.window.max(1),
@@ -269,6 +283,9 @@ struct ConnState {
     size: usize,
     body: Body,
     next_seq: u64,
+    /// Highest sequence number echoed so far: an echo below it arrived out
+    /// of order (a lost message does not make the later ones "reordered").
+    max_acked: Option<u64>,
     /// (sequence number, send time ns), in sending order.
     inflight: VecDeque<(u64, u64)>,
     quota: u64,
@@ -282,7 +299,7 @@ struct ConnState {
 
 impl ConnState {
     #[inline]
-    fn on_message(&mut self, opcode: u8, p: &[u8], now: u64, hist: &mut Histogram<u64>) {
+    fn on_message(&mut self, opcode: u8, p: &[u8], now: u64, hist: &mut Hists) {
         self.batch_received += 1;
         self.batch_bytes += p.len() as u64;
         self.stats.received += 1;
@@ -306,17 +323,14 @@ impl ConnState {
     }
 
     #[inline]
-    fn ack(&mut self, seq: u64, now: u64, hist: &mut Histogram<u64>) {
+    fn ack(&mut self, seq: u64, now: u64, hist: &mut Hists) {
         let sent_at = match self.inflight.front() {
             Some(&(s, t)) if s == seq => {
                 self.inflight.pop_front();
                 t
             }
             _ => match self.inflight.binary_search_by_key(&seq, |e| e.0) {
-                Ok(i) => {
-                    self.stats.reordered += 1;
-                    self.inflight.remove(i).map(|e| e.1).unwrap_or(now)
-                }
+                Ok(i) => self.inflight.remove(i).map(|e| e.1).unwrap_or(now),
                 Err(_) => {
                     if seq < self.next_seq {
                         self.stats.duplicated += 1;
@@ -328,8 +342,14 @@ impl ConnState {
             },
         };
         self.acked += 1;
+        match self.max_acked {
+            Some(m) if seq < m => self.stats.reordered += 1,
+            _ => self.max_acked = Some(seq),
+        }
+        let us = now.saturating_sub(sent_at) / 1000;
+        hist.seconds.record(now, us);
         if sent_at >= self.measure_from_ns {
-            hist.saturating_record(now.saturating_sub(sent_at) / 1000);
+            hist.measured.saturating_record(us);
         }
     }
 
@@ -495,10 +515,12 @@ impl WsEcho {
         nthreads: usize,
     ) -> report::Report {
         let mut hist = report::new_histogram();
+        let mut seconds = SecondHists::default();
         let mut stats = EchoStats::default();
         let mut errors = ErrorLog::default();
         for t in &threads {
             let _ = hist.add(&t.hist);
+            seconds.merge(&t.seconds);
             stats.add(&t.stats);
             errors.merge(&t.errors);
         }
@@ -513,6 +535,7 @@ impl WsEcho {
         );
         r.messages = serde_json::to_value(stats).ok();
         r.latency_us = report::Percentiles::of(&hist);
+        r.latency_per_second = seconds.series();
         r.ok = r.ok
             && r.threads_lost == 0
             && r.connections.failed == 0
@@ -560,6 +583,7 @@ mod tests {
             size: 64,
             body: Body::new(64, false, &mut rng),
             next_seq: 0,
+            max_acked: None,
             inflight: VecDeque::new(),
             quota: u64::MAX,
             window: 16,
@@ -580,7 +604,10 @@ mod tests {
     #[test]
     fn integrity_accounting() {
         let mut st = state();
-        let mut h = report::new_histogram();
+        let mut h = Hists {
+            measured: report::new_histogram(),
+            seconds: SecondHists::default(),
+        };
         for i in 0..4 {
             st.inflight.push_back((i, 0));
         }
@@ -605,7 +632,28 @@ mod tests {
         assert_eq!(st.stats.duplicated, 1);
         assert_eq!(st.stats.corrupted, 3);
         assert!(st.inflight.is_empty());
-        assert_eq!(h.len(), 3);
-        assert_eq!(h.max(), 5);
+        assert_eq!(h.measured.len(), 3);
+        assert_eq!(h.measured.max(), 5);
+        assert_eq!(h.seconds.series().len(), 1);
+        assert_eq!(h.seconds.series()[0].count, 3);
+    }
+
+    #[test]
+    fn a_lost_message_does_not_make_later_ones_reordered() {
+        let mut st = state();
+        let mut h = Hists {
+            measured: report::new_histogram(),
+            seconds: SecondHists::default(),
+        };
+        for i in 0..10 {
+            st.inflight.push_back((i, 0));
+        }
+        st.next_seq = 10;
+        for i in (0..10).filter(|i| *i != 3) {
+            st.on_message(OP_BINARY, &msg(&st, i), 2_000_000_000, &mut h);
+        }
+        assert_eq!(st.stats.reordered, 0);
+        assert_eq!(st.inflight.len(), 1);
+        assert_eq!(h.seconds.series()[0].t_s, 3.0);
     }
 }
