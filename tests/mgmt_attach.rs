@@ -258,7 +258,16 @@ async fn killing_the_attached_service_leaves_traffic_untouched() {
             .expect("client task panicked");
     }
     assert!(total >= 100);
-    let m = srv.http().metrics().await;
+    // The clients are done once their close handshakes complete; the data
+    // plane closes its side (and lowers the gauge) right after.
+    let mut m = srv.http().metrics().await;
+    for _ in 0..100 {
+        if m.value("rtedge_connections_active", "transport=\"ws\"") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        m = srv.http().metrics().await;
+    }
     assert_eq!(
         m.value("rtedge_connections_active", "transport=\"ws\""),
         0.0
