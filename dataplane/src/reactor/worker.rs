@@ -71,6 +71,8 @@ pub struct Worker {
     /// below which it is read again.
     output_high: usize,
     output_low: usize,
+    /// Multishot accepts not yet ended.
+    accepts_armed: u32,
     /// Addresses of connects in flight (the kernel reads them).
     connect_addrs: Vec<(u32, Box<socket2::SockAddr>)>,
     /// This core's MSRP relay state (sessions, forwarded transactions).
@@ -131,6 +133,7 @@ impl Worker {
             inbox_buf: Box::new(0),
             draining_since: None,
             connect_addrs: Vec::new(),
+            accepts_armed: 0,
             output_high,
             output_low: output_high / 4,
             relay,
@@ -236,6 +239,7 @@ impl Worker {
         };
         let fd = l.socket.as_raw_fd();
         let ud = Token::new(Op::Accept, i, 0).encode();
+        self.accepts_armed += 1;
         self.push(
             opcode::AcceptMulti::new(types::Fd(fd))
                 .build()
@@ -298,6 +302,9 @@ impl Worker {
 
     fn on_accept(&mut self, li: u32, res: i32, flags: u32, now: u64) {
         let more = cqueue::more(flags);
+        if !more {
+            self.accepts_armed = self.accepts_armed.saturating_sub(1);
+        }
         if res < 0 {
             self.stats.accept_error();
             if !more && self.draining_since.is_none() {
@@ -1192,7 +1199,10 @@ impl Worker {
             self.flush_all(now);
         }
         let grace = self.shared.config.reactor.shutdown_grace * 1000;
-        if self.conns.is_empty() {
+        // The listening sockets close only when their accepts have ended
+        // (io_uring holds the file until then): wait for that too, so the
+        // port is released when the worker is gone.
+        if self.conns.is_empty() && self.accepts_armed == 0 {
             return true;
         }
         if now.saturating_sub(self.draining_since.unwrap_or(now)) >= grace {
