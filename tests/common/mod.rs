@@ -324,13 +324,23 @@ pub struct Server {
     region: OnceLock<Region>,
 }
 
-/// Spawns `rtedge run --config FILE` with stderr piped into a reader thread
-/// that keeps every line (so the pipe never fills) and forwards them.
+/// Spawns `rtedge run --config FILE` (see [`spawn_rtedge`]).
 fn spawn(config_file: &Path) -> (Child, Arc<Mutex<String>>, mpsc::Receiver<String>) {
+    let file = config_file.as_os_str();
+    spawn_rtedge(&[
+        std::ffi::OsStr::new("run"),
+        std::ffi::OsStr::new("--config"),
+        file,
+    ])
+}
+
+/// Spawns `rtedge ARGS…` with stderr piped into a reader thread that keeps
+/// every line (so the pipe never fills) and forwards them.
+pub fn spawn_rtedge(
+    args: &[&std::ffi::OsStr],
+) -> (Child, Arc<Mutex<String>>, mpsc::Receiver<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtedge"));
-    cmd.arg("run")
-        .arg("--config")
-        .arg(config_file)
+    cmd.args(args)
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
