@@ -176,10 +176,6 @@ impl Conn {
         self.out.len() + self.wire.len() + self.inflight.len().saturating_sub(self.inflight_sent)
     }
 
-    pub fn is_ws_open(&self) -> bool {
-        matches!(self.proto, Proto::Ws(_))
-    }
-
     /// The relay state of an MSRP connection (TCP/TLS or WebSocket).
     pub fn msrp_mut(&mut self) -> Option<&mut MsrpState> {
         match &mut self.proto {
@@ -254,6 +250,14 @@ impl ConnTable {
         self.free.push(idx);
         self.len -= 1;
         Some(c)
+    }
+
+    /// The index of the first live connection matching `pred`.
+    pub fn position(&self, mut pred: impl FnMut(&Conn) -> bool) -> Option<u32> {
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(&mut pred))
+            .map(|i| i as u32)
     }
 
     /// Indices of live connections.

@@ -19,7 +19,7 @@ pub mod token;
 pub mod worker;
 
 use crate::auth::{CredentialStore, NonceManager};
-use crate::config::{Config, SubProtocol, Transport};
+use crate::config::{Config, Transport};
 use crate::msrp::auth::AuthPolicy;
 use crate::msrp::relay::RelayConfig;
 use crate::msrp::session_map::SessionId;
@@ -39,8 +39,6 @@ use worker::{Listener, Worker};
 
 /// Work handed to a worker by another thread.
 pub enum InboxMsg {
-    /// Only wake up (shutdown, management commands).
-    Wake,
     /// Open an outbound connection.
     Connect { addr: SocketAddr },
     /// An MSRP frame forwarded by another core toward a session this core
@@ -349,14 +347,6 @@ impl Dataplane {
     pub fn is_finished(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
     }
-}
-
-/// The supported sub-protocols, for logs.
-pub fn sub_protocol_names(list: &[SubProtocol]) -> String {
-    list.iter()
-        .map(|s| s.token())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// This relay's authorities for To-Path matching: every MSRP-capable

@@ -128,11 +128,40 @@ mod tests {
         assert!(std::net::TcpListener::bind(addr).is_err());
     }
 
+    fn nofile() -> (u64, u64) {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the live struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        (lim.rlim_cur, lim.rlim_max)
+    }
+
     #[test]
-    fn nofile_is_at_least_what_it_was() {
-        let before = raise_nofile(0).unwrap();
-        let after = raise_nofile(before + 16).unwrap_or(before);
-        assert!(after >= before);
+    fn nofile_is_raised_as_far_as_the_hard_limit_allows() {
+        let (_, hard) = nofile();
+        // Start from a low soft limit (lowering is always allowed), so the
+        // raise has something to do even where soft == hard already.
+        let low = libc::rlimit {
+            rlim_cur: hard.min(4096),
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads the live struct we pass.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+        // Asking for more than the hard limit gets the hard limit (or more,
+        // when privileged), never an error, and the call reports what is
+        // now in force.
+        let got = raise_nofile(hard.saturating_add(1024)).unwrap();
+        let (soft, _) = nofile();
+        assert_eq!(got, soft);
+        assert!(
+            soft >= hard.min(hard.saturating_add(1024)),
+            "soft {soft} < hard {hard}"
+        );
+        // Asking for less than what is in force changes nothing.
+        assert_eq!(raise_nofile(16).unwrap(), soft);
+        assert_eq!(nofile().0, soft);
     }
 
     #[test]

@@ -30,10 +30,6 @@ impl TimerWheel {
         }
     }
 
-    pub fn tick_ms(&self) -> Millis {
-        self.tick_ms
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }

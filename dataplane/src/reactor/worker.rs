@@ -796,12 +796,7 @@ impl Worker {
                 continue;
             }
             // Commands are rare: a scan keeps ids out of per-connection memory.
-            let Some(idx) = self
-                .conns
-                .indices()
-                .into_iter()
-                .find(|&i| self.conns.get_any(i).is_some_and(|c| c.id == cmd.conn_id))
-            else {
+            let Some(idx) = self.conns.position(|c| c.id == cmd.conn_id) else {
                 continue;
             };
             let Some(c) = self.conns.get_any(idx) else {
@@ -888,7 +883,6 @@ impl Worker {
         while let Some(msg) = self.shared.inboxes[self.core as usize].pop() {
             self.stats.inbox_message();
             match msg {
-                InboxMsg::Wake => {}
                 InboxMsg::Connect { addr } => {
                     let _ = self.connect(addr, now);
                 }
