@@ -295,6 +295,13 @@ pub struct Msrp {
     pub auth_min_expires: u64,
     pub auth_max_expires: u64,
     pub use_path_addr: Option<String>,
+    /// Largest body (bytes) of a chunk the relay forwards: larger SEND
+    /// chunks are re-chunked (RFC 4976 §6.6), other larger requests get
+    /// 413. Bounds the memory a chunk in transit takes.
+    pub max_chunk_size: usize,
+    /// Bytes of one connection's chunks that may wait in other
+    /// connections' output before it stops being read (flow control).
+    pub relay_window: usize,
 }
 
 impl Default for Msrp {
@@ -305,6 +312,8 @@ impl Default for Msrp {
             auth_min_expires: 60,
             auth_max_expires: 3600,
             use_path_addr: None,
+            max_chunk_size: 64 << 10,
+            relay_window: 1 << 20,
         }
     }
 }
@@ -531,6 +540,18 @@ impl Config {
             return Err(invalid(
                 "msrp.auth_min_expires",
                 "must not exceed msrp.auth_max_expires",
+            ));
+        }
+        if !(1024..=(16 << 20)).contains(&m.max_chunk_size) {
+            return Err(invalid(
+                "msrp.max_chunk_size",
+                "must be within 1024..=16777216 bytes",
+            ));
+        }
+        if m.relay_window < m.max_chunk_size {
+            return Err(invalid(
+                "msrp.relay_window",
+                "must be at least msrp.max_chunk_size",
             ));
         }
         let r = &self.reactor;

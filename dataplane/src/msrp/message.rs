@@ -31,6 +31,39 @@ pub struct ByteRange {
     pub total: Option<u64>,
 }
 
+impl ByteRange {
+    /// Absent `Byte-Range` means the whole message in one chunk (RFC 4975
+    /// §7.1.1): `1-*/*`.
+    pub const WHOLE: ByteRange = ByteRange {
+        start: 1,
+        end: None,
+        total: None,
+    };
+
+    /// The header value, `start-end/total` with `*` for unknown parts.
+    pub fn write_value(&self, out: &mut Vec<u8>) {
+        let num = |out: &mut Vec<u8>, v: Option<u64>| match v {
+            Some(n) => {
+                use std::io::Write;
+                let _ = write!(out, "{n}");
+            }
+            None => out.push(b'*'),
+        };
+        num(out, Some(self.start));
+        out.push(b'-');
+        num(out, self.end);
+        out.push(b'/');
+        num(out, self.total);
+    }
+
+    /// The whole header line with its CRLF.
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"Byte-Range: ");
+        self.write_value(out);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// A header value that does not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed header value")]
@@ -186,6 +219,19 @@ impl<'a> Head<'a> {
 /// empty line when a body follows. Returns `false` (writing nothing) if the
 /// head has fewer To-Path URIs than `pops + 1`.
 pub fn write_relayed_head(out: &mut Vec<u8>, head: &Head<'_>, new_tid: &[u8], pops: usize) -> bool {
+    write_relayed_head_ranged(out, head, new_tid, pops, None)
+}
+
+/// [`write_relayed_head`] for a piece of a re-chunked SEND (RFC 4976
+/// §6.6): the same head with `Byte-Range` replaced by `byte_range` (added
+/// when the original had none).
+pub fn write_relayed_head_ranged(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    new_tid: &[u8],
+    pops: usize,
+    byte_range: Option<&ByteRange>,
+) -> bool {
     let (Some(to), Some(from)) = (head.to_path(), head.from_path()) else {
         return false;
     };
@@ -216,8 +262,17 @@ pub fn write_relayed_head(out: &mut Vec<u8>, head: &Head<'_>, new_tid: &[u8], po
     }
     out.extend_from_slice(b"\r\n");
     for h in head.idx.headers.iter().skip(2) {
+        if let (Some(r), HeaderName::ByteRange) = (byte_range, h.name) {
+            r.write_header(out);
+            continue;
+        }
         out.extend_from_slice(h.line.get(head.block));
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(r) = byte_range
+        && head.header(HeaderName::ByteRange).is_none()
+    {
+        r.write_header(out);
     }
     if head.has_body() {
         out.extend_from_slice(b"\r\n");
@@ -294,6 +349,18 @@ pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Opt
         out.extend_from_slice(b"\r\n");
     }
     write_end_line(&mut out, tid, Flag::Last, false);
+    Some(out)
+}
+
+/// The response `resp` (one this relay built) with another status code.
+pub fn restatus(resp: &[u8], code: u16) -> Option<Vec<u8>> {
+    // "MSRP " tid SP code SP reason CRLF ...
+    let tid_end = 5 + memchr::memchr(b' ', resp.get(5..)?)?;
+    let line_end = memchr::memmem::find(resp, b"\r\n")?;
+    let mut out = Vec::with_capacity(resp.len() + 16);
+    out.extend_from_slice(resp.get(..tid_end)?);
+    out.extend_from_slice(format!(" {code:03} {}", reason(code)).as_bytes());
+    out.extend_from_slice(resp.get(line_end..)?);
     Some(out)
 }
 

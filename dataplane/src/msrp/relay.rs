@@ -37,9 +37,10 @@ use std::ops::Range;
 
 use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
 use super::message::{
-    FailureReport, Head, Method, ReportContext, build_response, write_end_line, write_relayed_head,
+    ByteRange, FailureReport, Head, Method, ReportContext, build_response, restatus,
+    write_end_line, write_relayed_head, write_relayed_head_ranged,
 };
-use super::parser::{Event, FatalError, Flag, FrameParser, ParserLimits};
+use super::parser::{Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, ParserLimits};
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
 use super::uri::{LocalAuthorities, MsrpUri};
 use crate::auth::{CredentialStore, NonceManager};
@@ -53,6 +54,13 @@ pub struct RelayConfig {
     pub transaction_timeout_ms: u64,
     /// Forwarded transactions tracked per core at most.
     pub max_pending: usize,
+    /// Largest body a forwarded chunk carries on the next hop: a SEND with
+    /// more is re-chunked (RFC 4976 §6.6), so memory per connection stays
+    /// bounded whatever the sender's chunk size. 0 disables re-chunking.
+    pub rechunk_size: usize,
+    /// Largest body of a chunk that cannot be re-chunked (not a SEND, or
+    /// no Message-ID): larger ones are refused with 413.
+    pub max_unsplit: usize,
     /// This relay's authorities (all listeners and `use_path_addr`): a
     /// To-Path URI naming one of them is ours. Empty: only the first
     /// To-Path URI's authority is known to be ours.
@@ -66,6 +74,8 @@ impl Default for RelayConfig {
             auth: AuthPolicy::default(),
             transaction_timeout_ms: 30_000,
             max_pending: 65_536,
+            rechunk_size: 64 << 10,
+            max_unsplit: 1 << 20,
             local: LocalAuthorities::default(),
         }
     }
@@ -111,6 +121,9 @@ pub enum Action {
     ForwardBody { range: Range<usize> },
     /// End of the forwarded frame.
     ForwardEnd { end_line: Vec<u8> },
+    /// The forwarded frame is dropped before its end (refused with 413):
+    /// nothing of it may reach the target.
+    ForwardAbort,
     /// Close this connection once the queued output is written.
     Close { reason: &'static str },
     /// Statistics.
@@ -136,6 +149,8 @@ pub enum Stat {
         code: u16,
     },
     Malformed,
+    /// A forwarded SEND was cut into one more chunk (RFC 4976 §6.6).
+    Rechunked,
 }
 
 /// External inputs: credentials, nonces, time and randomness.
@@ -156,16 +171,40 @@ enum Current {
     None,
     Discard,
     Forward {
+        /// Transaction id on the next hop (of the current piece).
         tid: Vec<u8>,
         has_body: bool,
         /// Hop-by-hop 200 to send once the chunk is complete.
         ok: Option<Vec<u8>>,
+        /// Our response to the sender (a 200 to restatus) when it wants
+        /// error responses: Failure-Report yes or partial.
+        err: Option<Vec<u8>>,
+        /// Body bytes forwarded in the current piece.
+        body: usize,
+        /// Present when the chunk may be re-chunked.
+        split: Option<Box<Split>>,
     },
     /// A response to relay back once its end-line is seen.
     Response {
         core: u8,
         frame: Vec<u8>,
     },
+}
+
+/// What it takes to continue a SEND in a new chunk on the next hop (RFC
+/// 4976 §6.6; RFC 4975 §7.1: the piece before ends with `+`, the next has
+/// a new transaction id, the same Message-ID and the Byte-Range moved on).
+#[derive(Debug)]
+struct Split {
+    /// The head as received: each piece's head is written from it.
+    block: Vec<u8>,
+    idx: HeadIndex,
+    pops: usize,
+    target: Target,
+    /// Byte-Range of the current piece (its end as announced, or `*`).
+    range: ByteRange,
+    /// The pending entry each piece gets (None: no response wanted).
+    pending: Option<Pending>,
 }
 
 /// One MSRP connection (TCP, TLS or WebSocket).
@@ -353,16 +392,16 @@ impl RelayCore {
                 }
                 Event::Body { len } => {
                     if let Current::Forward { .. } = conn.cur {
-                        actions.push(Action::ForwardBody {
-                            range: pos..pos + len,
-                        });
+                        self.forward_body(conn, pos, len, env, actions);
                     }
                     pos += len;
                 }
                 Event::End { len, flag } => {
                     pos += len;
                     match std::mem::replace(&mut conn.cur, Current::None) {
-                        Current::Forward { tid, has_body, ok } => {
+                        Current::Forward {
+                            tid, has_body, ok, ..
+                        } => {
                             let mut end_line = Vec::with_capacity(tid.len() + 12);
                             write_end_line(&mut end_line, &tid, flag, has_body);
                             actions.push(Action::ForwardEnd { end_line });
@@ -567,43 +606,56 @@ impl RelayCore {
         if !write_relayed_head(&mut out, head, &tid, pops) {
             return self.reject(head, 400, actions);
         }
-        let txn = if wants_response {
+        let pending = if wants_response {
             if self.pending.len() >= self.cfg.max_pending {
                 return self.reject(head, 403, actions);
             }
-            let our_uri = head.to_uri(0).unwrap_or(&[]).to_vec();
-            self.pending.insert(
-                tid.clone(),
-                Pending {
-                    orig_tid: head.tid().to_vec(),
-                    origin_conn: conn.id,
-                    method,
-                    failure,
-                    report: ReportContext {
-                        to_path: head.from_path().unwrap_or(&[]).to_vec(),
-                        our_uri,
-                        message_id: head.message_id().map(<[u8]>::to_vec),
-                        byte_range: head
-                            .header(super::parser::HeaderName::ByteRange)
-                            .map(<[u8]>::to_vec),
-                    },
-                    deadline_ms: env.now_ms.saturating_add(self.cfg.transaction_timeout_ms),
-                    downstream: match target {
-                        Target::Conn(c) => Some(c),
-                        _ => None,
-                    },
-                    pops,
+            Some(Pending {
+                orig_tid: head.tid().to_vec(),
+                origin_conn: conn.id,
+                method,
+                failure,
+                report: ReportContext {
+                    to_path: head.from_path().unwrap_or(&[]).to_vec(),
+                    our_uri: head.to_uri(0).unwrap_or(&[]).to_vec(),
+                    message_id: head.message_id().map(<[u8]>::to_vec),
+                    byte_range: head.header(HeaderName::ByteRange).map(<[u8]>::to_vec),
                 },
-            );
-            Some(tid.clone())
+                deadline_ms: env.now_ms.saturating_add(self.cfg.transaction_timeout_ms),
+                downstream: match target {
+                    Target::Conn(c) => Some(c),
+                    _ => None,
+                },
+                pops,
+            })
         } else {
             None
         };
+        let split = self.splittable(head, method).map(|range| {
+            Box::new(Split {
+                block: head.block.to_vec(),
+                idx: head.idx.clone(),
+                pops,
+                target: target.clone(),
+                range,
+                pending: pending.clone(),
+            })
+        });
+        let txn = pending.map(|p| {
+            self.pending.insert(tid.clone(), p);
+            tid.clone()
+        });
         // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
-        // §6.4.1), sent once the chunk is complete.
-        let ok = (method == Method::Send && failure == FailureReport::Yes)
+        // §6.4.1), sent once the chunk is complete; error responses also
+        // for `partial` (RFC 4975 §7.1.1).
+        let err = wants_response
             .then(|| build_response(head, 200, &[]))
             .flatten();
+        let ok = if method == Method::Send && failure == FailureReport::Yes {
+            err.clone()
+        } else {
+            None
+        };
         actions.push(Action::ForwardHead {
             target,
             head: out,
@@ -613,6 +665,119 @@ impl RelayCore {
             tid,
             has_body: head.has_body(),
             ok,
+            err,
+            body: 0,
+            split,
+        }
+    }
+
+    /// The Byte-Range of a chunk the relay may split: a SEND with a body
+    /// and a Message-ID (the receiver reassembles by it, RFC 4975 §7.1)
+    /// whose announced size is unknown or over `rechunk_size`.
+    fn splittable(&self, head: &Head<'_>, method: Method) -> Option<ByteRange> {
+        let limit = self.cfg.rechunk_size as u64;
+        if limit == 0 || method != Method::Send || !head.has_body() || head.message_id().is_none() {
+            return None;
+        }
+        let range = match head.header(HeaderName::ByteRange) {
+            None => ByteRange::WHOLE,
+            Some(_) => head.byte_range()?,
+        };
+        match range.end {
+            Some(end) if end.saturating_sub(range.start) < limit => None,
+            _ => Some(range),
+        }
+    }
+
+    /// Body bytes `pos..pos+len` of the frame being forwarded: forwarded,
+    /// cut into pieces of at most `rechunk_size` (RFC 4976 §6.6), or — for
+    /// a chunk that cannot be split — refused with 413 once over
+    /// `max_unsplit`, so no chunk is ever held whole beyond those bounds.
+    fn forward_body(
+        &mut self,
+        conn: &mut MsrpConn,
+        pos: usize,
+        len: usize,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) {
+        let Current::Forward {
+            tid,
+            body,
+            split,
+            err,
+            ..
+        } = &mut conn.cur
+        else {
+            return;
+        };
+        let Some(s) = split.as_mut() else {
+            if body.saturating_add(len) > self.cfg.max_unsplit {
+                // Too large to hold and not ours to split: refuse it
+                // (RFC 4975 §7.2: 413, stop sending this message).
+                actions.push(Action::ForwardAbort);
+                actions.push(Action::Stat(Stat::Rejected { code: 413 }));
+                self.pending.remove(tid.as_slice());
+                if let Some(r) = err.as_deref().and_then(|r| restatus(r, 413)) {
+                    actions.push(Action::Reply(r));
+                }
+                conn.cur = Current::Discard;
+                return;
+            }
+            *body += len;
+            actions.push(Action::ForwardBody {
+                range: pos..pos + len,
+            });
+            return;
+        };
+        let limit = self.cfg.rechunk_size;
+        let (mut off, mut left) = (pos, len);
+        while *body + left > limit {
+            // This piece takes what fits; the rest goes in a new one.
+            let take = limit - *body;
+            if take > 0 {
+                actions.push(Action::ForwardBody {
+                    range: off..off + take,
+                });
+            }
+            off += take;
+            left -= take;
+            let mut end_line = Vec::with_capacity(tid.len() + 12);
+            write_end_line(&mut end_line, tid, Flag::More, true);
+            actions.push(Action::ForwardEnd { end_line });
+            s.range.start = s.range.start.saturating_add(limit as u64);
+            *body = 0;
+            let new_tid = self.new_tid(env);
+            let idx = s.idx.clone();
+            let head = Head::new(&s.block, &idx);
+            let mut out = Vec::with_capacity(s.block.len() + 64);
+            if !write_relayed_head_ranged(&mut out, &head, &new_tid, s.pops, Some(&s.range)) {
+                // Wrote it once for the first piece; cannot fail now.
+                conn.cur = Current::Discard;
+                return;
+            }
+            let txn = s.pending.as_ref().map(|p| {
+                let mut p = p.clone();
+                p.deadline_ms = env.now_ms.saturating_add(self.cfg.transaction_timeout_ms);
+                let mut br = Vec::with_capacity(32);
+                s.range.write_value(&mut br);
+                p.report.byte_range = Some(br);
+                self.pending.insert(new_tid.clone(), p);
+                new_tid.clone()
+            });
+            actions.push(Action::Stat(Stat::Rechunked));
+            actions.push(Action::ForwardHead {
+                target: s.target.clone(),
+                head: out,
+                txn,
+            });
+            *tid = new_tid;
+        }
+        if left > 0 {
+            *body += left;
+            actions.push(Action::ForwardBody {
+                range: off..off + left,
+            });
         }
     }
 

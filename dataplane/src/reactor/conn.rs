@@ -1,12 +1,14 @@
 //! One connection as a worker holds it: socket, transport state, the protocol
 //! engine in use, and the buffers that must outlive in-flight operations.
 
+use super::flow::{FlowWindow, OwedQueue};
 use crate::config::{SubProtocol, Transport};
 use crate::msrp::relay::{MsrpConn, Target};
 use crate::transport::TlsSession;
 use crate::ws::session::WsSession;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 /// Which engine the connection's plaintext goes to.
 pub enum Proto {
@@ -33,13 +35,18 @@ pub struct WsConn {
 }
 
 /// The reactor's side of one MSRP connection: the engine's connection
-/// state plus the forwarded chunk being assembled.
+/// state, the forwarded chunk being assembled and flow-control credit.
 pub struct MsrpState {
     pub conn: MsrpConn,
     /// A chunk being forwarded: the rewritten head and the body so far,
     /// queued to its target whole once its end-line is seen (a target
-    /// must never see two chunks interleaved).
+    /// must never see two chunks interleaved). The engine bounds its size
+    /// (re-chunking, RFC 4976 §6.6).
     pub fwd: Option<Forward>,
+    /// What this connection's chunks hold in other connections' output.
+    pub window: Arc<FlowWindow>,
+    /// Chunks of other connections in this one's output.
+    pub owed: OwedQueue,
     /// Outbound connection still connecting: transactions queued on it,
     /// failed with a REPORT if the connect fails.
     pub waiting: Vec<Vec<u8>>,
@@ -51,13 +58,13 @@ pub struct Forward {
     pub head_len: usize,
     pub frame: Vec<u8>,
     pub txn: Option<Vec<u8>>,
-    /// Chunk too large to assemble: the rest of it is discarded.
-    pub dropped: bool,
 }
 
 impl MsrpState {
     pub fn new(conn: MsrpConn) -> MsrpState {
         MsrpState {
+            window: FlowWindow::new(conn.id),
+            owed: OwedQueue::default(),
             conn,
             fwd: None,
             waiting: Vec::new(),
@@ -104,6 +111,9 @@ pub struct Conn {
     pub cancel_sent: bool,
     /// Reading is paused until the peer takes the output already queued.
     pub paused: bool,
+    /// Reading is paused until the connections this one relays to take
+    /// its chunks (MSRP flow control, [`super::flow`]).
+    pub relay_paused: bool,
     pub connecting: bool,
     pub teardown: Teardown,
     /// Deadline registered in the timer wheel (0 = none).
@@ -153,6 +163,7 @@ impl Conn {
             recv_armed: false,
             cancel_sent: false,
             paused: false,
+            relay_paused: false,
             connecting: false,
             teardown: Teardown::Open,
             timer_at: 0,
@@ -174,6 +185,11 @@ impl Conn {
     /// Bytes produced for this peer and not yet acknowledged by the kernel.
     pub fn pending_output(&self) -> usize {
         self.out.len() + self.wire.len() + self.inflight.len().saturating_sub(self.inflight_sent)
+    }
+
+    /// Reading is paused, for either reason.
+    pub fn read_paused(&self) -> bool {
+        self.paused || self.relay_paused
     }
 
     /// The relay state of an MSRP connection (TCP/TLS or WebSocket).

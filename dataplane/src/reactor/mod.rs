@@ -10,6 +10,7 @@
 
 pub mod bufring;
 pub mod conn;
+pub mod flow;
 pub mod inbox;
 pub mod msrp;
 pub mod stats;
@@ -49,7 +50,14 @@ pub enum InboxMsg {
         origin_core: u8,
         frame: Vec<u8>,
         txn: Option<Vec<u8>>,
+        /// The sender's flow window, charged with `frame.len()`.
+        window: Arc<flow::FlowWindow>,
+        /// Monotonic µs when the chunk was read (relay latency).
+        in_us: u64,
     },
+    /// A paused MSRP sender of this core may be read again: its flow
+    /// window drained.
+    MsrpWake { conn: u64 },
     /// A complete MSRP response for a transaction this core forwarded.
     MsrpResponse { frame: Vec<u8> },
     /// A frame this core forwarded to another core could not be delivered.
@@ -79,6 +87,11 @@ impl Shared {
     /// Milliseconds on the process's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Microseconds on the process's monotonic clock.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     /// Wall-clock milliseconds of a monotonic [`Shared::now_ms`] instant.
@@ -169,6 +182,8 @@ impl Dataplane {
                 max_expires: config.msrp.auth_max_expires,
                 ..AuthPolicy::default()
             },
+            rechunk_size: config.msrp.max_chunk_size,
+            max_unsplit: config.msrp.max_chunk_size,
             ..RelayConfig::default()
         };
         let ws = &config.websocket;

@@ -10,11 +10,13 @@
 //! end-line) and queues it whole to the target, so a target never sees
 //! two chunks interleaved; the owned frame moves to another core through
 //! its inbox without a further copy, and is swapped (not copied) into an
-//! idle target's output buffer. Memory per chunk is bounded by
-//! [`MAX_CHUNK`]; cut-through streaming and re-chunking of larger chunks
-//! (RFC 4976 §7.1) are not done yet.
+//! idle target's output buffer. The engine bounds a frame's size: larger
+//! SEND chunks are re-chunked (RFC 4976 §6.6), other large chunks refused
+//! (413). Each forwarded frame is charged to its sender's flow window
+//! ([`super::flow`]) until its target has written it.
 
 use super::conn::{Conn, Forward, MsrpState, Proto, Teardown};
+use super::flow::FlowWindow;
 use super::stats::WorkerStats;
 use super::{Shared, worker};
 use crate::msrp::auth::UsePath;
@@ -22,10 +24,7 @@ use crate::msrp::relay::{Action, Env, MsrpConn, RelayCore, Target};
 use crate::ws::frame::{self, OpCode};
 use crate::ws::session::State;
 use std::net::SocketAddr;
-
-/// Largest chunk (head + body) the relay assembles; a larger one closes
-/// the sending connection.
-pub const MAX_CHUNK: usize = 16 << 20;
+use std::sync::Arc;
 
 /// Work for connections other than the one being read, or other cores.
 pub enum Effect {
@@ -35,6 +34,10 @@ pub enum Effect {
         frame: Vec<u8>,
         txn: Option<Vec<u8>>,
         from_conn: u64,
+        /// The sender's window, charged with `frame.len()`.
+        window: Arc<FlowWindow>,
+        /// Monotonic µs when the chunk's last byte was read.
+        in_us: u64,
     },
     /// A complete frame for connection `conn` of this core.
     SendTo { conn: u64, frame: Vec<u8> },
@@ -47,6 +50,8 @@ pub struct MsrpCtx<'a> {
     pub relay: &'a mut RelayCore,
     pub actions: &'a mut Vec<Action>,
     pub effects: &'a mut Vec<Effect>,
+    /// Monotonic µs of the completion being handled.
+    pub now_us: u64,
 }
 
 /// What carrying out the actions of one input produced for its connection.
@@ -143,11 +148,18 @@ fn write_frame(out: &mut Vec<u8>, msrp: &[u8], websocket: bool, stats: &mut Work
 }
 
 /// Queue a complete frame on connection `c`. `false` when it cannot take
-/// it (closing, not an MSRP connection).
-pub fn queue_frame(c: &mut Conn, frame: Vec<u8>, stats: &mut WorkerStats) -> bool {
+/// it (closing, not an MSRP connection). A forwarded chunk comes with its
+/// sender's window: `c` owes that credit until the chunk is written.
+pub fn queue_frame(
+    c: &mut Conn,
+    frame: Vec<u8>,
+    window: Option<Arc<FlowWindow>>,
+    stats: &mut WorkerStats,
+) -> bool {
     if c.teardown != Teardown::Open {
         return false;
     }
+    let len = frame.len();
     match &c.proto {
         Proto::Ws(ws) => {
             if ws.msrp.is_none() || ws.session.state() != State::Open {
@@ -165,6 +177,11 @@ pub fn queue_frame(c: &mut Conn, frame: Vec<u8>, stats: &mut WorkerStats) -> boo
             }
         }
         _ => return false,
+    }
+    if let Some(w) = window
+        && let Some(m) = c.msrp_mut()
+    {
+        m.owed.push(w, len);
     }
     c.frames_out += 1;
     true
@@ -200,37 +217,27 @@ pub fn run_actions(
                     target,
                     frame: head,
                     txn,
-                    dropped: false,
                 });
             }
             Action::ForwardBody { range } => {
-                if let Some(f) = m.fwd.as_mut()
-                    && !f.dropped
-                {
-                    match data.get(range) {
-                        Some(b) if f.frame.len() + b.len() <= MAX_CHUNK => {
-                            f.frame.extend_from_slice(b)
-                        }
-                        _ => {
-                            f.dropped = true;
-                            f.frame = Vec::new();
-                            o.close = Some("MSRP chunk too large to relay");
-                        }
-                    }
+                if let (Some(f), Some(b)) = (m.fwd.as_mut(), data.get(range)) {
+                    f.frame.extend_from_slice(b);
                 }
             }
+            Action::ForwardAbort => m.fwd = None,
             Action::ForwardEnd { end_line } => {
-                if let Some(mut f) = m.fwd.take()
-                    && !f.dropped
-                {
+                if let Some(mut f) = m.fwd.take() {
                     let body = f.frame.len().saturating_sub(f.head_len) as u64;
                     stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body);
                     f.frame.extend_from_slice(&end_line);
+                    m.window.charge(f.frame.len());
                     ctx.effects.push(Effect::Deliver {
                         target: f.target,
                         frame: f.frame,
                         txn: f.txn,
                         from_conn: m.conn.id,
+                        window: m.window.clone(),
+                        in_us: ctx.now_us,
                     });
                 }
             }
@@ -259,6 +266,7 @@ pub fn run_detached(actions: &mut Vec<Action>, effects: &mut Vec<Effect>, stats:
             | Action::ForwardHead { .. }
             | Action::ForwardBody { .. }
             | Action::ForwardEnd { .. }
+            | Action::ForwardAbort
             | Action::Close { .. } => {}
         }
     }

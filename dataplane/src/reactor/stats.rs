@@ -341,8 +341,8 @@ impl WorkerStats {
             Stat::SessionCreated => c.inc(Counter::MsrpSessionsActive),
             Stat::SessionsRemoved(n) => c.sub(Counter::MsrpSessionsActive, n as u64),
             Stat::FailureReport { .. } => c.inc(Counter::MsrpFailureReports),
-            // Answered (400, counted as a response) or closed.
-            Stat::Malformed => {}
+            Stat::Malformed => c.inc(Counter::MsrpMalformed),
+            Stat::Rechunked => c.inc(Counter::MsrpRechunked),
         }
     }
 
@@ -359,6 +359,22 @@ impl WorkerStats {
         if body > 0 {
             c.add(Counter::MsrpRelayedBytes, body);
         }
+    }
+
+    /// A chunk another core handed over toward a connection of this one.
+    pub fn msrp_handoff(&mut self) {
+        self.core().inc(Counter::MsrpHandoffs);
+    }
+
+    /// An MSRP sender stopped being read (flow control).
+    pub fn msrp_sender_pause(&mut self) {
+        self.core().inc(Counter::MsrpSenderPauses);
+    }
+
+    /// A forwarded chunk reached its target's output, `us` after its last
+    /// byte was read.
+    pub fn relay_latency_us(&mut self, us: u64) {
+        self.core().observe(Histogram::RelayLatency, us);
     }
 
     /// A hop-by-hop 200 the relay answered itself.

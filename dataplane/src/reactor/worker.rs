@@ -8,6 +8,7 @@
 
 use super::bufring::BufRing;
 use super::conn::{Conn, ConnTable, Proto, Teardown, WsConn};
+use super::flow::FlowWindow;
 use super::msrp::{self as glue, Effect, MsrpCtx};
 use super::stats::WorkerStats;
 use super::timer::TimerWheel;
@@ -88,6 +89,15 @@ pub struct Worker {
     /// Freed session-table slots, and the next never-used one.
     msrp_slots_free: Vec<u32>,
     msrp_slots_next: u32,
+    /// MSRP flow window (bytes of a sender's chunks in other connections'
+    /// output) at which the sender stops being read, and at which it is
+    /// read again.
+    relay_window_high: usize,
+    relay_window_low: usize,
+    /// Senders paused by flow control (checked on each tick).
+    relay_paused: Vec<(u32, u32)>,
+    /// Senders to wake (reused).
+    wake_list: Vec<u64>,
 }
 
 /// Period of the MSRP transaction-timeout scan.
@@ -145,6 +155,10 @@ impl Worker {
             msrp_slots: HashMap::new(),
             msrp_slots_free: Vec::new(),
             msrp_slots_next: 0,
+            relay_window_high: shared.config.msrp.relay_window,
+            relay_window_low: shared.config.msrp.relay_window / 2,
+            relay_paused: Vec::new(),
+            wake_list: Vec::new(),
             shared,
         })
     }
@@ -204,7 +218,7 @@ impl Worker {
             for &(idx, g) in &rearm {
                 if let Some(c) = self.conns.get_mut(idx, g)
                     && !c.recv_armed
-                    && !c.paused
+                    && !c.read_paused()
                     && c.teardown == Teardown::Open
                 {
                     self.arm_recv(idx);
@@ -434,7 +448,7 @@ impl Worker {
         c.last_used_unix_ms = self.loop_unix_ms;
         let transport = c.transport;
         self.stats.bytes_in(transport, n as u64);
-        if !more && c.teardown == Teardown::Open && !c.paused {
+        if !more && c.teardown == Teardown::Open && !c.read_paused() {
             self.rearm.push((t.index, t.generation));
         }
         if c.teardown == Teardown::Abort {
@@ -448,10 +462,16 @@ impl Worker {
             // unmasked in place; only an incomplete tail is copied out.
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
+            let now_us = if matches!(c.proto, Proto::Msrp(_) | Proto::Ws(_)) {
+                self.shared.now_us()
+            } else {
+                0
+            };
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
                 effects: &mut self.msrp_effects,
+                now_us,
             };
             feed_plain(
                 c,
@@ -512,6 +532,7 @@ impl Worker {
                         relay: &mut self.relay,
                         actions: &mut self.msrp_actions,
                         effects: &mut self.msrp_effects,
+                        now_us: self.shared.now_us(),
                     };
                     feed_plain(
                         c,
@@ -650,13 +671,23 @@ impl Worker {
         } else {
             Vec::new()
         };
+        let mut rearm = false;
         if c.paused && c.pending_output() <= self.output_low {
             // The peer caught up: read again.
             c.paused = false;
-            if !c.recv_armed && c.teardown == Teardown::Open {
-                self.arm_recv(t.index);
-            }
+            rearm = !c.recv_armed && !c.relay_paused && c.teardown == Teardown::Open;
         }
+        // The chunks that send carried are written: their senders' credit
+        // comes back.
+        let mut wake = std::mem::take(&mut self.wake_list);
+        if let Some(m) = c.msrp_mut() {
+            m.owed.sent(self.relay_window_low, |id| wake.push(id));
+        }
+        if rearm {
+            self.arm_recv(t.index);
+        }
+        self.wake_senders(&mut wake);
+        self.wake_list = wake;
         self.recycle_buf(buf);
         self.recycle_buf(spare_out);
         self.recycle_buf(spare_wire);
@@ -702,6 +733,7 @@ impl Worker {
 
     fn on_tick(&mut self, now: u64) {
         self.stats.heartbeat(self.shared.unix_ms());
+        self.check_relay_paused();
         if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
             self.msrp_timer_ms = now;
             let sweep = now.saturating_sub(self.msrp_sweep_ms)
@@ -778,6 +810,30 @@ impl Worker {
             self.after_input(idx, now);
         }
         self.drain_commands(now);
+    }
+
+    /// Paused senders: forget those that resumed or closed, and resume
+    /// those whose windows drained without a wake-up reaching them (a
+    /// full inbox).
+    fn check_relay_paused(&mut self) {
+        let low = self.relay_window_low;
+        let mut list = std::mem::take(&mut self.relay_paused);
+        let mut resume = Vec::new();
+        list.retain(|&(idx, g)| match self.conns.get_mut(idx, g) {
+            Some(c) if c.relay_paused => {
+                if c.msrp_mut().is_some_and(|m| m.window.outstanding() <= low) {
+                    resume.push(conn_id(self.core, idx, g));
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        });
+        self.relay_paused = list;
+        for id in resume {
+            self.resume_sender(id);
+        }
     }
 
     fn drain_commands(&mut self, now: u64) {
@@ -892,7 +948,19 @@ impl Worker {
                     origin_core,
                     frame,
                     txn,
-                } => self.on_handoff(session, from_conn, origin_core, frame, txn, now),
+                    window,
+                    in_us,
+                } => self.on_handoff(
+                    session,
+                    from_conn,
+                    origin_core,
+                    frame,
+                    txn,
+                    window,
+                    in_us,
+                    now,
+                ),
+                InboxMsg::MsrpWake { conn } => self.resume_sender(conn),
                 InboxMsg::MsrpResponse { frame } => {
                     let mut rng = glue::fill_random;
                     let mut env = glue::env(&self.shared, now, &mut rng);
@@ -941,6 +1009,7 @@ impl Worker {
     }
 
     /// A chunk another core forwarded toward a session of this core.
+    #[allow(clippy::too_many_arguments)]
     fn on_handoff(
         &mut self,
         session: SessionId,
@@ -948,20 +1017,34 @@ impl Worker {
         origin_core: u8,
         frame: Vec<u8>,
         txn: Option<Vec<u8>>,
+        window: Arc<FlowWindow>,
+        in_us: u64,
         now: u64,
     ) {
+        self.stats.msrp_handoff();
+        let len = frame.len();
         match self.relay.resolve_handoff(&session, from_conn, now) {
             Ok(conn) => {
-                if !self.deliver_local(conn, frame) {
+                if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
+                    self.release_credit(&window, len);
                     self.fail_on(origin_core, txn, 481, now);
                 }
             }
-            Err(code) => self.fail_on(origin_core, txn, code, now),
+            Err(code) => {
+                self.release_credit(&window, len);
+                self.fail_on(origin_core, txn, code, now);
+            }
         }
     }
 
-    /// Queue a frame on connection `id` of this core.
-    fn deliver_local(&mut self, id: u64, frame: Vec<u8>) -> bool {
+    /// Queue a frame on connection `id` of this core; a forwarded chunk
+    /// comes with its sender's window and the time it was read.
+    fn deliver_local(
+        &mut self,
+        id: u64,
+        frame: Vec<u8>,
+        relayed: Option<(Arc<FlowWindow>, u64)>,
+    ) -> bool {
         let (core, generation, idx) = split_conn_id(id);
         if core != self.core {
             return false;
@@ -969,11 +1052,60 @@ impl Worker {
         let Some(c) = self.conns.get_mut(idx, generation) else {
             return false;
         };
-        if !glue::queue_frame(c, frame, &mut self.stats) {
+        let (window, in_us) = match relayed {
+            Some((w, t)) => (Some(w), Some(t)),
+            None => (None, None),
+        };
+        if !glue::queue_frame(c, frame, window, &mut self.stats) {
             return false;
+        }
+        if let Some(t) = in_us {
+            self.stats
+                .relay_latency_us(self.shared.now_us().saturating_sub(t));
         }
         self.mark_dirty(idx);
         true
+    }
+
+    /// Credit for `n` bytes that will never be written (the target is
+    /// gone or refused them) goes back to the sender at once.
+    fn release_credit(&mut self, window: &FlowWindow, n: usize) {
+        if window.release(n, self.relay_window_low) {
+            let mut wake = vec![window.conn];
+            self.wake_senders(&mut wake);
+        }
+    }
+
+    /// Wake paused senders whose windows drained: here, or on their core.
+    fn wake_senders(&mut self, ids: &mut Vec<u64>) {
+        for id in ids.drain(..) {
+            let (core, _, _) = split_conn_id(id);
+            if core == self.core {
+                self.resume_sender(id);
+            } else if let Some(inbox) = self.shared.inboxes.get(core as usize)
+                && inbox.send(InboxMsg::MsrpWake { conn: id }).is_err()
+            {
+                // A full inbox: that core's timer finds the drained window.
+            }
+        }
+    }
+
+    /// A sender's window drained: read it again.
+    fn resume_sender(&mut self, id: u64) {
+        let (core, generation, idx) = split_conn_id(id);
+        if core != self.core {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(idx, generation) else {
+            return;
+        };
+        if !c.relay_paused {
+            return;
+        }
+        c.relay_paused = false;
+        if !c.paused && !c.recv_armed && c.teardown == Teardown::Open {
+            self.arm_recv(idx);
+        }
     }
 
     /// Carry out what the relay produced for other connections and cores.
@@ -994,7 +1126,7 @@ impl Worker {
         let me = self.core as u8;
         match e {
             Effect::SendTo { conn, frame } => {
-                let _ = self.deliver_local(conn, frame);
+                let _ = self.deliver_local(conn, frame, None);
             }
             Effect::ToCore { core, frame } => {
                 if core == me {
@@ -1018,31 +1150,45 @@ impl Worker {
                 frame,
                 txn,
                 from_conn,
+                window,
+                in_us,
             } => match target {
                 Target::Conn(conn) => {
-                    if !self.deliver_local(conn, frame) {
+                    let len = frame.len();
+                    if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
+                        self.release_credit(&window, len);
                         self.fail_on(me, txn, 481, now);
                     }
                 }
                 Target::Core { core, session } => {
+                    let len = frame.len();
                     let msg = InboxMsg::MsrpForward {
                         session,
                         from_conn,
                         origin_core: me,
                         frame,
                         txn,
+                        window,
+                        in_us,
                     };
                     let sent = match self.shared.inboxes.get(usize::from(core)) {
                         Some(inbox) => inbox.send(msg),
                         None => Err(msg),
                     };
-                    if let Err(InboxMsg::MsrpForward { txn, .. }) = sent {
+                    if let Err(InboxMsg::MsrpForward { txn, window, .. }) = sent {
+                        self.release_credit(&window, len);
                         self.fail_on(me, txn, 408, now);
                     }
                 }
                 Target::NextHop {
                     secure, host, port, ..
-                } => self.forward_next_hop(secure, &host, port, frame, txn, now),
+                } => {
+                    let len = frame.len();
+                    if !self.forward_next_hop(secure, &host, port, frame, txn, &window, in_us, now)
+                    {
+                        self.release_credit(&window, len);
+                    }
+                }
             },
         }
     }
@@ -1052,6 +1198,7 @@ impl Worker {
     /// `localhost`) are dialled: the reactor does no blocking DNS; other
     /// names fail with 408. Outbound TLS (`msrps` next hops) is not
     /// implemented yet: 403.
+    #[allow(clippy::too_many_arguments)]
     fn forward_next_hop(
         &mut self,
         secure: bool,
@@ -1059,13 +1206,15 @@ impl Worker {
         port: u16,
         frame: Vec<u8>,
         txn: Option<Vec<u8>>,
+        window: &Arc<FlowWindow>,
+        in_us: u64,
         now: u64,
-    ) {
+    ) -> bool {
         let me = self.core as u8;
         if secure {
             tracing::debug!(host, port, "msrps next hop: outbound TLS not supported yet");
             self.fail_on(me, txn, 403, now);
-            return;
+            return false;
         }
         let h = host.trim_start_matches('[').trim_end_matches(']');
         let ip = if h.eq_ignore_ascii_case("localhost") {
@@ -1076,7 +1225,7 @@ impl Worker {
         let Some(ip) = ip else {
             tracing::debug!(host, "msrp next hop is not an IP address; not resolved");
             self.fail_on(me, txn, 408, now);
-            return;
+            return false;
         };
         let addr = SocketAddr::new(ip, port);
         let existing = self.outbound.get(&addr).copied().filter(|&(idx, g)| {
@@ -1090,7 +1239,7 @@ impl Worker {
                 Ok(idx) => {
                     let Some(c) = self.conns.get_any(idx) else {
                         self.fail_on(me, txn, 408, now);
-                        return;
+                        return false;
                     };
                     let generation = c.generation;
                     let st = glue::new_state(&self.shared, self.core, idx, generation, c, false);
@@ -1101,18 +1250,18 @@ impl Worker {
                 Err(e) => {
                     tracing::debug!(%addr, error = %e, "msrp next hop: connect failed");
                     self.fail_on(me, txn, 408, now);
-                    return;
+                    return false;
                 }
             },
         };
         let Some(c) = self.conns.get_mut(idx, generation) else {
             self.fail_on(me, txn, 408, now);
-            return;
+            return false;
         };
         let connecting = c.connecting;
-        if !glue::queue_frame(c, frame, &mut self.stats) {
+        if !glue::queue_frame(c, frame, Some(window.clone()), &mut self.stats) {
             self.fail_on(me, txn, 408, now);
-            return;
+            return false;
         }
         if connecting
             && let Some(t) = txn
@@ -1120,7 +1269,10 @@ impl Worker {
         {
             m.waiting.push(t);
         }
+        self.stats
+            .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
         self.mark_dirty(idx);
+        true
     }
 
     /// Open an outbound TCP connection (next-hop relays). Returns its slot.
@@ -1244,16 +1396,36 @@ impl Worker {
             c.out.clear();
             c.wire.clear();
         }
-        if !c.paused && c.teardown == Teardown::Open && c.pending_output() > self.output_high {
+        let was_paused = c.read_paused();
+        let output_full =
+            !c.paused && c.teardown == Teardown::Open && c.pending_output() > self.output_high;
+        if output_full {
             // Backpressure: a peer that does not read its output stops
             // being read, so queued output (memory) stays bounded.
             c.paused = true;
-            if c.recv_armed {
-                let target = Token::new(Op::Recv, idx, c.generation).encode();
-                let ud = Token::new(Op::Cancel, idx, c.generation).encode();
-                self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
-            }
+        }
+        // MSRP flow control: a sender whose chunks fill its window in other
+        // connections' output stops being read until they are written.
+        let (high, low) = (self.relay_window_high, self.relay_window_low);
+        let window_full = !c.relay_paused
+            && c.teardown == Teardown::Open
+            && c.msrp_mut()
+                .is_some_and(|m| m.window.should_pause(high, low));
+        if window_full {
+            c.relay_paused = true;
+        }
+        let generation = c.generation;
+        if !was_paused && c.read_paused() && c.recv_armed {
+            let target = Token::new(Op::Recv, idx, generation).encode();
+            let ud = Token::new(Op::Cancel, idx, generation).encode();
+            self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
+        }
+        if output_full {
             self.stats.backpressure();
+        }
+        if window_full {
+            self.relay_paused.push((idx, generation));
+            self.stats.msrp_sender_pause();
         }
         let Some(c) = self.conns.get_any(idx) else {
             return;
@@ -1261,6 +1433,9 @@ impl Worker {
         if !c.sending && !c.connecting && c.has_output() {
             let mut buf = self.pool.pop().unwrap_or_default();
             let c = self.conns.get_any(idx).expect("live");
+            if let Some(m) = c.msrp_mut() {
+                m.owed.output_taken();
+            }
             if let Some(tls) = c.tls.as_mut() {
                 buf.extend_from_slice(&c.wire);
                 c.wire.clear();
@@ -1322,6 +1497,10 @@ impl Worker {
         close_fd(c.fd);
         self.stats.slot_close(idx);
         if let Some(m) = c.msrp_mut() {
+            // Chunks it will never write give their senders' credit back.
+            let mut wake = std::mem::take(&mut self.wake_list);
+            m.owed
+                .release_all(self.relay_window_low, |id| wake.push(id));
             // Its sessions die with it; transactions waiting on it fail.
             let id = m.conn.id;
             let waiting = std::mem::take(&mut m.waiting);
@@ -1343,6 +1522,8 @@ impl Worker {
                 &mut self.stats,
             );
             self.apply_msrp_effects(now);
+            self.wake_senders(&mut wake);
+            self.wake_list = wake;
         }
         if !c.outbound {
             self.stats.closed(c.transport);

@@ -893,6 +893,10 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::MsrpSessionsActive);
     v.push(Counter::MsrpFailureReports);
     v.push(Counter::MsrpRelayedBytes);
+    v.push(Counter::MsrpRechunked);
+    v.push(Counter::MsrpMalformed);
+    v.push(Counter::MsrpHandoffs);
+    v.push(Counter::MsrpSenderPauses);
     v.extend(
         SubProtocol::ALL
             .iter()
