@@ -302,6 +302,9 @@ pub struct Msrp {
     /// Bytes of one connection's chunks that may wait in other
     /// connections' output before it stops being read (flow control).
     pub relay_window: usize,
+    /// PEM CA certificates that `msrps` next hops' certificates must chain
+    /// to; default: the system's roots.
+    pub next_hop_ca_file: Option<PathBuf>,
 }
 
 impl Default for Msrp {
@@ -314,6 +317,7 @@ impl Default for Msrp {
             use_path_addr: None,
             max_chunk_size: 64 << 10,
             relay_window: 1 << 20,
+            next_hop_ca_file: None,
         }
     }
 }

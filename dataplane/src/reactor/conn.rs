@@ -178,8 +178,11 @@ impl Conn {
         }
     }
 
+    /// Something can be sent now. Plaintext waits while an outbound TLS
+    /// handshake is in progress (rustls would have to buffer it).
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty() || !self.wire.is_empty()
+        !self.wire.is_empty()
+            || (!self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.is_handshaking()))
     }
 
     /// Bytes produced for this peer and not yet acknowledged by the kernel.

@@ -72,6 +72,8 @@ pub struct Shared {
     pub session_config: Arc<SessionConfig>,
     /// TLS configuration per listener index.
     pub tls: HashMap<u16, TlsAcceptor>,
+    /// Client TLS for `msrps` next hops.
+    pub next_hop_tls: crate::transport::TlsConnector,
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
     /// MSRP AUTH credentials (`[auth] users_file`; empty without one, so
     /// every AUTH is challenged and then refused).
@@ -153,6 +155,11 @@ impl Dataplane {
                 tls.insert(i as u16, TlsAcceptor::from_pem_files(cert, key)?);
             }
         }
+
+        // Outbound TLS for `msrps` next hops (RFC 4976 §6.3: msrps
+        // requires TLS all the way).
+        let next_hop_tls =
+            crate::transport::TlsConnector::new(config.msrp.next_hop_ca_file.as_deref())?;
 
         let store = match &config.auth.users_file {
             Some(path) => Some(Arc::new(
@@ -260,6 +267,7 @@ impl Dataplane {
             policy,
             session_config,
             tls,
+            next_hop_tls,
             inboxes,
             msrp_store,
             msrp_nonces: NonceManager::new(random_secret(), 300),

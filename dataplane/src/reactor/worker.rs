@@ -17,6 +17,7 @@ use super::{InboxMsg, Shared};
 use crate::config::{SubProtocol, Transport};
 use crate::msrp::relay::{Action, RelayCore, Target};
 use crate::msrp::session_map::{SessionId, SessionMap};
+use crate::transport::TlsSession;
 use crate::ws::frame::{self, OpCode};
 use crate::ws::handshake::{self, Outcome, RejectReason};
 use crate::ws::session::{MessageKind, SessionEvent, State, WsSession};
@@ -81,7 +82,7 @@ pub struct Worker {
     msrp_actions: Vec<Action>,
     msrp_effects: Vec<Effect>,
     /// Outbound MSRP connections by next-hop address (reused).
-    outbound: HashMap<SocketAddr, (u32, u32)>,
+    outbound: HashMap<(SocketAddr, bool), (u32, u32)>,
     msrp_timer_ms: u64,
     msrp_sweep_ms: u64,
     /// Session-table slots of the stats region in use, by session.
@@ -526,6 +527,9 @@ impl Worker {
             Ok(p) => {
                 if p.handshake_done {
                     self.stats.tls_result(true);
+                    if let Some(m) = c.msrp_mut() {
+                        m.waiting.clear();
+                    }
                 }
                 if !plain.is_empty() {
                     let mut ctx = MsrpCtx {
@@ -709,7 +713,15 @@ impl Worker {
         if let Some(local) = local_addr(c.fd) {
             c.local = local;
         }
-        if let Some(m) = c.msrp_mut() {
+        if let Some(tls) = c.tls.as_mut() {
+            // A client speaks first: the ClientHello.
+            tls.flush_records(&mut c.wire);
+        }
+        // Queued transactions are on their way once the connection is up
+        // (for msrps: once TLS is, see on_ciphertext).
+        if c.tls.is_none()
+            && let Some(m) = c.msrp_mut()
+        {
             m.waiting.clear();
         }
         self.arm_recv(t.index);
@@ -940,7 +952,7 @@ impl Worker {
             self.stats.inbox_message();
             match msg {
                 InboxMsg::Connect { addr } => {
-                    let _ = self.connect(addr, now);
+                    let _ = self.connect(addr, None, now);
                 }
                 InboxMsg::MsrpForward {
                     session,
@@ -1211,11 +1223,6 @@ impl Worker {
         now: u64,
     ) -> bool {
         let me = self.core as u8;
-        if secure {
-            tracing::debug!(host, port, "msrps next hop: outbound TLS not supported yet");
-            self.fail_on(me, txn, 403, now);
-            return false;
-        }
         let h = host.trim_start_matches('[').trim_end_matches(']');
         let ip = if h.eq_ignore_ascii_case("localhost") {
             Some(std::net::IpAddr::from([127, 0, 0, 1]))
@@ -1228,14 +1235,32 @@ impl Worker {
             return false;
         };
         let addr = SocketAddr::new(ip, port);
-        let existing = self.outbound.get(&addr).copied().filter(|&(idx, g)| {
-            self.conns
-                .get_mut(idx, g)
-                .is_some_and(|c| c.teardown == Teardown::Open)
-        });
+        let existing = self
+            .outbound
+            .get(&(addr, secure))
+            .copied()
+            .filter(|&(idx, g)| {
+                self.conns
+                    .get_mut(idx, g)
+                    .is_some_and(|c| c.teardown == Teardown::Open)
+            });
+        // msrps: TLS to the next hop, its certificate checked against the
+        // name in the URI (RFC 4975 §14.2, RFC 4976 §6.3).
+        let tls = if secure && existing.is_none() {
+            match self.shared.next_hop_tls.session(h) {
+                Ok(t) => Some(Box::new(t)),
+                Err(e) => {
+                    tracing::debug!(host, error = %e, "msrps next hop: no TLS session");
+                    self.fail_on(me, txn, 403, now);
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
         let (idx, generation) = match existing {
             Some(x) => x,
-            None => match self.connect(addr, now) {
+            None => match self.connect(addr, tls, now) {
                 Ok(idx) => {
                     let Some(c) = self.conns.get_any(idx) else {
                         self.fail_on(me, txn, 408, now);
@@ -1244,7 +1269,13 @@ impl Worker {
                     let generation = c.generation;
                     let st = glue::new_state(&self.shared, self.core, idx, generation, c, false);
                     c.proto = Proto::Msrp(st);
-                    self.outbound.insert(addr, (idx, generation));
+                    self.outbound.insert((addr, secure), (idx, generation));
+                    if secure {
+                        // A handshake that stalls is given up like an
+                        // inbound one.
+                        let deadline = now + self.shared.config.websocket.handshake_timeout * 1000;
+                        self.schedule(idx, deadline);
+                    }
                     (idx, generation)
                 }
                 Err(e) => {
@@ -1276,7 +1307,12 @@ impl Worker {
     }
 
     /// Open an outbound TCP connection (next-hop relays). Returns its slot.
-    pub fn connect(&mut self, addr: SocketAddr, now: u64) -> io::Result<u32> {
+    pub fn connect(
+        &mut self,
+        addr: SocketAddr,
+        tls: Option<Box<TlsSession>>,
+        now: u64,
+    ) -> io::Result<u32> {
         let domain = socket2::Domain::for_address(addr);
         let sock =
             socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -1286,12 +1322,17 @@ impl Worker {
         let mut conn = Conn::new(
             fd,
             generation,
-            Transport::Msrp,
+            if tls.is_some() {
+                Transport::Msrps
+            } else {
+                Transport::Msrp
+            },
             addr,
             SocketAddr::from(([0, 0, 0, 0], 0)),
             now,
             self.shared.unix_ms(),
         );
+        conn.tls = tls;
         conn.outbound = true;
         conn.connecting = true;
         self.conns.insert(idx, conn);
@@ -1445,9 +1486,6 @@ impl Worker {
                 // Hand the whole corked output to the socket; the
                 // connection keeps an empty (pooled) buffer for more.
                 std::mem::swap(&mut buf, &mut c.out);
-            }
-            if c.out.capacity() == 0 && c.out.is_empty() {
-                // Nothing to keep: an idle connection holds no buffer.
             }
             c.inflight = buf;
             c.inflight_sent = 0;

@@ -4,4 +4,4 @@
 
 pub mod tls;
 
-pub use tls::{TlsAcceptor, TlsError, TlsSession};
+pub use tls::{TlsAcceptor, TlsConnector, TlsError, TlsSession};

@@ -6,9 +6,9 @@
 //! Outgoing plaintext is written in chunks with the TLS records flushed after
 //! each, so rustls's send buffer limit is never hit.
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ServerConfig};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +21,10 @@ pub enum TlsError {
     Key { path: String, message: String },
     #[error("certificate and key do not make a TLS configuration: {0}")]
     Config(String),
+    #[error("cannot read CA certificates {path}: {message}")]
+    Roots { path: String, message: String },
+    #[error("\"{0}\" is not a TLS server name or IP address")]
+    ServerName(String),
 }
 
 /// A listener's TLS configuration, shared by every worker.
@@ -75,7 +79,64 @@ impl TlsAcceptor {
         let conn = rustls::ServerConnection::new(self.config.clone())
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(TlsSession {
-            conn,
+            conn: conn.into(),
+            handshake_reported: false,
+        })
+    }
+}
+
+/// Client side for outbound connections (`msrps` next hops): the server's
+/// certificate is verified against `ca_file`, or the system's roots.
+#[derive(Clone)]
+pub struct TlsConnector {
+    config: Arc<ClientConfig>,
+}
+
+impl TlsConnector {
+    pub fn new(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(path) => {
+                let err = |message: String| TlsError::Roots {
+                    path: path.display().to_string(),
+                    message,
+                };
+                for c in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+                    roots
+                        .add(c.map_err(|e| err(e.to_string()))?)
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(err("no CERTIFICATE block found".into()));
+                }
+            }
+            None => {
+                // Unreadable system certificates only mean no next hop
+                // verifies (each gets a failure REPORT), not a failed start.
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsConnector {
+            config: Arc::new(config),
+        })
+    }
+
+    /// A client session toward `host` (a DNS name or an IP address, which
+    /// the certificate must name).
+    pub fn session(&self, host: &str) -> Result<TlsSession, TlsError> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| TlsError::ServerName(host.to_string()))?;
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(TlsSession {
+            conn: conn.into(),
             handshake_reported: false,
         })
     }
@@ -93,9 +154,9 @@ pub struct TlsProgress {
     pub consumed: usize,
 }
 
-/// One TLS server connection.
+/// One TLS connection (server side, or client side for outbound).
 pub struct TlsSession {
-    conn: rustls::ServerConnection,
+    conn: rustls::Connection,
     handshake_reported: bool,
 }
 
@@ -177,6 +238,11 @@ impl TlsSession {
 
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+
+    /// Records rustls wants to send on its own (a client's ClientHello).
+    pub fn flush_records(&mut self, wire: &mut Vec<u8>) {
+        self.write_records(wire);
     }
 
     fn write_records(&mut self, wire: &mut Vec<u8>) {
