@@ -169,8 +169,10 @@ impl Dataplane {
                 max_expires: config.msrp.auth_max_expires,
                 ..AuthPolicy::default()
             },
+            transaction_timeout_ms: config.msrp.transaction_timeout.saturating_mul(1000),
             ..RelayConfig::default()
         };
+        let msrp_nonces = NonceManager::new(random_secret(), config.msrp.nonce_lifetime);
         let ws = &config.websocket;
         let policy = HandshakePolicy {
             sub_protocols: ws.sub_protocols.clone(),
@@ -247,7 +249,7 @@ impl Dataplane {
             tls,
             inboxes,
             msrp_store,
-            msrp_nonces: NonceManager::new(random_secret(), 300),
+            msrp_nonces,
             relay_config,
             start: Instant::now(),
             unix_start_ms,
