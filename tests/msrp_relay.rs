@@ -6,266 +6,17 @@
 mod common;
 mod mgmt_common;
 
-use common::{IO_TIMEOUT, Server, ServerConfig, tcp, within, ws_client_over};
+use common::msrp::{
+    Client, Frame, REALM, USERS, auth_frame, authed, authorization, param, parse, relay,
+    send_frame, session_of,
+};
+use common::{IO_TIMEOUT, ServerConfig, tcp, within, ws_client_over};
 use dataplane::region::{AuthResult, Counter, MsrpMethod, MsrpStatus};
 use futures_util::{SinkExt, StreamExt};
-use md5::{Digest, Md5};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const REALM: &str = "rtedge.test";
-const USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];
-
-fn relay(workers: u32) -> Server {
-    ServerConfig::new()
-        .workers(workers)
-        .listen_msrp()
-        .listen_ws()
-        .sub_protocols(&["msrp"])
-        .msrp_users(REALM, USERS)
-        .start()
-}
-
-fn md5_hex(s: &str) -> String {
-    Md5::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// One MSRP frame as read by the test's own parser.
-#[derive(Debug, Clone)]
-struct Frame {
-    first: String,
-    tid: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    flag: u8,
-}
-
-impl Frame {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn status(&self) -> Option<u16> {
-        let mut it = self.first.split(' ');
-        it.next();
-        it.next();
-        it.next()?.parse().ok()
-    }
-    fn method(&self) -> Option<&str> {
-        let m = self.first.split(' ').nth(2)?;
-        m.bytes().all(|b| b.is_ascii_uppercase()).then_some(m)
-    }
-}
-
-/// Parses one frame from the front of `buf`; `None` if incomplete.
-fn parse(buf: &[u8]) -> Option<(Frame, usize)> {
-    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
-    let first = String::from_utf8(buf[..eol].to_vec()).expect("utf-8 first line");
-    let tid = first.split(' ').nth(1).expect("transaction id").to_string();
-    let marker = format!("\r\n-------{tid}");
-    let mut from = eol;
-    let end = loop {
-        let rel = buf[from..]
-            .windows(marker.len())
-            .position(|w| w == marker.as_bytes())?;
-        let at = from + rel;
-        let after = at + marker.len();
-        if buf.len() < after + 3 {
-            return None;
-        }
-        if matches!(buf[after], b'$' | b'+' | b'#') && &buf[after + 1..after + 3] == b"\r\n" {
-            break at;
-        }
-        from = at + 2;
-    };
-    let flag = buf[end + marker.len()];
-    let inner = &buf[eol + 2..end + 2];
-    let (head, body) = match inner.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(p) => (&inner[..p + 2], inner[p + 4..inner.len() - 2].to_vec()),
-        None => (inner, Vec::new()),
-    };
-    let headers = String::from_utf8(head.to_vec())
-        .expect("utf-8 headers")
-        .split("\r\n")
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').expect("header line");
-            (n.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
-    Some((
-        Frame {
-            first,
-            tid,
-            headers,
-            body,
-            flag,
-        },
-        end + marker.len() + 3,
-    ))
-}
-
-/// A raw MSRP-over-TCP client.
-struct Client {
-    io: TcpStream,
-    buf: Vec<u8>,
-    /// The relay URI from Use-Path after a successful AUTH.
-    relay_uri: String,
-    /// Our own URI (From-Path).
-    uri: String,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr, name: &str) -> Client {
-        Client {
-            io: tcp(addr).await,
-            buf: Vec::new(),
-            relay_uri: String::new(),
-            uri: format!("msrp://127.0.0.1:9/{name}s1;tcp"),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        within("msrp write", self.io.write_all(bytes))
-            .await
-            .expect("write");
-    }
-
-    async fn read(&mut self) -> Frame {
-        let deadline = Instant::now() + IO_TIMEOUT;
-        loop {
-            if let Some((f, n)) = parse(&self.buf) {
-                self.buf.drain(..n);
-                return f;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut chunk = [0u8; 65536];
-            let n = tokio::time::timeout(left, self.io.read(&mut chunk))
-                .await
-                .expect("timed out reading an MSRP frame")
-                .expect("read");
-            assert!(
-                n > 0,
-                "connection closed; buffered: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Expects nothing for `d`.
-    async fn quiet(&mut self, d: Duration) {
-        let mut chunk = [0u8; 4096];
-        if let Ok(r) = tokio::time::timeout(d, self.io.read(&mut chunk)).await {
-            let n = r.expect("read");
-            panic!(
-                "unexpected bytes: {:?}",
-                String::from_utf8_lossy(&chunk[..n])
-            );
-        }
-    }
-
-    /// Reads until EOF or an error (the relay closed the connection).
-    async fn expect_closed(&mut self) -> Vec<u8> {
-        let mut all = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            match within("msrp close", self.io.read(&mut chunk)).await {
-                Ok(0) | Err(_) => return all,
-                Ok(n) => all.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-}
-
-fn auth_frame(
-    tid: &str,
-    relay: &str,
-    from: &str,
-    authz: Option<&str>,
-    expires: Option<u64>,
-) -> Vec<u8> {
-    let mut s = format!("MSRP {tid} AUTH\r\nTo-Path: {relay}\r\nFrom-Path: {from}\r\n");
-    if let Some(a) = authz {
-        s.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    if let Some(e) = expires {
-        s.push_str(&format!("Expires: {e}\r\n"));
-    }
-    s.push_str(&format!("-------{tid}$\r\n"));
-    s.into_bytes()
-}
-
-fn param(challenge: &str, name: &str) -> String {
-    let key = format!("{name}=\"");
-    let i = challenge.find(&key).expect("challenge parameter") + key.len();
-    challenge[i..i + challenge[i..].find('"').expect("closing quote")].to_string()
-}
-
-fn authorization(user: &str, password: &str, nonce: &str, uri: &str) -> String {
-    let ha1 = md5_hex(&format!("{user}:{REALM}:{password}"));
-    let ha2 = md5_hex(&format!("AUTH:{uri}"));
-    let cnonce = "0a4f113b";
-    let nc = "00000001";
-    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
-    format!(
-        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", response=\"{response}\""
-    )
-}
-
-/// AUTH without credentials, then with them: the challenge's nonce, and
-/// the final response.
-async fn auth_with(
-    c: &mut Client,
-    relay_uri: &str,
-    user: &str,
-    password: &str,
-    expires: Option<u64>,
-) -> Frame {
-    let from = c.uri.clone();
-    c.send(&auth_frame("a1x9", relay_uri, &from, None, None))
-        .await;
-    let r = c.read().await;
-    assert_eq!(r.status(), Some(401), "{r:?}");
-    let ch = r.header("WWW-Authenticate").expect("WWW-Authenticate");
-    let nonce = param(ch, "nonce");
-    let authz = authorization(user, password, &nonce, relay_uri);
-    c.send(&auth_frame("a2x9", relay_uri, &from, Some(&authz), expires))
-        .await;
-    let r = c.read().await;
-    assert_eq!(r.tid, "a2x9");
-    r
-}
-
-async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Client {
-    let mut c = Client::connect(addr, name).await;
-    let relay_uri = format!("msrp://{addr};tcp");
-    let r = auth_with(&mut c, &relay_uri, user, password, None).await;
-    assert_eq!(r.status(), Some(200), "{r:?}");
-    c.relay_uri = r.header("Use-Path").expect("Use-Path").to_string();
-    c
-}
-
-fn send_frame(tid: &str, to: &[&str], from: &str, msg_id: &str, body: &[u8]) -> Vec<u8> {
-    let mut s = format!(
-        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: {msg_id}\r\nByte-Range: 1-{}/{}\r\nContent-Type: text/plain\r\n\r\n",
-        to.join(" "),
-        body.len(),
-        body.len()
-    )
-    .into_bytes();
-    s.extend_from_slice(body);
-    s.extend_from_slice(format!("\r\n-------{tid}$\r\n").as_bytes());
-    s
-}
 
 #[tokio::test]
 async fn auth_challenge_success_bounds_and_failure() {
@@ -287,7 +38,7 @@ async fn auth_challenge_success_bounds_and_failure() {
     assert_eq!(r.header("To-Path"), Some(from.as_str()));
 
     // Correct digest: 200 with Use-Path and Expires.
-    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(600)).await;
+    let r = c.auth_with("alice", "wonderland", Some(600)).await;
     assert_eq!(r.status(), Some(200), "{r:?}");
     let up = r.header("Use-Path").expect("Use-Path");
     assert!(up.starts_with(&format!("msrp://{addr}/")), "{up}");
@@ -295,16 +46,16 @@ async fn auth_challenge_success_bounds_and_failure() {
     assert_eq!(r.header("Expires"), Some("600"));
 
     // Expires out of bounds: 423 with Min-Expires / Max-Expires.
-    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(5)).await;
+    let r = c.auth_with("alice", "wonderland", Some(5)).await;
     assert_eq!(r.status(), Some(423), "{r:?}");
     assert_eq!(r.header("Min-Expires"), Some("60"));
-    let r = auth_with(&mut c, &relay_uri, "alice", "wonderland", Some(999_999)).await;
+    let r = c.auth_with("alice", "wonderland", Some(999_999)).await;
     assert_eq!(r.status(), Some(423), "{r:?}");
     assert_eq!(r.header("Max-Expires"), Some("3600"));
 
     // Wrong password: 403.
     let mut d = Client::connect(addr, "mallory").await;
-    let r = auth_with(&mut d, &relay_uri, "alice", "not-it", None).await;
+    let r = d.auth_with("alice", "not-it", None).await;
     assert_eq!(r.status(), Some(403), "{r:?}");
 
     srv.wait_counter(Counter::MsrpAuth(AuthResult::Ok), 1).await;
@@ -486,7 +237,7 @@ async fn ws_tcp_relay(use_path_addr: Option<&str>) {
     let r = ws_frame(&mut ws).await;
     assert_eq!(r.status(), Some(401), "{r:?}");
     let nonce = param(r.header("WWW-Authenticate").unwrap(), "nonce");
-    let authz = authorization("alice", "wonderland", &nonce, &relay_uri);
+    let authz = authorization("alice", "wonderland", &nonce, &relay_uri, 1);
     ws.send(send(auth_frame(
         "w2aa",
         &relay_uri,
@@ -545,12 +296,6 @@ async fn ws_tcp_relay(use_path_addr: Option<&str>) {
     assert_eq!(b.read().await.status(), Some(200));
 }
 
-/// The session id of a relay URI.
-fn session_of(relay_uri: &str) -> String {
-    let tail = relay_uri.rsplit('/').next().expect("path");
-    tail.split(';').next().expect("session id").to_string()
-}
-
 /// Polls `GET /api/msrp/sessions` (bounded) until `pred` holds.
 async fn wait_sessions(
     http: &mgmt_common::Http,
@@ -603,7 +348,7 @@ async fn mgmt_lists_and_drops_sessions() {
     for (sid, user, cl) in [(&sa, "alice", &a), (&sb, "bob", &b), (&sc, "alice", &c)] {
         let e = listed(&v, sid).unwrap_or_else(|| panic!("{sid} not listed: {v}"));
         assert_eq!(e["user"], user, "{e}");
-        let peer = cl.io.local_addr().unwrap().to_string();
+        let peer = cl.local_addr().to_string();
         assert_eq!(e["peer"], peer.as_str(), "{e}");
         let core = u64::from_str_radix(&sid[..2], 16).unwrap();
         assert_eq!(e["core"], core, "{e}");

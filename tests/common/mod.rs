@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod msrp;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -305,6 +305,12 @@ pub struct Msrp {
     /// PEM CA certificates that `msrps` next hops' certificates must chain
     /// to; default: the system's roots.
     pub next_hop_ca_file: Option<PathBuf>,
+    /// Seconds an AUTH challenge's nonce stays fresh; an older one gets a
+    /// new 401 with `stale=true` (RFC 2617 §3.2.1).
+    pub nonce_lifetime: u64,
+    /// Seconds to wait for the response to a forwarded request before a
+    /// failure REPORT with 408 (RFC 4975 §7.1.1 suggests 30 s).
+    pub transaction_timeout: u64,
 }
 
 impl Default for Msrp {
@@ -318,6 +324,8 @@ impl Default for Msrp {
             max_chunk_size: 64 << 10,
             relay_window: 1 << 20,
             next_hop_ca_file: None,
+            nonce_lifetime: 300,
+            transaction_timeout: 30,
         }
     }
 }
@@ -558,6 +566,12 @@ impl Config {
                 "must be at least msrp.max_chunk_size",
             ));
         }
+        if m.nonce_lifetime == 0 {
+            return Err(invalid("msrp.nonce_lifetime", "must be ≥ 1 (seconds)"));
+        }
+        if m.transaction_timeout == 0 {
+            return Err(invalid("msrp.transaction_timeout", "must be ≥ 1 (seconds)"));
+        }
         let r = &self.reactor;
         if !r.recv_buffers.is_power_of_two() {
             return Err(invalid("reactor.recv_buffers", "must be a power of two"));
@@ -633,6 +647,8 @@ timer_interval = 30
 auth_min_expires = 10
 auth_max_expires = 100
 use_path_addr = "relay.example.com:2855"
+nonce_lifetime = 20
+transaction_timeout = 5
 [mgmt]
 enabled = false
 listen = "127.0.0.1:9191"
@@ -648,6 +664,8 @@ path = "/tmp/x.region"
         assert_eq!(c.websocket.cors_mode, CorsMode::Origin);
         assert_eq!(c.websocket.ping_data(), "hello");
         assert_eq!(c.msrp.cmap_size, 12);
+        assert_eq!(c.msrp.nonce_lifetime, 20);
+        assert_eq!(c.msrp.transaction_timeout, 5);
         assert!(!c.mgmt.enabled);
         assert_eq!(c.region.path, PathBuf::from("/tmp/x.region"));
     }
@@ -677,6 +695,17 @@ path = "/tmp/x.region"
         let e = parse(l).unwrap_err();
         assert!(e.to_string().contains("users_file"), "{e}");
         assert!(parse(&format!("{l}[auth]\nusers_file = \"u.toml\"\n")).is_ok());
+    }
+
+    #[test]
+    fn msrp_timers_must_be_positive() {
+        for key in ["nonce_lifetime", "transaction_timeout"] {
+            let e = parse(&format!("[msrp]\n{key} = 0\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("msrp.{key}")), "{e}");
+            assert!(parse(&format!("[msrp]\n{key} = 1\n")).is_ok());
+        }
+        let d = parse("").unwrap().msrp;
+        assert_eq!((d.nonce_lifetime, d.transaction_timeout), (300, 30));
     }
 
     #[test]

@@ -352,6 +352,15 @@ pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Opt
     Some(out)
 }
 
+/// The first To-Path URI of a frame this relay wrote (a forwarded head
+/// starts with the request line, then `To-Path: `).
+pub fn first_to_uri(frame: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(frame, b"\r\nTo-Path: ")? + 11;
+    let rest = frame.get(at..)?;
+    let end = memchr::memchr2(b' ', b'\r', rest)?;
+    rest.get(..end)
+}
+
 /// The response `resp` (one this relay built) with another status code.
 pub fn restatus(resp: &[u8], code: u16) -> Option<Vec<u8>> {
     // "MSRP " tid SP code SP reason CRLF ...

@@ -527,6 +527,9 @@ impl RelayCore {
                         match self.sessions.lookup(&sid2, env.now_ms) {
                             Ok(e2) => {
                                 let c2 = e2.conn;
+                                if !toward_client(&e2.peer_uri, head.to_uri(2)) {
+                                    return self.reject(head, 403, actions);
+                                }
                                 if !self.sessions.bind(&sid2, conn.id) {
                                     return self.reject(head, 506, actions);
                                 }
@@ -566,7 +569,7 @@ impl RelayCore {
             Ok(e) => {
                 // Toward our client, and only to it (RFC 4976 §6.2, §9).
                 let c = e.conn;
-                if to_len != 2 {
+                if to_len != 2 || !toward_client(&e.peer_uri, head.to_uri(1)) {
                     return self.reject(head, 403, actions);
                 }
                 if !self.sessions.bind(&sid, conn.id) {
@@ -938,17 +941,20 @@ impl RelayCore {
 
     /// On the owning core: the connection of a session named by a frame
     /// another core handed over, or the failure code (481, 506).
+    /// `next` is the To-Path URI after ours (the frame's first, as
+    /// forwarded): it must name the session's client.
     pub fn resolve_handoff(
         &mut self,
         session: &SessionId,
         from_conn: u64,
+        next: Option<&[u8]>,
         now_ms: u64,
     ) -> Result<u64, u16> {
-        let conn = self
-            .sessions
-            .lookup(session, now_ms)
-            .map_err(|_| 481u16)?
-            .conn;
+        let e = self.sessions.lookup(session, now_ms).map_err(|_| 481u16)?;
+        if !toward_client(&e.peer_uri, next) {
+            return Err(403);
+        }
+        let conn = e.conn;
         if !self.sessions.bind(session, from_conn) {
             return Err(506);
         }
@@ -999,6 +1005,20 @@ impl RelayCore {
                 self.failure_report(&p, 408, env, actions);
             }
         }
+    }
+}
+
+/// Traffic that reaches a client through its relay URI from anyone else
+/// must be addressed to that client (RFC 4976 §6.2): the next To-Path URI
+/// names the authority the client gave in its AUTH's From-Path. (Only the
+/// authority: one client may run several sessions, each its own path.)
+fn toward_client(peer_uri: &str, next: Option<&[u8]>) -> bool {
+    match (
+        MsrpUri::parse(peer_uri.as_bytes()),
+        next.map(MsrpUri::parse),
+    ) {
+        (Ok(p), Some(Ok(n))) => p.same_authority(&n),
+        _ => false,
     }
 }
 

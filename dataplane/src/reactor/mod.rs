@@ -191,8 +191,10 @@ impl Dataplane {
             },
             rechunk_size: config.msrp.max_chunk_size,
             max_unsplit: config.msrp.max_chunk_size,
+            transaction_timeout_ms: config.msrp.transaction_timeout.saturating_mul(1000),
             ..RelayConfig::default()
         };
+        let msrp_nonces = NonceManager::new(random_secret(), config.msrp.nonce_lifetime);
         let ws = &config.websocket;
         let policy = HandshakePolicy {
             sub_protocols: ws.sub_protocols.clone(),
@@ -270,7 +272,7 @@ impl Dataplane {
             next_hop_tls,
             inboxes,
             msrp_store,
-            msrp_nonces: NonceManager::new(random_secret(), 300),
+            msrp_nonces,
             relay_config,
             start: Instant::now(),
             unix_start_ms,

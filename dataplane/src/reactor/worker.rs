@@ -1035,7 +1035,8 @@ impl Worker {
     ) {
         self.stats.msrp_handoff();
         let len = frame.len();
-        match self.relay.resolve_handoff(&session, from_conn, now) {
+        let next = crate::msrp::message::first_to_uri(&frame);
+        match self.relay.resolve_handoff(&session, from_conn, next, now) {
             Ok(conn) => {
                 if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
                     self.release_credit(&window, len);

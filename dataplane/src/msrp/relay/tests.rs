@@ -115,7 +115,28 @@ impl World {
         let r = String::from_utf8_lossy(replies(&acts)[0]).into_owned();
         assert!(r.starts_with("MSRP 49fi 200 OK"), "{r}");
         let i = r.find("Use-Path: ").unwrap() + 10;
-        r[i..i + r[i..].find("\r\n").unwrap()].to_string()
+        let up = r[i..i + r[i..].find("\r\n").unwrap()].to_string();
+        // Every AUTH here comes from Alice's URI; connection 1 plays Alice
+        // and the others Bob, whose URI receives their traffic.
+        if c.id != 1 {
+            self.set_peer(&up, BOB);
+        }
+        up
+    }
+
+    /// AUTH, with `peer` as the client's own URI.
+    fn login_peer(&mut self, c: &mut MsrpConn, peer: &str) -> String {
+        let up = self.login(c);
+        self.set_peer(&up, peer);
+        up
+    }
+
+    fn set_peer(&mut self, use_path: &str, peer: &str) {
+        let id = use_path.rsplit('/').next().unwrap().split(';').next().unwrap();
+        let sid = SessionId::parse(id.as_bytes()).unwrap();
+        let mut e = self.core.sessions.remove(&sid).unwrap();
+        e.peer_uri = peer.into();
+        self.core.sessions.insert(e).unwrap();
     }
 }
 
@@ -233,10 +254,10 @@ fn hairpin_across_listeners_and_foreign_first_uri() {
     w.core.cfg.local = local;
     let mut a = w.conn_on(1, "127.0.0.1:2855", false, "tcp");
     let mut b = w.conn_on(2, "127.0.0.1:8080", false, "ws");
-    let ua = w.login(&mut a);
-    let ub = w.login(&mut b);
-    assert!(ub.starts_with("msrp://127.0.0.1:8080/") && ub.ends_with(";ws"));
     let bws = "msrp://k3j2.invalid:2855/wsb;ws";
+    let ua = w.login(&mut a);
+    let ub = w.login_peer(&mut b, bws);
+    assert!(ub.starts_with("msrp://127.0.0.1:8080/") && ub.ends_with(";ws"));
     let acts = w.feed(
         &mut a,
         &send("x1aa", &format!("{ua} {ub} {bws}"), ALICE, "", "hi"),

@@ -1,0 +1,505 @@
+//! An independent MSRP test client (RFC 4975, RFC 4976, RFC 7977): it
+//! writes frames as text from the RFC 4975 §9 grammar and reads them with
+//! its own small parser — never the relay's — over TCP, TLS (`msrps`), and
+//! WebSocket (`ws`/`wss`, sub-protocol `msrp`, one chunk per message, RFC
+//! 7977 §5.3). Digest credentials for AUTH are computed here too (RFC 2617
+//! §3.2.2 with method `AUTH` and the relay's URI, RFC 4976 §5.1).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use md5::{Digest, Md5};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{IO_TIMEOUT, Server, ServerConfig, Ws, tcp, tls_connect, within, ws_client_over};
+
+pub const REALM: &str = "rtedge.test";
+pub const USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];
+
+/// A short window in which "nothing arrives" is checked. Not a
+/// performance bound: the claims it serves are "never answered".
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// One relay with one `msrp` (TCP) listener and a `ws` listener for the
+/// `msrp` sub-protocol.
+pub fn relay(workers: u32) -> Server {
+    relay_config(workers).start()
+}
+
+/// The configuration [`relay`] starts, for tests that add `[msrp]` keys.
+pub fn relay_config(workers: u32) -> ServerConfig {
+    ServerConfig::new()
+        .workers(workers)
+        .listen_msrp()
+        .listen_ws()
+        .sub_protocols(&["msrp"])
+        .msrp_users(REALM, USERS)
+}
+
+pub fn md5_hex(s: &str) -> String {
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One MSRP frame as read by the test's own parser.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub first: String,
+    pub tid: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub flag: u8,
+}
+
+impl Frame {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// Every header name, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.headers.iter().map(|(n, _)| n.as_str()).collect()
+    }
+    pub fn status(&self) -> Option<u16> {
+        let mut it = self.first.split(' ');
+        it.next();
+        it.next();
+        it.next()?.parse().ok()
+    }
+    pub fn method(&self) -> Option<&str> {
+        let m = self.first.split(' ').nth(2)?;
+        m.bytes().all(|b| b.is_ascii_uppercase()).then_some(m)
+    }
+}
+
+/// Parses one frame from the front of `buf`; `None` if incomplete. Only
+/// `CRLF "-------" tid flag CRLF` ends a frame (RFC 4975 §7.1).
+pub fn parse(buf: &[u8]) -> Option<(Frame, usize)> {
+    let eol = buf.windows(2).position(|w| w == b"\r\n")?;
+    let first = String::from_utf8(buf[..eol].to_vec()).expect("utf-8 first line");
+    let tid = first.split(' ').nth(1).expect("transaction id").to_string();
+    let marker = format!("\r\n-------{tid}");
+    let mut from = eol;
+    let end = loop {
+        let rel = buf[from..]
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())?;
+        let at = from + rel;
+        let after = at + marker.len();
+        if buf.len() < after + 3 {
+            return None;
+        }
+        if matches!(buf[after], b'$' | b'+' | b'#') && &buf[after + 1..after + 3] == b"\r\n" {
+            break at;
+        }
+        from = at + 2;
+    };
+    let flag = buf[end + marker.len()];
+    let inner = &buf[eol + 2..end + 2];
+    let (head, body) = match inner.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(p) => (&inner[..p + 2], inner[p + 4..inner.len() - 2].to_vec()),
+        None => (inner, Vec::new()),
+    };
+    let headers = String::from_utf8(head.to_vec())
+        .expect("utf-8 headers")
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').expect("header line");
+            (n.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    Some((
+        Frame {
+            first,
+            tid,
+            headers,
+            body,
+            flag,
+        },
+        end + marker.len() + 3,
+    ))
+}
+
+/// Any byte stream (TCP, TLS).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+enum Link {
+    Stream(Box<dyn Io>),
+    Ws(Box<Ws<Box<dyn Io>>>),
+}
+
+/// An MSRP client on one connection to the relay.
+pub struct Client {
+    link: Link,
+    buf: Vec<u8>,
+    local: SocketAddr,
+    /// The URI to AUTH to: the relay's authority with this transport
+    /// (`msrps` over TLS, `;ws` over WebSocket; RFC 7977 §5).
+    pub auth_uri: String,
+    /// The relay URI from Use-Path after a successful AUTH.
+    pub relay_uri: String,
+    /// Our own URI (From-Path).
+    pub uri: String,
+}
+
+impl Client {
+    fn new(link: Link, local: SocketAddr, auth_uri: String, uri: String) -> Client {
+        Client {
+            link,
+            buf: Vec::new(),
+            local,
+            auth_uri,
+            relay_uri: String::new(),
+            uri,
+        }
+    }
+
+    /// MSRP over TCP (`msrp:` URIs, transport `tcp`).
+    pub async fn connect(addr: SocketAddr, name: &str) -> Client {
+        let s = tcp(addr).await;
+        let local = s.local_addr().expect("local addr");
+        Client::new(
+            Link::Stream(Box::new(s)),
+            local,
+            format!("msrp://{addr};tcp"),
+            format!("msrp://127.0.0.1:9/{name}s1;tcp"),
+        )
+    }
+
+    /// MSRP over TLS (`msrps:` URIs, transport `tcp`).
+    pub async fn connect_tls(addr: SocketAddr, name: &str, cert_der: &[u8]) -> Client {
+        let s = tls_connect(addr, cert_der).await;
+        let local = s.get_ref().0.local_addr().expect("local addr");
+        Client::new(
+            Link::Stream(Box::new(s)),
+            local,
+            format!("msrps://{addr};tcp"),
+            format!("msrps://127.0.0.1:9/{name}s1;tcp"),
+        )
+    }
+
+    /// MSRP over a plain WebSocket: the client's own URI has an
+    /// unresolvable `.invalid` host and transport `ws` (RFC 7977 §5.2).
+    pub async fn connect_ws(addr: SocketAddr, name: &str) -> Client {
+        let s = tcp(addr).await;
+        let local = s.local_addr().expect("local addr");
+        let io: Box<dyn Io> = Box::new(s);
+        let ws = ws_client_over(io, &format!("ws://{addr}/"), Some("msrp")).await;
+        Client::new(
+            Link::Ws(Box::new(ws)),
+            local,
+            format!("msrp://{addr};ws"),
+            format!("msrp://{name}.invalid:2855/{name}s1;ws"),
+        )
+    }
+
+    /// MSRP over a secure WebSocket (scheme `msrps`, transport `ws`).
+    pub async fn connect_wss(addr: SocketAddr, name: &str, cert_der: &[u8]) -> Client {
+        let s = tls_connect(addr, cert_der).await;
+        let local = s.get_ref().0.local_addr().expect("local addr");
+        let io: Box<dyn Io> = Box::new(s);
+        let ws = ws_client_over(
+            io,
+            &format!("wss://localhost:{}/", addr.port()),
+            Some("msrp"),
+        )
+        .await;
+        Client::new(
+            Link::Ws(Box::new(ws)),
+            local,
+            format!("msrps://{addr};ws"),
+            format!("msrps://{name}.invalid:2855/{name}s1;ws"),
+        )
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The relay session id of our Use-Path URI (its first two hex digits
+    /// name the owning core).
+    pub fn session(&self) -> String {
+        session_of(&self.relay_uri)
+    }
+
+    /// Writes `bytes`: on a byte stream as they are, on a WebSocket as one
+    /// message (text when UTF-8).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match &mut self.link {
+            Link::Stream(s) => within("msrp write", async {
+                s.write_all(bytes).await?;
+                s.flush().await
+            })
+            .await
+            .expect("write"),
+            Link::Ws(ws) => {
+                let m = match std::str::from_utf8(bytes) {
+                    Ok(t) => Message::Text(t.to_string().into()),
+                    Err(_) => Message::Binary(bytes.to_vec().into()),
+                };
+                within("ws write", ws.send(m)).await.expect("ws write");
+            }
+        }
+    }
+
+    /// The next frame, or `None` when nothing complete arrives within `d`.
+    pub async fn read_within(&mut self, d: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + d;
+        loop {
+            if let Some((f, n)) = parse(&self.buf) {
+                self.buf.drain(..n);
+                return Some(f);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match &mut self.link {
+                Link::Stream(s) => {
+                    let mut chunk = [0u8; 65536];
+                    let n = tokio::time::timeout(left, s.read(&mut chunk))
+                        .await
+                        .ok()?
+                        .expect("read");
+                    assert!(
+                        n > 0,
+                        "connection closed; buffered: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    );
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                Link::Ws(ws) => {
+                    let m = tokio::time::timeout(left, ws.next()).await.ok()?;
+                    let data = match m {
+                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                        Some(Ok(Message::Binary(b))) => b.to_vec(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        other => panic!("websocket: expected an MSRP message, got {other:?}"),
+                    };
+                    // RFC 7977 §5.3: one whole chunk per WebSocket message.
+                    assert!(self.buf.is_empty());
+                    let (f, n) = parse(&data).unwrap_or_else(|| {
+                        panic!(
+                            "not one complete MSRP frame: {:?}",
+                            String::from_utf8_lossy(&data)
+                        )
+                    });
+                    assert_eq!(n, data.len(), "more than one frame in a message");
+                    return Some(f);
+                }
+            }
+        }
+    }
+
+    /// The next frame (bounded by [`IO_TIMEOUT`]).
+    pub async fn read(&mut self) -> Frame {
+        match self.read_within(IO_TIMEOUT).await {
+            Some(f) => f,
+            None => panic!(
+                "timed out reading an MSRP frame; buffered: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    /// Expects nothing to arrive for `d`.
+    pub async fn quiet(&mut self, d: Duration) {
+        assert!(
+            self.buf.is_empty(),
+            "unexpected bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        match &mut self.link {
+            Link::Stream(s) => {
+                let mut chunk = [0u8; 4096];
+                if let Ok(r) = tokio::time::timeout(d, s.read(&mut chunk)).await {
+                    let n = r.expect("read");
+                    panic!(
+                        "unexpected bytes: {:?}",
+                        String::from_utf8_lossy(&chunk[..n])
+                    );
+                }
+            }
+            Link::Ws(ws) => {
+                let deadline = Instant::now() + d;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, ws.next()).await {
+                        Err(_) => return,
+                        Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                        Ok(other) => panic!("unexpected message: {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads until the relay closes the connection (EOF, reset, or a
+    /// WebSocket Close); returns what arrived first.
+    pub async fn expect_closed(&mut self) -> Vec<u8> {
+        let mut all = std::mem::take(&mut self.buf);
+        match &mut self.link {
+            Link::Stream(s) => {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match within("msrp close", s.read(&mut chunk)).await {
+                        Ok(0) | Err(_) => return all,
+                        Ok(n) => all.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+            Link::Ws(ws) => loop {
+                match within("ws close", ws.next()).await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return all,
+                    Some(Ok(Message::Text(t))) => all.extend_from_slice(t.as_bytes()),
+                    Some(Ok(Message::Binary(b))) => all.extend_from_slice(&b),
+                    Some(Ok(_)) => {}
+                }
+            },
+        }
+    }
+
+    /// AUTH without credentials (expects 401), then with them for
+    /// `user`/`password` and `expires`: the final response.
+    pub async fn auth_with(&mut self, user: &str, password: &str, expires: Option<u64>) -> Frame {
+        let (relay, from) = (self.auth_uri.clone(), self.uri.clone());
+        self.send(&auth_frame("a1x9", &relay, &from, None, None))
+            .await;
+        let r = self.read().await;
+        assert_eq!(r.status(), Some(401), "{r:?}");
+        let ch = r.header("WWW-Authenticate").expect("WWW-Authenticate");
+        let nonce = param(ch, "nonce");
+        let authz = authorization(user, password, &nonce, &relay, 1);
+        self.send(&auth_frame("a2x9", &relay, &from, Some(&authz), expires))
+            .await;
+        let r = self.read().await;
+        assert_eq!(r.tid, "a2x9");
+        r
+    }
+
+    /// A successful AUTH: remembers the Use-Path URI.
+    pub async fn authed_as(&mut self, user: &str, password: &str) {
+        let r = self.auth_with(user, password, None).await;
+        assert_eq!(r.status(), Some(200), "{r:?}");
+        self.relay_uri = r.header("Use-Path").expect("Use-Path").to_string();
+    }
+}
+
+/// A TCP client that AUTHed as `user`.
+pub async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Client {
+    let mut c = Client::connect(addr, name).await;
+    c.authed_as(user, password).await;
+    c
+}
+
+/// The session id of a relay URI.
+pub fn session_of(relay_uri: &str) -> String {
+    let tail = relay_uri.rsplit('/').next().expect("path");
+    tail.split(';').next().expect("session id").to_string()
+}
+
+/// An AUTH request (RFC 4976 §3 / §7: To-Path is the relay's URI alone).
+pub fn auth_frame(
+    tid: &str,
+    relay: &str,
+    from: &str,
+    authz: Option<&str>,
+    expires: Option<u64>,
+) -> Vec<u8> {
+    let mut s = format!("MSRP {tid} AUTH\r\nTo-Path: {relay}\r\nFrom-Path: {from}\r\n");
+    if let Some(a) = authz {
+        s.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    if let Some(e) = expires {
+        s.push_str(&format!("Expires: {e}\r\n"));
+    }
+    s.push_str(&format!("-------{tid}$\r\n"));
+    s.into_bytes()
+}
+
+/// A quoted parameter of a challenge (`name="value"`).
+pub fn param(challenge: &str, name: &str) -> String {
+    let key = format!("{name}=\"");
+    let i = challenge.find(&key).expect("challenge parameter") + key.len();
+    challenge[i..i + challenge[i..].find('"').expect("closing quote")].to_string()
+}
+
+/// Digest credentials (RFC 2617 §3.2.2, qop=auth) for method AUTH and
+/// digest-uri `uri` (RFC 4976 §5.1), nonce count `nc`.
+pub fn authorization(user: &str, password: &str, nonce: &str, uri: &str, nc: u32) -> String {
+    let ha1 = md5_hex(&format!("{user}:{REALM}:{password}"));
+    let ha2 = md5_hex(&format!("AUTH:{uri}"));
+    let cnonce = "0a4f113b";
+    let nc = format!("{nc:08x}");
+    let response = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", qop=auth, nc={nc}, cnonce=\"{cnonce}\", response=\"{response}\""
+    )
+}
+
+/// A SEND (RFC 4975 §7.1) carrying `body` in one chunk.
+pub fn send_frame(tid: &str, to: &[&str], from: &str, msg_id: &str, body: &[u8]) -> Vec<u8> {
+    send_frame_with(tid, to, from, msg_id, &[], body)
+}
+
+/// A SEND with `extra` headers (e.g. `Failure-Report`) before
+/// Content-Type, which must be the last header (RFC 4975 §9).
+pub fn send_frame_with(
+    tid: &str,
+    to: &[&str],
+    from: &str,
+    msg_id: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut s = format!(
+        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: {msg_id}\r\nByte-Range: 1-{}/{}\r\n",
+        to.join(" "),
+        body.len(),
+        body.len()
+    );
+    for (n, v) in extra {
+        s.push_str(&format!("{n}: {v}\r\n"));
+    }
+    s.push_str("Content-Type: text/plain\r\n\r\n");
+    let mut s = s.into_bytes();
+    s.extend_from_slice(body);
+    s.extend_from_slice(format!("\r\n-------{tid}$\r\n").as_bytes());
+    s
+}
+
+/// A response (RFC 4975 §7.2) to the request `req` as received by `me`:
+/// To-Path is the first From-Path URI (the previous hop; SEND responses go
+/// hop by hop, RFC 4976 §6.4.1).
+pub fn response_to(req: &Frame, code: u16, comment: &str, me: &str) -> Vec<u8> {
+    let prev = req
+        .header("From-Path")
+        .and_then(|p| p.split(' ').next())
+        .expect("From-Path");
+    format!(
+        "MSRP {} {code} {comment}\r\nTo-Path: {prev}\r\nFrom-Path: {me}\r\n-------{}$\r\n",
+        req.tid, req.tid
+    )
+    .into_bytes()
+}
+
+/// Checks a failure REPORT from the relay (RFC 4975 §7.1.2, RFC 4976
+/// §6.4.1): toward `to` (the failed request's From-Path), from `from` (the
+/// relay URI that received it), same Message-ID, `Status: 000 code`.
+pub fn assert_failure_report(rep: &Frame, to: &str, from: &str, msg_id: &str, code: u16) {
+    assert_eq!(rep.method(), Some("REPORT"), "{rep:?}");
+    assert_eq!(rep.header("To-Path"), Some(to), "{rep:?}");
+    assert_eq!(rep.header("From-Path"), Some(from), "{rep:?}");
+    assert_eq!(rep.header("Message-ID"), Some(msg_id), "{rep:?}");
+    let status = rep.header("Status").expect("Status");
+    assert!(
+        status.starts_with(&format!("000 {code}")),
+        "want 000 {code}: {rep:?}"
+    );
+    assert!(rep.body.is_empty(), "{rep:?}");
+}

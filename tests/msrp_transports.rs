@@ -1,0 +1,278 @@
+//! End-to-end relay tests across transports (RFC 4975 over TCP and TLS,
+//! RFC 7977 over WebSocket) against the real binary: A → B and back for
+//! TCP→TCP, WS→TCP, TCP→WSS and TLS (msrps)→WS; the two clients on
+//! different cores; and a chain of two rtedge relays (A → relay1 → relay2
+//! → B, relay1 reaching relay2 over its own outbound TCP connection).
+
+mod common;
+
+use common::msrp::{
+    Client, QUIET, REALM, USERS, assert_failure_report, relay_config, response_to, send_frame,
+};
+use common::{Server, ServerConfig};
+use dataplane::region::{Counter, MsrpMethod};
+
+/// One relay with every MSRP transport: `msrp`, `msrps`, `ws`, `wss`
+/// (addresses in that order).
+fn all_transports(workers: u32) -> Server {
+    ServerConfig::new()
+        .workers(workers)
+        .listen_msrp()
+        .listen_msrps()
+        .listen_ws()
+        .listen_wss()
+        .sub_protocols(&["msrp"])
+        .msrp_users(REALM, USERS)
+        .start()
+}
+
+/// `from` sends one SEND to `to` through their relay URIs (RFC 4976 §6.4:
+/// each relay pops itself from To-Path and pushes itself onto From-Path;
+/// the body is untouched); `to` answers 200, which is absorbed (hop by
+/// hop, §6.4.1) while `from` gets the relay's own 200.
+async fn one_way(from: &mut Client, to: &mut Client, tid: &str, body: &[u8]) {
+    from.send(&send_frame(
+        tid,
+        &[&from.relay_uri, &to.relay_uri, &to.uri],
+        &from.uri,
+        &format!("m-{tid}"),
+        body,
+    ))
+    .await;
+    let got = to.read().await;
+    assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    assert_eq!(got.header("To-Path"), Some(to.uri.as_str()));
+    assert_eq!(
+        got.header("From-Path"),
+        Some(format!("{} {} {}", to.relay_uri, from.relay_uri, from.uri).as_str()),
+        "{got:?}"
+    );
+    assert_eq!(got.header("Message-ID"), Some(format!("m-{tid}").as_str()));
+    assert_eq!(
+        got.header("Byte-Range"),
+        Some(format!("1-{}/{}", body.len(), body.len()).as_str())
+    );
+    assert_eq!(got.header("Content-Type"), Some("text/plain"));
+    assert_eq!(got.body, body);
+    assert_eq!(got.flag, b'$');
+    assert_ne!(got.tid, tid, "the relay uses its own transaction id");
+    let ok = from.read().await;
+    assert_eq!(ok.first, format!("MSRP {tid} 200 OK"), "{ok:?}");
+    let me = to.uri.clone();
+    to.send(&response_to(&got, 200, "OK", &me)).await;
+    from.quiet(QUIET).await;
+}
+
+/// Both directions, with a body that is not ASCII (multi-byte UTF-8, and
+/// a line of dashes that is not this transaction's end-line).
+async fn exchange(a: &mut Client, b: &mut Client) {
+    one_way(
+        a,
+        b,
+        "ab01x",
+        "héllo ✓\r\n-------ab01y$\r\nstill body".as_bytes(),
+    )
+    .await;
+    one_way(b, a, "ba01x", b"and back").await;
+}
+
+#[tokio::test]
+async fn tcp_to_tcp() {
+    let srv = all_transports(1);
+    let mut a = Client::connect(srv.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect(srv.addrs[0], "b").await;
+    b.authed_as("bob", "builder").await;
+    exchange(&mut a, &mut b).await;
+    assert_eq!(
+        srv.counter(Counter::MsrpRequestsRelayed(MsrpMethod::Send)),
+        2
+    );
+}
+
+/// A browser-like client on a plain WebSocket (RFC 7977: `;ws` URIs with
+/// an `.invalid` host, reachable only through its relay session) and a
+/// TCP client.
+#[tokio::test]
+async fn ws_to_tcp() {
+    let srv = all_transports(1);
+    let mut a = Client::connect_ws(srv.addrs[2], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    assert!(a.relay_uri.ends_with(";ws"), "{}", a.relay_uri);
+    let mut b = Client::connect(srv.addrs[0], "b").await;
+    b.authed_as("bob", "builder").await;
+    exchange(&mut a, &mut b).await;
+}
+
+/// A TCP client to a client on a secure WebSocket: the WSS client's relay
+/// URI is `msrps` (RFC 7977 §5: security is the scheme, the transport
+/// stays `ws`).
+#[tokio::test]
+async fn tcp_to_wss() {
+    let srv = all_transports(1);
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let mut a = Client::connect(srv.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_wss(srv.addrs[3], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    assert!(
+        b.relay_uri
+            .starts_with(&format!("msrps://{}/", srv.addrs[3]))
+            && b.relay_uri.ends_with(";ws"),
+        "{}",
+        b.relay_uri
+    );
+    exchange(&mut a, &mut b).await;
+}
+
+/// A TLS (`msrps`) client to a plain WebSocket client.
+#[tokio::test]
+async fn tls_to_ws() {
+    let srv = all_transports(1);
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let mut a = Client::connect_tls(srv.addrs[1], "a", &der).await;
+    a.authed_as("alice", "wonderland").await;
+    assert!(
+        a.relay_uri
+            .starts_with(&format!("msrps://{}/", srv.addrs[1]))
+            && a.relay_uri.ends_with(";tcp"),
+        "{}",
+        a.relay_uri
+    );
+    let mut b = Client::connect_ws(srv.addrs[2], "b").await;
+    b.authed_as("bob", "builder").await;
+    exchange(&mut a, &mut b).await;
+}
+
+/// Connects and AUTHs on `addr` until the session lands on a core other
+/// than `not_core` (SO_REUSEPORT spreads connections by a hash of the
+/// 4-tuple; the session id's first two hex digits name the owning core).
+async fn client_not_on(
+    addr: std::net::SocketAddr,
+    name: &str,
+    user: &str,
+    pw: &str,
+    not_core: &str,
+) -> Client {
+    for _ in 0..64 {
+        let mut c = Client::connect(addr, name).await;
+        c.authed_as(user, pw).await;
+        if &c.session()[..2] != not_core {
+            return c;
+        }
+    }
+    panic!("64 connections all landed on core {not_core}");
+}
+
+/// Both ends on different cores (workers = 2): the frame crosses cores
+/// through the owning core's inbox, in both directions.
+#[tokio::test]
+async fn ends_on_different_cores() {
+    let srv = relay_config(2).start();
+    let addr = srv.addrs[0];
+    let mut a = Client::connect(addr, "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let a_core = a.session()[..2].to_string();
+    let mut b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
+    assert_ne!(&b.session()[..2], a_core);
+    let before = srv.counter(Counter::InboxMessages);
+    exchange(&mut a, &mut b).await;
+    assert!(
+        srv.counter(Counter::InboxMessages) > before,
+        "no cross-core hand-off happened"
+    );
+}
+
+/// A chain of two relays: A AUTHs to relay1, B to relay2; A's To-Path is
+/// relay1's URI, relay2's URI, B (RFC 4976 §3 / §6.4). relay1 forwards
+/// over its own outbound TCP connection to relay2, which delivers to B;
+/// each relay appears in From-Path, and each hop's 200 is its own. Then B
+/// answers through the chain the other way.
+#[tokio::test]
+async fn chain_of_two_relays() {
+    let relay1 = relay_config(1).start();
+    let relay2 = relay_config(1).start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect(relay2.addrs[0], "b").await;
+    b.authed_as("bob", "builder").await;
+    // `one_way` expects exactly [to's relay, from's relay, from] in
+    // From-Path: with two relays, that is relay2, relay1, A.
+    exchange(&mut a, &mut b).await;
+    for srv in [&relay1, &relay2] {
+        assert_eq!(
+            srv.counter(Counter::MsrpRequestsRelayed(MsrpMethod::Send)),
+            2
+        );
+    }
+    // relay1 saw B's reply to its own SEND (the 200 from relay2 over the
+    // outbound connection) and absorbed it; no REPORT reached A.
+    a.quiet(QUIET).await;
+    b.quiet(QUIET).await;
+    assert_eq!(relay1.counter(Counter::MsrpFailureReports), 0);
+    assert_eq!(relay2.counter(Counter::MsrpFailureReports), 0);
+}
+
+/// A → relay1 → relay2 → B where relay2 is reached over `msrps`: relay1
+/// opens a TLS connection to it and checks its certificate against
+/// `[msrp] next_hop_ca_file` (RFC 4976 §6.3: msrps is TLS hop by hop).
+#[tokio::test]
+async fn chain_of_two_relays_over_msrps() {
+    let relay2 = relay_config(1).listen_msrps().start();
+    let cert = relay2.config.cert.as_ref().expect("cert");
+    let (der, ca) = (cert.der.clone(), cert.cert_pem.display().to_string());
+    let relay1 = relay_config(1)
+        .msrp(&format!("next_hop_ca_file = {ca:?}"))
+        .start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    // B on relay2's msrps listener: its Use-Path is an msrps URI.
+    let mut b = Client::connect_tls(relay2.addrs[2], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    assert!(b.relay_uri.starts_with("msrps://"), "{}", b.relay_uri);
+    exchange(&mut a, &mut b).await;
+    assert!(
+        relay1.counter(Counter::TlsHandshakes(dataplane::region::TlsResult::Ok)) >= 1,
+        "relay1 did not speak TLS to relay2"
+    );
+    assert_eq!(relay1.counter(Counter::MsrpFailureReports), 0);
+}
+
+/// An msrps next hop whose certificate relay1 cannot verify gets no
+/// traffic: the SEND fails with a failure REPORT instead of going out in
+/// clear or to an unverified peer.
+#[tokio::test]
+async fn msrps_next_hop_with_unverifiable_certificate_is_refused() {
+    let relay2 = relay_config(1).listen_msrps().start();
+    let der = relay2.config.cert.as_ref().expect("cert").der.clone();
+    // relay1 trusts only the system roots, which do not hold relay2's
+    // self-signed certificate.
+    let relay1 = relay_config(1).msrp("transaction_timeout = 5").start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_tls(relay2.addrs[2], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    let (ar, br, bu, au) = (
+        a.relay_uri.clone(),
+        b.relay_uri.clone(),
+        b.uri.clone(),
+        a.uri.clone(),
+    );
+    a.send(&send_frame(
+        "tls1x",
+        &[&ar, &br, &bu],
+        &au,
+        "m-tls1",
+        b"secret",
+    ))
+    .await;
+    let ok = a.read().await;
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let rep = a.read().await;
+    assert_failure_report(&rep, &au, &ar, "m-tls1", 408);
+    b.quiet(QUIET).await;
+    assert_eq!(
+        relay2.counter(Counter::MsrpRequestsReceived(MsrpMethod::Send)),
+        0
+    );
+}
