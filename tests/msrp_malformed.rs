@@ -240,3 +240,60 @@ async fn websocket_message_without_end_line_is_closed() {
     b.quiet(QUIET).await;
     neighbours_relay(&mut a, &mut b, 1).await;
 }
+
+/// A port may carry MSRP and SIP (as Kamailio's does; the first line
+/// decides). Until the SIP edge serves SIP, a SIP request on an MSRP port
+/// gets `501 Not Implemented` built per RFC 3261 §8.2.6 (Via, From, To
+/// with a tag, Call-ID, CSeq copied), then the connection closes; a SIP
+/// response or an ACK is not answered. Neighbours keep relaying.
+#[tokio::test]
+async fn sip_on_an_msrp_port_is_refused_clearly() {
+    let srv = relay(1);
+    let (mut a, mut b) = pair(&srv).await;
+    let options = b"OPTIONS sip:relay@127.0.0.1 SIP/2.0\r\n\
+Via: SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bK-rtedge-1\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:probe@127.0.0.1>;tag=ab12\r\n\
+To: <sip:relay@127.0.0.1>\r\n\
+Call-ID: opt-1@127.0.0.1\r\n\
+CSeq: 7 OPTIONS\r\n\
+Content-Length: 0\r\n\r\n";
+    let mut sip = Client::connect(srv.addrs[0], "sip").await;
+    // In two writes: the answer waits for the whole header block.
+    sip.send(&options[..40]).await;
+    sip.send(&options[40..]).await;
+    let reply = String::from_utf8(sip.expect_closed().await).expect("utf-8");
+    assert!(
+        reply.starts_with("SIP/2.0 501 Not Implemented\r\n"),
+        "{reply:?}"
+    );
+    for h in [
+        "\r\nVia: SIP/2.0/TCP 127.0.0.1:5099;branch=z9hG4bK-rtedge-1\r\n",
+        "\r\nFrom: <sip:probe@127.0.0.1>;tag=ab12\r\n",
+        "\r\nCall-ID: opt-1@127.0.0.1\r\n",
+        "\r\nCSeq: 7 OPTIONS\r\n",
+    ] {
+        assert!(reply.contains(h), "{h:?} missing from {reply:?}");
+    }
+    assert!(
+        reply.contains("\r\nTo: <sip:relay@127.0.0.1>;tag="),
+        "{reply:?}"
+    );
+    assert!(reply.ends_with("Content-Length: 0\r\n\r\n"), "{reply:?}");
+    // A response and an ACK: closed without an answer.
+    closes_silently(
+        &srv,
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TCP x;branch=z9hG4bK1\r\n\r\n",
+    )
+    .await;
+    closes_silently(
+        &srv,
+        b"ACK sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP x;branch=z9hG4bK2\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: c\r\nCSeq: 1 ACK\r\n\r\n",
+    )
+    .await;
+    srv.wait_counter(Counter::SipRefused, 3).await;
+    neighbours_relay(&mut a, &mut b, 90).await;
+    // MSRP on the same port still works for new connections.
+    let mut c = authed(srv.addrs[0], "c", "alice", "wonderland").await;
+    c.quiet(QUIET).await;
+}

@@ -276,3 +276,45 @@ async fn msrps_next_hop_with_unverifiable_certificate_is_refused() {
         0
     );
 }
+
+/// The next hop's connection is lost while a SEND waits for its response:
+/// the sender gets a failure REPORT at once (408), not after the
+/// transaction timeout (set far beyond the test's read timeout here). The
+/// next hop is the test's own listener: it reads the SEND, never answers,
+/// and hangs up.
+#[tokio::test]
+async fn lost_next_hop_connection_is_reported_at_once() {
+    use tokio::io::AsyncReadExt;
+    let relay1 = relay_config(1).msrp("transaction_timeout = 600").start();
+    let hop = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hop_uri = format!("msrp://{}/hop1;tcp", hop.local_addr().expect("addr"));
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let (ar, au) = (a.relay_uri.clone(), a.uri.clone());
+    a.send(&send_frame(
+        "lost1x",
+        &[&ar, &hop_uri],
+        &au,
+        "m-lost",
+        b"hello",
+    ))
+    .await;
+    assert_eq!(a.read().await.status(), Some(200));
+    let (mut conn, _) = common::within("relay1 dials the next hop", hop.accept())
+        .await
+        .expect("accept");
+    let mut got = Vec::new();
+    while !got.windows(5).any(|w| w == b"hello") {
+        let mut buf = [0u8; 4096];
+        let n = common::within("the SEND", conn.read(&mut buf))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the SEND");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    let rep = a.read().await;
+    assert_failure_report(&rep, &au, &ar, "m-lost", 408);
+}

@@ -11,5 +11,6 @@ pub mod config;
 pub mod msrp;
 pub mod reactor;
 pub mod region;
+pub mod sip;
 pub mod transport;
 pub mod ws;

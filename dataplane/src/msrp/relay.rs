@@ -151,6 +151,8 @@ pub enum Stat {
     Malformed,
     /// A forwarded SEND was cut into one more chunk (RFC 4976 §6.6).
     Rechunked,
+    /// A SIP message arrived on an MSRP port.
+    SipRefused,
 }
 
 /// External inputs: credentials, nonces, time and randomness.
@@ -218,6 +220,8 @@ pub struct MsrpConn {
     cur: Current,
     /// One frame per message (RFC 7977 §5.3).
     websocket: bool,
+    /// The first line was looked at for SIP (a TCP port may carry both).
+    first_line_seen: bool,
 }
 
 impl MsrpConn {
@@ -236,6 +240,7 @@ impl MsrpConn {
             peer_addr,
             cur: Current::None,
             websocket,
+            first_line_seen: websocket,
         }
     }
 
@@ -328,6 +333,12 @@ impl RelayCore {
         env: &mut Env<'_>,
         actions: &mut Vec<Action>,
     ) -> usize {
+        if !conn.first_line_seen {
+            match self.first_line(conn, data, env, actions) {
+                Some(n) => return n,
+                None => conn.first_line_seen = true,
+            }
+        }
         let mut pos = 0;
         loop {
             let rest = data.get(pos..).unwrap_or(&[]);
@@ -426,6 +437,54 @@ impl RelayCore {
                         return data.len();
                     }
                 }
+            }
+        }
+    }
+
+    /// A TCP/TLS connection's first bytes: a port may carry MSRP and SIP
+    /// (as Kamailio's does), the first line decides. SIP is refused until
+    /// the SIP edge serves it: a request gets `501 Not Implemented` (RFC
+    /// 3261 §8.2.6; ACK is never answered), then the connection closes.
+    /// `None`: not SIP, parse as MSRP; `Some(n)`: `n` bytes consumed.
+    fn first_line(
+        &mut self,
+        conn: &MsrpConn,
+        data: &[u8],
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> Option<usize> {
+        use crate::sip::reject::{FirstLine, classify, not_implemented};
+        match classify(data, conn.parser.limits().max_head) {
+            FirstLine::Other => None,
+            FirstLine::Incomplete | FirstLine::SipRequest { head_len: None, .. } => Some(0),
+            FirstLine::SipRequest {
+                ack,
+                head_len: Some(n),
+            } => {
+                let mut r = [0u8; 8];
+                (env.rng)(&mut r);
+                let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
+                actions.push(Action::Stat(Stat::SipRefused));
+                if !ack
+                    && let Some(resp) = not_implemented(
+                        data.get(..n).unwrap_or(&[]),
+                        &tag,
+                        "SIP is not served on this port yet",
+                    )
+                {
+                    actions.push(Action::Reply(resp));
+                }
+                actions.push(Action::Close {
+                    reason: "SIP on an MSRP port",
+                });
+                Some(data.len())
+            }
+            FirstLine::SipResponse => {
+                actions.push(Action::Stat(Stat::SipRefused));
+                actions.push(Action::Close {
+                    reason: "SIP on an MSRP port",
+                });
+                Some(data.len())
             }
         }
     }
@@ -936,6 +995,15 @@ impl RelayCore {
     ) {
         if let Some(p) = self.pending.remove(txn) {
             self.failure_report(&p, code, env, actions);
+        }
+    }
+
+    /// Transaction `txn` went out on connection `conn` of this core (an
+    /// outbound next hop): if that connection is lost first, the
+    /// transaction fails at once (REPORT 408) instead of timing out.
+    pub fn set_downstream(&mut self, txn: &[u8], conn: u64) {
+        if let Some(p) = self.pending.get_mut(txn) {
+            p.downstream = Some(conn);
         }
     }
 

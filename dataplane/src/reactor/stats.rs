@@ -343,6 +343,7 @@ impl WorkerStats {
             Stat::FailureReport { .. } => c.inc(Counter::MsrpFailureReports),
             Stat::Malformed => c.inc(Counter::MsrpMalformed),
             Stat::Rechunked => c.inc(Counter::MsrpRechunked),
+            Stat::SipRefused => c.inc(Counter::SipRefused),
         }
     }
 

@@ -1295,6 +1295,10 @@ impl Worker {
             self.fail_on(me, txn, 408, now);
             return false;
         }
+        if let Some(t) = &txn {
+            self.relay
+                .set_downstream(t, conn_id(self.core, idx, generation));
+        }
         if connecting
             && let Some(t) = txn
             && let Some(m) = c.msrp_mut()

@@ -249,6 +249,8 @@ define_counters! {
         "Malformed MSRP frames (answered 400, or the connection closed when the frame cannot be delimited).";
     MsrpHandoffs => Counter, "msrp_handoffs_total",
         "MSRP chunks handed to the core that owns the destination connection.";
+    SipRefused => Counter, "sip_refused_total",
+        "SIP messages refused on MSRP ports (501, until the SIP edge serves them).";
     MsrpSenderPauses => Counter, "msrp_sender_pauses_total",
         "Times an MSRP connection stopped being read because the connections it relays to had not taken its chunks (backpressure).";
     WsSessionsClosed(SubProtocol) => Counter, "ws_sessions_closed_total",

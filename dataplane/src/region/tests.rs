@@ -896,6 +896,7 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::MsrpRechunked);
     v.push(Counter::MsrpMalformed);
     v.push(Counter::MsrpHandoffs);
+    v.push(Counter::SipRefused);
     v.push(Counter::MsrpSenderPauses);
     v.extend(
         SubProtocol::ALL

@@ -132,7 +132,13 @@ impl World {
     }
 
     fn set_peer(&mut self, use_path: &str, peer: &str) {
-        let id = use_path.rsplit('/').next().unwrap().split(';').next().unwrap();
+        let id = use_path
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
         let sid = SessionId::parse(id.as_bytes()).unwrap();
         let mut e = self.core.sessions.remove(&sid).unwrap();
         e.peer_uri = peer.into();
