@@ -318,3 +318,57 @@ async fn lost_next_hop_connection_is_reported_at_once() {
     let rep = a.read().await;
     assert_failure_report(&rep, &au, &ar, "m-lost", 408);
 }
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+/// A next hop named by a host name: relay1 resolves it off its reactor
+/// (the resolver thread), dials TLS and checks relay2's certificate
+/// against that name (`localhost`, RFC 4976 §6.3).
+#[tokio::test]
+async fn msrps_next_hop_by_name() {
+    let port = free_port();
+    let relay2 = relay_config(1)
+        .listen_msrps_at(&format!("127.0.0.1:{port}"))
+        .msrp(&format!("use_path_addr = \"localhost:{port}\""))
+        .start();
+    let cert = relay2.config.cert.as_ref().expect("cert");
+    let (der, ca) = (cert.der.clone(), cert.cert_pem.display().to_string());
+    let relay1 = relay_config(1)
+        .msrp(&format!("next_hop_ca_file = {ca:?}"))
+        .start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_tls(relay2.addrs[2], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    assert!(
+        b.relay_uri
+            .starts_with(&format!("msrps://localhost:{port}/")),
+        "{}",
+        b.relay_uri
+    );
+    exchange(&mut a, &mut b).await;
+}
+
+/// A next hop whose name does not resolve fails at once with a 408
+/// failure REPORT (not after the transaction timeout).
+#[tokio::test]
+async fn unresolvable_next_hop_is_reported_at_once() {
+    let relay1 = relay_config(1).msrp("transaction_timeout = 600").start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let (ar, au) = (a.relay_uri.clone(), a.uri.clone());
+    // RFC 6761 §6.2: .test names are not delegated (.invalid ones are
+    // refused earlier: RFC 7977 clients' unresolvable hosts, 481).
+    let hop = "msrp://no-such-relay.test:2855/x1;tcp";
+    a.send(&send_frame("dns1x", &[&ar, hop], &au, "m-dns", b"hi"))
+        .await;
+    assert_eq!(a.read().await.status(), Some(200));
+    let rep = a.read().await;
+    assert_failure_report(&rep, &au, &ar, "m-dns", 408);
+}

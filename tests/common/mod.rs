@@ -209,13 +209,18 @@ impl ServerConfig {
     }
 
     /// Adds an `msrps` (TLS) listener with the test certificate.
-    pub fn listen_msrps(mut self) -> Self {
+    pub fn listen_msrps(self) -> Self {
+        self.listen_msrps_at("127.0.0.1:0")
+    }
+
+    /// Adds an `msrps` listener on `address`.
+    pub fn listen_msrps_at(mut self, address: &str) -> Self {
         if self.cert.is_none() {
             self.cert = Some(TestCert::generate(self.dir.path()));
         }
         let c = self.cert.as_ref().expect("cert");
         self.listeners.push(format!(
-            "[[listen]]\ntransport = \"msrps\"\naddress = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            "[[listen]]\ntransport = \"msrps\"\naddress = {address:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
             c.cert_pem.display().to_string(),
             c.key_pem.display().to_string()
         ));

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod flow;
 pub mod inbox;
 pub mod msrp;
+pub mod resolver;
 pub mod stats;
 pub mod sys;
 pub mod timer;
@@ -58,6 +59,12 @@ pub enum InboxMsg {
     /// A paused MSRP sender of this core may be read again: its flow
     /// window drained.
     MsrpWake { conn: u64 },
+    /// The resolver's answer for an MSRP next hop's name.
+    Resolved {
+        host: String,
+        port: u16,
+        addr: Option<SocketAddr>,
+    },
     /// A complete MSRP response for a transaction this core forwarded.
     MsrpResponse { frame: Vec<u8> },
     /// A frame this core forwarded to another core could not be delivered.
@@ -74,6 +81,8 @@ pub struct Shared {
     pub tls: HashMap<u16, TlsAcceptor>,
     /// Client TLS for `msrps` next hops.
     pub next_hop_tls: crate::transport::TlsConnector,
+    /// Names of next hops are resolved off the reactors.
+    pub resolver: resolver::Resolver,
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
     /// MSRP AUTH credentials (`[auth] users_file`; empty without one, so
     /// every AUTH is challenged and then refused).
@@ -259,6 +268,8 @@ impl Dataplane {
             .map(|_| Inbox::new(4096).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| StartError::Worker { core: 0, source })?;
+        let resolver = resolver::Resolver::start(inboxes.clone())
+            .map_err(|source| StartError::Worker { core: 0, source })?;
         let unix_start_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -270,6 +281,7 @@ impl Dataplane {
             session_config,
             tls,
             next_hop_tls,
+            resolver,
             inboxes,
             msrp_store,
             msrp_nonces,

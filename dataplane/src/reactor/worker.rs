@@ -13,7 +13,7 @@ use super::msrp::{self as glue, Effect, MsrpCtx};
 use super::stats::WorkerStats;
 use super::timer::TimerWheel;
 use super::token::{Op, Token};
-use super::{InboxMsg, Shared};
+use super::{InboxMsg, Shared, resolver};
 use crate::config::{SubProtocol, Transport};
 use crate::msrp::relay::{Action, RelayCore, Target};
 use crate::msrp::session_map::{SessionId, SessionMap};
@@ -99,7 +99,23 @@ pub struct Worker {
     relay_paused: Vec<(u32, u32)>,
     /// Senders to wake (reused).
     wake_list: Vec<u64>,
+    /// Resolved next-hop names: address and until when it is used.
+    dns_cache: HashMap<(String, u16), (SocketAddr, u64)>,
+    /// Frames waiting for a next hop's name to resolve.
+    dns_waiting: HashMap<(String, u16), Vec<WaitingFrame>>,
 }
+
+/// A forwarded frame waiting for its next hop's address.
+struct WaitingFrame {
+    secure: bool,
+    frame: Vec<u8>,
+    txn: Option<Vec<u8>>,
+    window: Arc<FlowWindow>,
+    in_us: u64,
+}
+
+/// Frames that may wait for one name (then 408 failure REPORTs).
+const DNS_QUEUE_MAX: usize = 4096;
 
 /// Period of the MSRP transaction-timeout scan.
 const MSRP_TIMER_MS: u64 = 1000;
@@ -160,6 +176,8 @@ impl Worker {
             relay_window_low: shared.config.msrp.relay_window / 2,
             relay_paused: Vec::new(),
             wake_list: Vec::new(),
+            dns_cache: HashMap::new(),
+            dns_waiting: HashMap::new(),
             shared,
         })
     }
@@ -973,6 +991,7 @@ impl Worker {
                     now,
                 ),
                 InboxMsg::MsrpWake { conn } => self.resume_sender(conn),
+                InboxMsg::Resolved { host, port, addr } => self.on_resolved(host, port, addr, now),
                 InboxMsg::MsrpResponse { frame } => {
                     let mut rng = glue::fill_random;
                     let mut env = glue::env(&self.shared, now, &mut rng);
@@ -1207,10 +1226,10 @@ impl Worker {
     }
 
     /// Forward to another relay or endpoint over an outbound connection,
-    /// opened on first use and reused. Only literal IP addresses (and
-    /// `localhost`) are dialled: the reactor does no blocking DNS; other
-    /// names fail with 408. Outbound TLS (`msrps` next hops) is not
-    /// implemented yet: 403.
+    /// opened on first use and reused. A name is resolved by the resolver
+    /// thread first (the frame waits, bounded); an address is dialled at
+    /// once. `false`: the frame was not queued (its failure is reported;
+    /// the caller returns its credit).
     #[allow(clippy::too_many_arguments)]
     fn forward_next_hop(
         &mut self,
@@ -1224,18 +1243,80 @@ impl Worker {
         now: u64,
     ) -> bool {
         let me = self.core as u8;
-        let h = host.trim_start_matches('[').trim_end_matches(']');
-        let ip = if h.eq_ignore_ascii_case("localhost") {
-            Some(std::net::IpAddr::from([127, 0, 0, 1]))
-        } else {
-            h.parse().ok()
-        };
-        let Some(ip) = ip else {
-            tracing::debug!(host, "msrp next hop is not an IP address; not resolved");
+        if let Some(ip) = resolver::literal(host) {
+            let addr = SocketAddr::new(ip, port);
+            return self.forward_to(addr, secure, host, frame, txn, window, in_us, now);
+        }
+        let key = (host.to_ascii_lowercase(), port);
+        if let Some(&(addr, until)) = self.dns_cache.get(&key)
+            && until > now
+        {
+            return self.forward_to(addr, secure, host, frame, txn, window, in_us, now);
+        }
+        let q = self.dns_waiting.entry(key).or_default();
+        if q.len() >= DNS_QUEUE_MAX {
             self.fail_on(me, txn, 408, now);
             return false;
-        };
-        let addr = SocketAddr::new(ip, port);
+        }
+        let first = q.is_empty();
+        q.push(WaitingFrame {
+            secure,
+            frame,
+            txn,
+            window: window.clone(),
+            in_us,
+        });
+        if first && !self.shared.resolver.resolve(host, port, self.core as usize) {
+            self.on_resolved(host.to_ascii_lowercase(), port, None, now);
+        }
+        true
+    }
+
+    /// The resolver answered for `host`: send what waited for it, or fail
+    /// it (REPORT 408: the next hop cannot be reached).
+    fn on_resolved(&mut self, host: String, port: u16, addr: Option<SocketAddr>, now: u64) {
+        let me = self.core as u8;
+        let key = (host, port);
+        if let Some(a) = addr {
+            self.dns_cache
+                .insert(key.clone(), (a, now + resolver::CACHE_MS));
+        } else {
+            tracing::debug!(host = key.0, "msrp next hop: name not resolved");
+        }
+        let waiting = self.dns_waiting.remove(&key).unwrap_or_default();
+        for w in waiting {
+            let len = w.frame.len();
+            let sent = match addr {
+                Some(a) => {
+                    self.forward_to(a, w.secure, &key.0, w.frame, w.txn, &w.window, w.in_us, now)
+                }
+                None => {
+                    self.fail_on(me, w.txn, 408, now);
+                    false
+                }
+            };
+            if !sent {
+                self.release_credit(&w.window, len);
+            }
+        }
+    }
+
+    /// Queue a frame on the outbound connection to `addr` (`host` names
+    /// it for TLS), opening it if needed.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_to(
+        &mut self,
+        addr: SocketAddr,
+        secure: bool,
+        host: &str,
+        frame: Vec<u8>,
+        txn: Option<Vec<u8>>,
+        window: &Arc<FlowWindow>,
+        in_us: u64,
+        now: u64,
+    ) -> bool {
+        let me = self.core as u8;
+        let h = host.trim_start_matches('[').trim_end_matches(']');
         let existing = self
             .outbound
             .get(&(addr, secure))
