@@ -547,3 +547,22 @@ async fn response_reaches_a_client_that_half_closed() {
         }
     }
 }
+
+/// The handshake-duration histogram is fed in microseconds (accept to
+/// 101), so loopback handshakes, well under a millisecond, are not all
+/// recorded as 0.
+#[tokio::test]
+async fn handshake_duration_is_measured_in_microseconds() {
+    let srv = Server::start(ServerConfig::new().workers(1));
+    for _ in 0..5 {
+        let mut ws = ws_echo_client(srv.addr()).await;
+        ws_echo(&mut ws, Message::text("x")).await;
+    }
+    srv.wait_counter(Counter::Handshakes(H::Accepted), 5).await;
+    let h = srv
+        .region()
+        .snapshot_counters()
+        .histogram(dataplane::region::Histogram::HandshakeDuration);
+    assert_eq!(h.count, 5);
+    assert!(h.sum_us > 0, "every handshake recorded as 0 µs: {h:?}");
+}

@@ -119,6 +119,9 @@ pub struct Conn {
     /// Deadline registered in the timer wheel (0 = none).
     pub timer_at: u64,
     pub accepted_ms: u64,
+    /// The same instant in µs (the handshake-duration histogram has
+    /// sub-millisecond buckets).
+    pub accepted_us: u64,
     pub created_unix_ms: u64,
     pub last_used_unix_ms: u64,
     pub frames_in: u64,
@@ -168,6 +171,7 @@ impl Conn {
             teardown: Teardown::Open,
             timer_at: 0,
             accepted_ms: now_ms,
+            accepted_us: now_ms.saturating_mul(1000),
             created_unix_ms: unix_ms,
             last_used_unix_ms: unix_ms,
             frames_in: 0,

@@ -128,10 +128,10 @@ impl WorkerStats {
         ));
     }
 
-    pub fn handshake_accepted(&mut self, elapsed_ms: u64) {
+    pub fn handshake_accepted(&mut self, elapsed_us: u64) {
         let c = self.core();
         c.inc(Counter::Handshakes(region::HandshakeReason::Accepted));
-        c.observe(Histogram::HandshakeDuration, elapsed_ms * 1000);
+        c.observe(Histogram::HandshakeDuration, elapsed_us);
     }
     pub fn handshake_rejected(&mut self, r: RejectReason) {
         self.core().inc(Counter::Handshakes(handshake_reason(r)));

@@ -389,6 +389,7 @@ impl Worker {
         conn.listener = li as u16;
         conn.tls = tls;
         conn.proto = Proto::Handshake;
+        conn.accepted_us = self.shared.now_us();
         let mut conn = conn;
         conn.id = self.stats.slot_open(idx, &conn);
         let msrp = matches!(transport, Transport::Msrp | Transport::Msrps);
@@ -1731,7 +1732,7 @@ fn process_plain(
                 return data.len();
             }
             Outcome::Accepted(a) => {
-                stats.handshake_accepted(now.saturating_sub(c.accepted_ms));
+                stats.handshake_accepted(shared.now_us().saturating_sub(c.accepted_us));
                 stats.ws_session_opened(a.sub_protocol);
                 c.out.extend_from_slice(&a.response);
                 let session = WsSession::new(shared.session_config.clone(), now);
