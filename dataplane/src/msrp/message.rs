@@ -382,43 +382,99 @@ pub fn build_failure_report(
     new_tid: &[u8],
     code: u16,
 ) -> Option<Vec<u8>> {
-    let ctx = ReportContext {
-        to_path: head.from_path()?.to_vec(),
-        our_uri: our_uri.to_vec(),
-        message_id: head.message_id().map(<[u8]>::to_vec),
-        byte_range: head.header(HeaderName::ByteRange).map(<[u8]>::to_vec),
-    };
+    let ctx = ReportContext::new(
+        head.from_path()?,
+        our_uri,
+        head.message_id(),
+        head.header(HeaderName::ByteRange),
+    );
     ctx.build(new_tid, code)
 }
 
 /// What a later failure REPORT needs from a request (kept while its
-/// transaction is pending).
+/// transaction is pending): its From-Path as received (the way back), our
+/// URI, Message-ID and Byte-Range — in one buffer (one allocation per
+/// forwarded request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportContext {
-    /// The request's From-Path as received (the way back).
-    pub to_path: Vec<u8>,
-    pub our_uri: Vec<u8>,
-    pub message_id: Option<Vec<u8>>,
-    pub byte_range: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    /// Ends of to_path, our_uri, message_id, byte_range in `buf`.
+    ends: [u32; 4],
+    has_message_id: bool,
+    has_byte_range: bool,
 }
 
 impl ReportContext {
+    pub fn new(
+        to_path: &[u8],
+        our_uri: &[u8],
+        message_id: Option<&[u8]>,
+        byte_range: Option<&[u8]>,
+    ) -> ReportContext {
+        let parts = [
+            to_path,
+            our_uri,
+            message_id.unwrap_or(&[]),
+            byte_range.unwrap_or(&[]),
+        ];
+        let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut ends = [0u32; 4];
+        for (e, p) in ends.iter_mut().zip(parts) {
+            buf.extend_from_slice(p);
+            *e = buf.len() as u32;
+        }
+        ReportContext {
+            buf,
+            ends,
+            has_message_id: message_id.is_some(),
+            has_byte_range: byte_range.is_some(),
+        }
+    }
+
+    fn part(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.buf.get(start..self.ends[i] as usize).unwrap_or(&[])
+    }
+
+    pub fn to_path(&self) -> &[u8] {
+        self.part(0)
+    }
+    pub fn our_uri(&self) -> &[u8] {
+        self.part(1)
+    }
+    pub fn message_id(&self) -> Option<&[u8]> {
+        self.has_message_id.then(|| self.part(2))
+    }
+    pub fn byte_range(&self) -> Option<&[u8]> {
+        self.has_byte_range.then(|| self.part(3))
+    }
+
+    /// The same context for another piece of the message.
+    pub fn with_byte_range(&self, byte_range: &[u8]) -> ReportContext {
+        ReportContext::new(
+            self.to_path(),
+            self.our_uri(),
+            self.message_id(),
+            Some(byte_range),
+        )
+    }
+
     pub fn build(&self, new_tid: &[u8], code: u16) -> Option<Vec<u8>> {
-        path_uris(&self.to_path).next()?;
-        let mut out = Vec::with_capacity(192 + self.to_path.len());
+        path_uris(self.to_path()).next()?;
+        let mut out = Vec::with_capacity(192 + self.buf.len());
         out.extend_from_slice(b"MSRP ");
         out.extend_from_slice(new_tid);
         out.extend_from_slice(b" REPORT\r\nTo-Path: ");
-        out.extend_from_slice(&self.to_path);
+        out.extend_from_slice(self.to_path());
         out.extend_from_slice(b"\r\nFrom-Path: ");
-        out.extend_from_slice(&self.our_uri);
+        out.extend_from_slice(self.our_uri());
         out.extend_from_slice(b"\r\n");
-        if let Some(m) = &self.message_id {
+        if let Some(m) = self.message_id() {
             out.extend_from_slice(b"Message-ID: ");
             out.extend_from_slice(m);
             out.extend_from_slice(b"\r\n");
         }
-        if let Some(b) = &self.byte_range {
+        if let Some(b) = self.byte_range() {
             out.extend_from_slice(b"Byte-Range: ");
             out.extend_from_slice(b);
             out.extend_from_slice(b"\r\n");

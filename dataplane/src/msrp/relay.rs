@@ -40,7 +40,9 @@ use super::message::{
     ByteRange, FailureReport, Head, Method, ReportContext, build_response, restatus,
     write_end_line, write_relayed_head, write_relayed_head_ranged,
 };
-use super::parser::{Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, ParserLimits};
+use super::parser::{
+    Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, MAX_TID, ParserLimits,
+};
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
 use super::uri::{LocalAuthorities, MsrpUri};
 use crate::auth::{CredentialStore, NonceManager};
@@ -115,7 +117,7 @@ pub enum Action {
     ForwardHead {
         target: Target,
         head: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<TxnId>,
     },
     /// Body bytes of the forwarded frame: `range` of the bytes presented.
     ForwardBody { range: Range<usize> },
@@ -174,10 +176,10 @@ enum Current {
     Discard,
     Forward {
         /// Transaction id on the next hop (of the current piece).
-        tid: Vec<u8>,
+        tid: Tid,
         has_body: bool,
-        /// Hop-by-hop 200 to send once the chunk is complete.
-        ok: Option<Vec<u8>>,
+        /// Send `err` as the hop-by-hop 200 once the chunk is complete.
+        ok: bool,
         /// Our response to the sender (a 200 to restatus) when it wants
         /// error responses: Failure-Report yes or partial.
         err: Option<Vec<u8>>,
@@ -190,6 +192,12 @@ enum Current {
     Response {
         core: u8,
         frame: Vec<u8>,
+    },
+    /// The response to a SEND this core forwarded (hop by hop: absorbed,
+    /// or a failure REPORT): handled at its end-line, without a copy.
+    SendResponse {
+        tid: [u8; TID_LEN],
+        code: u16,
     },
 }
 
@@ -256,7 +264,7 @@ impl MsrpConn {
 /// A forwarded transaction awaiting its response.
 #[derive(Debug, Clone)]
 struct Pending {
-    orig_tid: Vec<u8>,
+    orig_tid: Tid,
     origin_conn: u64,
     method: Method,
     failure: FailureReport,
@@ -274,10 +282,56 @@ pub struct RelayCore {
     cfg: RelayConfig,
     core: u8,
     pub sessions: SessionMap,
-    pending: HashMap<Vec<u8>, Pending>,
+    pending: PendingMap,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Length of this relay's transaction ids: 2 hex digits of core, 16 of
+/// randomness.
+pub const TID_LEN: usize = 18;
+/// A transaction id this relay made (fixed size: no allocation).
+pub type TxnId = [u8; TID_LEN];
+
+/// Any transaction id (RFC 4975 §9: up to 32 characters), inline.
+#[derive(Debug, Clone, Copy)]
+pub struct Tid {
+    len: u8,
+    buf: [u8; MAX_TID],
+}
+
+impl Tid {
+    fn new(s: &[u8]) -> Tid {
+        let mut buf = [0u8; MAX_TID];
+        let n = s.len().min(MAX_TID);
+        buf[..n].copy_from_slice(&s[..n]);
+        Tid { len: n as u8, buf }
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// Hasher for our transaction ids: they carry 64 random bits, so mixing
+/// the bytes is enough (no SipHash; nobody else chooses the keys).
+#[derive(Default)]
+struct TxnHasher(u64);
+
+impl std::hash::Hasher for TxnHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type PendingMap = HashMap<TxnId, Pending, std::hash::BuildHasherDefault<TxnHasher>>;
 
 impl RelayCore {
     pub fn new(cfg: RelayConfig, core: u8, session_capacity: usize) -> RelayCore {
@@ -285,7 +339,7 @@ impl RelayCore {
             cfg,
             core,
             sessions: SessionMap::new(core, session_capacity),
-            pending: HashMap::new(),
+            pending: PendingMap::default(),
         }
     }
 
@@ -299,17 +353,23 @@ impl RelayCore {
 
     /// A fresh transaction id owned by this core: 2 hex digits of core and
     /// 64 random bits in hex (RFC 4975 §9 `ident`).
-    fn new_tid(&self, env: &mut Env<'_>) -> Vec<u8> {
+    fn new_tid(&self, env: &mut Env<'_>) -> TxnId {
         let mut r = [0u8; 8];
         (env.rng)(&mut r);
-        let mut t = Vec::with_capacity(18);
-        t.push(HEX[usize::from(self.core >> 4)]);
-        t.push(HEX[usize::from(self.core & 15)]);
-        for b in r {
-            t.push(HEX[usize::from(b >> 4)]);
-            t.push(HEX[usize::from(b & 15)]);
+        let mut t = [0u8; TID_LEN];
+        t[0] = HEX[usize::from(self.core >> 4)];
+        t[1] = HEX[usize::from(self.core & 15)];
+        for (i, b) in r.into_iter().enumerate() {
+            t[2 + 2 * i] = HEX[usize::from(b >> 4)];
+            t[3 + 2 * i] = HEX[usize::from(b & 15)];
         }
         t
+    }
+
+    /// The pending transaction `tid`, removed.
+    fn take_pending(&mut self, tid: &[u8]) -> Option<Pending> {
+        let k = TxnId::try_from(tid).ok()?;
+        self.pending.remove(&k)
     }
 
     fn tid_core(tid: &[u8]) -> Option<u8> {
@@ -411,13 +471,17 @@ impl RelayCore {
                     pos += len;
                     match std::mem::replace(&mut conn.cur, Current::None) {
                         Current::Forward {
-                            tid, has_body, ok, ..
+                            tid,
+                            has_body,
+                            ok,
+                            err,
+                            ..
                         } => {
-                            let mut end_line = Vec::with_capacity(tid.len() + 12);
-                            write_end_line(&mut end_line, &tid, flag, has_body);
+                            let mut end_line = Vec::with_capacity(MAX_TID + 12);
+                            write_end_line(&mut end_line, tid.as_slice(), flag, has_body);
                             actions.push(Action::ForwardEnd { end_line });
-                            if let Some(ok) = ok {
-                                actions.push(Action::Reply(ok));
+                            if ok && let Some(r) = err {
+                                actions.push(Action::Reply(r));
                             }
                         }
                         Current::Response { core, frame } => {
@@ -425,6 +489,13 @@ impl RelayCore {
                                 self.on_core_response(&frame, env, actions);
                             } else {
                                 actions.push(Action::ToCore { core, frame });
+                            }
+                        }
+                        Current::SendResponse { tid, code } => {
+                            if let Some(p) = self.pending.remove(tid.as_slice())
+                                && code != 200
+                            {
+                                self.failure_report(&p, code, env, actions);
                             }
                         }
                         Current::None | Current::Discard => {}
@@ -660,12 +731,12 @@ impl RelayCore {
             Method::Auth | Method::Other => true,
         };
         let tid = if method == Method::Report {
-            head.tid().to_vec()
+            Tid::new(head.tid())
         } else {
-            self.new_tid(env)
+            Tid::new(&self.new_tid(env))
         };
         let mut out = Vec::with_capacity(head.block.len() + 64);
-        if !write_relayed_head(&mut out, head, &tid, pops) {
+        if !write_relayed_head(&mut out, head, tid.as_slice(), pops) {
             return self.reject(head, 400, actions);
         }
         let pending = if wants_response {
@@ -673,16 +744,16 @@ impl RelayCore {
                 return self.reject(head, 403, actions);
             }
             Some(Pending {
-                orig_tid: head.tid().to_vec(),
+                orig_tid: Tid::new(head.tid()),
                 origin_conn: conn.id,
                 method,
                 failure,
-                report: ReportContext {
-                    to_path: head.from_path().unwrap_or(&[]).to_vec(),
-                    our_uri: head.to_uri(0).unwrap_or(&[]).to_vec(),
-                    message_id: head.message_id().map(<[u8]>::to_vec),
-                    byte_range: head.header(HeaderName::ByteRange).map(<[u8]>::to_vec),
-                },
+                report: ReportContext::new(
+                    head.from_path().unwrap_or(&[]),
+                    head.to_uri(0).unwrap_or(&[]),
+                    head.message_id(),
+                    head.header(HeaderName::ByteRange),
+                ),
                 deadline_ms: env.now_ms.saturating_add(self.cfg.transaction_timeout_ms),
                 downstream: match target {
                     Target::Conn(c) => Some(c),
@@ -703,9 +774,11 @@ impl RelayCore {
                 pending: pending.clone(),
             })
         });
-        let txn = pending.map(|p| {
-            self.pending.insert(tid.clone(), p);
-            tid.clone()
+        let txn = pending.and_then(|p| {
+            // Requests wanting a response carry our own id (never REPORT).
+            let k = TxnId::try_from(tid.as_slice()).ok()?;
+            self.pending.insert(k, p);
+            Some(k)
         });
         // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
         // §6.4.1), sent once the chunk is complete; error responses also
@@ -713,11 +786,7 @@ impl RelayCore {
         let err = wants_response
             .then(|| build_response(head, 200, &[]))
             .flatten();
-        let ok = if method == Method::Send && failure == FailureReport::Yes {
-            err.clone()
-        } else {
-            None
-        };
+        let ok = method == Method::Send && failure == FailureReport::Yes;
         actions.push(Action::ForwardHead {
             target,
             head: out,
@@ -779,7 +848,7 @@ impl RelayCore {
                 // (RFC 4975 §7.2: 413, stop sending this message).
                 actions.push(Action::ForwardAbort);
                 actions.push(Action::Stat(Stat::Rejected { code: 413 }));
-                self.pending.remove(tid.as_slice());
+                self.take_pending(tid.as_slice());
                 if let Some(r) = err.as_deref().and_then(|r| restatus(r, 413)) {
                     actions.push(Action::Reply(r));
                 }
@@ -804,8 +873,8 @@ impl RelayCore {
             }
             off += take;
             left -= take;
-            let mut end_line = Vec::with_capacity(tid.len() + 12);
-            write_end_line(&mut end_line, tid, Flag::More, true);
+            let mut end_line = Vec::with_capacity(MAX_TID + 12);
+            write_end_line(&mut end_line, tid.as_slice(), Flag::More, true);
             actions.push(Action::ForwardEnd { end_line });
             s.range.start = s.range.start.saturating_add(limit as u64);
             *body = 0;
@@ -823,9 +892,9 @@ impl RelayCore {
                 p.deadline_ms = env.now_ms.saturating_add(self.cfg.transaction_timeout_ms);
                 let mut br = Vec::with_capacity(32);
                 s.range.write_value(&mut br);
-                p.report.byte_range = Some(br);
-                self.pending.insert(new_tid.clone(), p);
-                new_tid.clone()
+                p.report = p.report.with_byte_range(&br);
+                self.pending.insert(new_tid, p);
+                new_tid
             });
             actions.push(Action::Stat(Stat::Rechunked));
             actions.push(Action::ForwardHead {
@@ -833,7 +902,7 @@ impl RelayCore {
                 head: out,
                 txn,
             });
-            *tid = new_tid;
+            *tid = Tid::new(&new_tid);
         }
         if left > 0 {
             *body += left;
@@ -919,6 +988,15 @@ impl RelayCore {
     /// A response head: matched to our transaction by its id.
     fn on_response_head(&mut self, head: &Head<'_>) -> Current {
         let tid = head.tid();
+        if Self::tid_core(tid) == Some(self.core)
+            && let (Ok(t), Some(code)) = (<[u8; TID_LEN]>::try_from(tid), head.status())
+            && self
+                .pending
+                .get(tid)
+                .is_some_and(|p| p.method == Method::Send)
+        {
+            return Current::SendResponse { tid: t, code };
+        }
         let mut frame = head.block.to_vec();
         write_end_line(&mut frame, tid, Flag::Last, false);
         match Self::tid_core(tid) {
@@ -957,8 +1035,9 @@ impl RelayCore {
             _ => {
                 // End to end (RFC 4976 §6.4.3): pop our URI, restore the id.
                 let mut out = Vec::with_capacity(frame.len() + 32);
-                if write_relayed_head(&mut out, &head, &pending.orig_tid, pending.pops) {
-                    write_end_line(&mut out, &pending.orig_tid, Flag::Last, false);
+                let orig = pending.orig_tid;
+                if write_relayed_head(&mut out, &head, orig.as_slice(), pending.pops) {
+                    write_end_line(&mut out, orig.as_slice(), Flag::Last, false);
                     actions.push(Action::SendTo {
                         conn: pending.origin_conn,
                         frame: out,
@@ -1033,11 +1112,11 @@ impl RelayCore {
     /// session sweep (`timer_interval`).
     pub fn on_tick(&mut self, env: &mut Env<'_>, sweep_sessions: bool, actions: &mut Vec<Action>) {
         let now = env.now_ms;
-        let expired: Vec<Vec<u8>> = self
+        let expired: Vec<TxnId> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline_ms <= now)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for k in expired {
             if let Some(p) = self.pending.remove(&k) {
@@ -1060,11 +1139,11 @@ impl RelayCore {
         if n > 0 {
             actions.push(Action::Stat(Stat::SessionsRemoved(n)));
         }
-        let lost: Vec<Vec<u8>> = self
+        let lost: Vec<TxnId> = self
             .pending
             .iter()
             .filter(|(_, p)| p.downstream == Some(conn) || p.origin_conn == conn)
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| *k)
             .collect();
         for k in lost {
             if let Some(p) = self.pending.remove(&k)

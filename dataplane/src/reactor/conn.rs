@@ -3,7 +3,7 @@
 
 use super::flow::{FlowWindow, OwedQueue};
 use crate::config::{SubProtocol, Transport};
-use crate::msrp::relay::{MsrpConn, Target};
+use crate::msrp::relay::{MsrpConn, Target, TxnId};
 use crate::transport::TlsSession;
 use crate::ws::session::WsSession;
 use std::net::SocketAddr;
@@ -49,7 +49,7 @@ pub struct MsrpState {
     pub owed: OwedQueue,
     /// Outbound connection still connecting: transactions queued on it,
     /// failed with a REPORT if the connect fails.
-    pub waiting: Vec<Vec<u8>>,
+    pub waiting: Vec<TxnId>,
 }
 
 pub struct Forward {
@@ -57,7 +57,7 @@ pub struct Forward {
     /// Length of the rewritten head at the start of `frame`.
     pub head_len: usize,
     pub frame: Vec<u8>,
-    pub txn: Option<Vec<u8>>,
+    pub txn: Option<TxnId>,
 }
 
 impl MsrpState {

@@ -50,7 +50,7 @@ pub enum InboxMsg {
         from_conn: u64,
         origin_core: u8,
         frame: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<crate::msrp::relay::TxnId>,
         /// The sender's flow window, charged with `frame.len()`.
         window: Arc<flow::FlowWindow>,
         /// Monotonic µs when the chunk was read (relay latency).
@@ -68,7 +68,10 @@ pub enum InboxMsg {
     /// A complete MSRP response for a transaction this core forwarded.
     MsrpResponse { frame: Vec<u8> },
     /// A frame this core forwarded to another core could not be delivered.
-    MsrpForwardFailed { txn: Vec<u8>, code: u16 },
+    MsrpForwardFailed {
+        txn: crate::msrp::relay::TxnId,
+        code: u16,
+    },
 }
 
 /// What every worker reads and nobody writes after start (except atomics).

@@ -20,7 +20,7 @@ use super::flow::FlowWindow;
 use super::stats::WorkerStats;
 use super::{Shared, worker};
 use crate::msrp::auth::UsePath;
-use crate::msrp::relay::{Action, Env, MsrpConn, RelayCore, Target};
+use crate::msrp::relay::{Action, Env, MsrpConn, RelayCore, Target, TxnId};
 use crate::ws::frame::{self, OpCode};
 use crate::ws::session::State;
 use std::net::SocketAddr;
@@ -32,7 +32,7 @@ pub enum Effect {
     Deliver {
         target: Target,
         frame: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<TxnId>,
         from_conn: u64,
         /// The sender's window, charged with `frame.len()`.
         window: Arc<FlowWindow>,
@@ -62,23 +62,31 @@ pub struct Outcome {
     pub frames_out: u64,
 }
 
-/// Cryptographically secure randomness for session and transaction ids.
+/// Cryptographically secure randomness for session and transaction ids:
+/// ChaCha12 per worker thread, seeded from the OS once (a getrandom
+/// syscall per transaction id was 5 % of a relayed message's CPU).
 pub fn fill_random(buf: &mut [u8]) {
-    if getrandom::fill(buf).is_err() {
-        // getrandom does not fail on Linux ≥ 3.17; should it, ids stay
-        // unique (not unpredictable): time-seeded splitmix64.
-        let mut x = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9e37_79b9_7f4a_7c15);
-        for b in buf.iter_mut() {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            *b = (z ^ (z >> 31)) as u8;
-        }
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    thread_local! {
+        static RNG: std::cell::RefCell<rand_chacha::ChaCha12Rng> = {
+            let mut seed = [0u8; 32];
+            if getrandom::fill(&mut seed).is_err() {
+                // getrandom does not fail on Linux ≥ 3.17; should it, ids
+                // stay unique (not unpredictable): time and thread seeded.
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                seed[..16].copy_from_slice(&t.to_le_bytes());
+                let id = format!("{:?}", std::thread::current().id());
+                for (s, b) in seed[16..].iter_mut().zip(id.bytes()) {
+                    *s = b;
+                }
+            }
+            std::cell::RefCell::new(rand_chacha::ChaCha12Rng::from_seed(seed))
+        };
     }
+    RNG.with(|r| r.borrow_mut().fill_bytes(buf));
 }
 
 /// The engine's environment: credentials, nonces, worker time, randomness.

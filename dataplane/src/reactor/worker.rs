@@ -15,7 +15,7 @@ use super::timer::TimerWheel;
 use super::token::{Op, Token};
 use super::{InboxMsg, Shared, resolver};
 use crate::config::{SubProtocol, Transport};
-use crate::msrp::relay::{Action, RelayCore, Target};
+use crate::msrp::relay::{Action, RelayCore, Target, TxnId};
 use crate::msrp::session_map::{SessionId, SessionMap};
 use crate::transport::TlsSession;
 use crate::ws::frame::{self, OpCode};
@@ -109,7 +109,7 @@ pub struct Worker {
 struct WaitingFrame {
     secure: bool,
     frame: Vec<u8>,
-    txn: Option<Vec<u8>>,
+    txn: Option<TxnId>,
     window: Arc<FlowWindow>,
     in_us: u64,
 }
@@ -1027,7 +1027,7 @@ impl Worker {
     }
 
     /// A transaction of `core` failed: tell that core.
-    fn fail_on(&mut self, core: u8, txn: Option<Vec<u8>>, code: u16, now: u64) {
+    fn fail_on(&mut self, core: u8, txn: Option<TxnId>, code: u16, now: u64) {
         let Some(txn) = txn else {
             return;
         };
@@ -1048,7 +1048,7 @@ impl Worker {
         from_conn: u64,
         origin_core: u8,
         frame: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<TxnId>,
         window: Arc<FlowWindow>,
         in_us: u64,
         now: u64,
@@ -1238,7 +1238,7 @@ impl Worker {
         host: &str,
         port: u16,
         frame: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<TxnId>,
         window: &Arc<FlowWindow>,
         in_us: u64,
         now: u64,
@@ -1311,7 +1311,7 @@ impl Worker {
         secure: bool,
         host: &str,
         frame: Vec<u8>,
-        txn: Option<Vec<u8>>,
+        txn: Option<TxnId>,
         window: &Arc<FlowWindow>,
         in_us: u64,
         now: u64,

@@ -155,7 +155,7 @@ fn replies(a: &[Action]) -> Vec<&[u8]> {
         .collect()
 }
 
-fn forward_head(a: &[Action]) -> Option<(&Target, String, Option<&Vec<u8>>)> {
+fn forward_head(a: &[Action]) -> Option<(&Target, String, Option<&TxnId>)> {
     a.iter().find_map(|a| match a {
         Action::ForwardHead { target, head, txn } => Some((
             target,
@@ -216,7 +216,7 @@ fn hairpin_send_between_two_local_clients() {
             "{head}"
         );
         assert!(head.ends_with("Content-Type: text/plain\r\n\r\n"));
-        let txn = txn.unwrap().clone();
+        let txn = *txn.unwrap();
         let Some(Action::ForwardEnd { end_line }) =
             acts.iter().find(|a| matches!(a, Action::ForwardEnd { .. }))
         else {
@@ -537,7 +537,7 @@ fn forward_failure_reports() {
             "x",
         ),
     );
-    let txn = forward_head(&acts).unwrap().2.unwrap().clone();
+    let txn = *forward_head(&acts).unwrap().2.unwrap();
     let mut acts = Vec::new();
     w.env_run(|c, e| c.on_forward_failed(&txn, 408, e, &mut acts));
     assert!(acts.iter().any(|a| matches!(a, Action::SendTo { conn: 1, frame } if String::from_utf8_lossy(frame).contains("Status: 000 408"))));
