@@ -233,12 +233,111 @@ fn handshake_group(c: &mut Criterion) {
     g.finish();
 }
 
+/// The MSRP relay engine on the path of the MSRP benchmark: a batch of 32
+/// SENDs (100-byte bodies) from a sender through a receiver's relay URI,
+/// and the receiver's 32 200s — per message: two frames parsed, one
+/// forwarded, one hop-by-hop 200 written.
+fn msrp_group(c: &mut Criterion) {
+    use dataplane::auth::{CredentialStore, NonceManager};
+    use dataplane::msrp::auth::UsePath;
+    use dataplane::msrp::parser::ParserLimits;
+    use dataplane::msrp::relay::{Action, Env, MsrpConn, RelayConfig, RelayCore};
+    use dataplane::msrp::session_map::{SessionEntry, SessionId};
+
+    let mut core = RelayCore::new(RelayConfig::default(), 0, 1024);
+    let sid = SessionId::generate(0, &[7; 15]);
+    let peer = "msrp://127.0.0.1:40002/recv1;tcp";
+    core.sessions
+        .insert(SessionEntry {
+            id: sid,
+            conn: 2,
+            user: "bob".into(),
+            peer_uri: peer.into(),
+            peer_addr: "127.0.0.1:40002".into(),
+            expires_ms: u64::MAX,
+            bound: None,
+        })
+        .unwrap();
+    let up = || UsePath {
+        secure: false,
+        host_port: "127.0.0.1:2855".into(),
+        transport: "tcp",
+    };
+    let mut sender = MsrpConn::new(
+        1,
+        ParserLimits::default(),
+        up(),
+        "127.0.0.1:40001".into(),
+        false,
+    );
+    let mut receiver = MsrpConn::new(
+        2,
+        ParserLimits::default(),
+        up(),
+        "127.0.0.1:40002".into(),
+        false,
+    );
+    let store = CredentialStore::empty("bench");
+    let nonces = NonceManager::new([1; 32], 300);
+    let body = [b'x'; 100];
+    let mut sends = Vec::new();
+    for i in 0..32 {
+        sends.extend_from_slice(
+            format!(
+                "MSRP s{i:05} SEND\r\nTo-Path: msrp://127.0.0.1:2855/{sid};tcp {peer}\r\nFrom-Path: msrp://127.0.0.1:40001/send1;tcp\r\nMessage-ID: m{i}\r\nByte-Range: 1-100/100\r\nContent-Type: text/plain\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        sends.extend_from_slice(&body);
+        sends.extend_from_slice(format!("\r\n-------s{i:05}$\r\n").as_bytes());
+    }
+    let mut g = c.benchmark_group("msrp_relay");
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("send_and_response_x32", |b| {
+        let mut actions = Vec::new();
+        let mut responses = Vec::new();
+        b.iter(|| {
+            let mut rng = |buf: &mut [u8]| buf.fill(3);
+            let mut seq = 0u8;
+            let mut rng2 = |buf: &mut [u8]| {
+                seq = seq.wrapping_add(1);
+                buf.fill(seq)
+            };
+            let _ = &mut rng;
+            let mut env = Env {
+                store: &store,
+                nonces: &nonces,
+                now_ms: 1000,
+                unix_secs: 1,
+                rng: &mut rng2,
+            };
+            actions.clear();
+            let n = core.on_bytes(&mut sender, black_box(&sends), &mut env, &mut actions);
+            assert_eq!(n, sends.len());
+            responses.clear();
+            for a in &actions {
+                if let Action::ForwardHead { txn: Some(t), .. } = a {
+                    let t = std::str::from_utf8(t).unwrap();
+                    responses.extend_from_slice(
+                        format!("MSRP {t} 200 OK\r\nTo-Path: msrp://127.0.0.1:2855/{sid};tcp\r\nFrom-Path: {peer}\r\n-------{t}$\r\n").as_bytes(),
+                    );
+                }
+            }
+            actions.clear();
+            core.on_bytes(&mut receiver, &responses, &mut env, &mut actions);
+            assert_eq!(core.pending_transactions(), 0);
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     unmask_group,
     utf8_group,
     frame_group,
     session_group,
-    handshake_group
+    handshake_group,
+    msrp_group
 );
 criterion_main!(benches);

@@ -7,8 +7,10 @@
 //! - [`auth`]: AUTH at the relay (RFC 4976 §4–§6, RFC 2617 digest).
 //! - [`session_map`]: per-core session map (Kamailio's cmap).
 //! - [`relay`]: the per-connection relay engine and per-core state.
+//! - [`id_hash`]: hashing of the relay's own random ids.
 
 pub mod auth;
+pub mod id_hash;
 pub mod message;
 pub mod parser;
 pub mod relay;

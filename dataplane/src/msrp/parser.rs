@@ -469,12 +469,19 @@ impl FrameParser {
         let window = data.get(..cap).unwrap_or(&[]);
         // The end-line's CRLF is the last header line's CRLF: search from
         // the first line's CRLF.
-        let end_at = self
-            .find_end(window.get(lf - 1..).unwrap_or(&[]))
-            .filter(|&i| i + lf - 1 + self.needle_len <= window.len())
-            .map(|i| i + lf - 1);
         let blank_at = BLANK_LINE
             .find(window.get(lf - 1..).unwrap_or(&[]))
+            .map(|i| i + lf - 1);
+        // A body-less frame's end-line comes before any empty line: look
+        // for it only up to the empty line (not through the body).
+        let end_zone = match blank_at {
+            Some(b) => window.get(..(b + 2 + self.needle_len).min(window.len())),
+            None => Some(window),
+        }
+        .unwrap_or(&[]);
+        let end_at = self
+            .find_end(end_zone.get(lf - 1..).unwrap_or(&[]))
+            .filter(|&i| i + lf - 1 + self.needle_len <= end_zone.len())
             .map(|i| i + lf - 1);
         let head_end = match (end_at, blank_at) {
             (Some(e), Some(b)) if b < e => Some((b + 4, true)),
@@ -501,7 +508,7 @@ impl FrameParser {
         if let Err(m) = self.index_headers(block, first_line_end) {
             malformed.get_or_insert(m);
         }
-        if std::str::from_utf8(data.get(..head_len).unwrap_or(&[])).is_err() {
+        if simdutf8::basic::from_utf8(data.get(..head_len).unwrap_or(&[])).is_err() {
             malformed.get_or_insert(Malformed::Encoding);
         }
         self.state = State::Body { at_start: true };

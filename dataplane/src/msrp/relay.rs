@@ -311,27 +311,7 @@ impl Tid {
     }
 }
 
-/// Hasher for our transaction ids: they carry 64 random bits, so mixing
-/// the bytes is enough (no SipHash; nobody else chooses the keys).
-#[derive(Default)]
-struct TxnHasher(u64);
-
-impl std::hash::Hasher for TxnHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type PendingMap = HashMap<TxnId, Pending, std::hash::BuildHasherDefault<TxnHasher>>;
+type PendingMap = HashMap<TxnId, Pending, super::id_hash::IdBuildHasher>;
 
 impl RelayCore {
     pub fn new(cfg: RelayConfig, core: u8, session_capacity: usize) -> RelayCore {

@@ -14,6 +14,7 @@
 //! connection ([`SessionMap::remove_connection`]) — unlike Kamailio, which
 //! keeps stale entries and loses messages with a 200.
 
+use super::id_hash::IdBuildHasher;
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::fmt;
@@ -124,7 +125,7 @@ pub enum Miss {
 pub struct SessionMap {
     core: u8,
     capacity: usize,
-    map: HashMap<SessionId, SessionEntry>,
+    map: HashMap<SessionId, SessionEntry, IdBuildHasher>,
     by_conn: HashMap<u64, Vec<SessionId>>,
     /// Ids created, refreshed or removed since the last
     /// [`SessionMap::drain_changes`], when tracked (the reactor publishes
@@ -139,7 +140,7 @@ impl SessionMap {
         SessionMap {
             core,
             capacity: capacity.max(1),
-            map: HashMap::new(),
+            map: HashMap::default(),
             by_conn: HashMap::new(),
             changes: None,
         }

@@ -48,15 +48,35 @@ pub enum UriError {
     Transport,
 }
 
+/// Character classes of RFC 3986 as lookup tables (URIs are parsed
+/// several times per relayed frame).
+const UNRESERVED: u8 = 1;
+const SUB_DELIM: u8 = 2;
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            t[i] |= UNRESERVED;
+        }
+        if matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+        ) {
+            t[i] |= SUB_DELIM;
+        }
+        i += 1;
+    }
+    t
+};
+
 fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    CLASS[usize::from(b)] & UNRESERVED != 0
 }
 
 fn is_sub_delim(b: u8) -> bool {
-    matches!(
-        b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-    )
+    CLASS[usize::from(b)] & SUB_DELIM != 0
 }
 
 fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
