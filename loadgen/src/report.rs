@@ -5,7 +5,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
 
-use crate::engine::{Cpu, ErrorLog, RunSummary, Sample, ServerSample};
+use crate::engine::{Cpu, ErrorLog, LiveSink, RunSummary, Sample, ServerSample};
 
 /// Latency histograms: 1 µs .. 1 h, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -14,33 +14,82 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Per-second histograms (2 significant digits, 1 µs .. 1 h): small
 /// enough to keep one per second per thread.
-fn small_histogram() -> Histogram<u32> {
+pub(crate) fn small_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
 }
 
+/// How often a worker publishes its latencies to the progress display.
+/// Publishing takes a lock shared with the control thread, so it is batched;
+/// 100 ms keeps the once-a-second progress p99 current.
+const LIVE_FLUSH_NS: u64 = 100_000_000;
+
 /// Latencies bucketed by the second (since the engine start) in which they
 /// were recorded, for the latency-over-time series and plots.
-#[derive(Debug, Default, Clone)]
-pub struct SecondHists(Vec<Option<Histogram<u32>>>);
+///
+/// Created on an engine worker thread (`SecondHists::default()`), it also
+/// feeds that thread's live sink, from which the control thread takes the
+/// p99 of each progress interval. Taking the sink at construction, instead
+/// of as an argument, gives every scenario the live p99 without any code
+/// of its own.
+#[derive(Debug, Clone)]
+pub struct SecondHists {
+    seconds: Vec<Option<Histogram<u32>>>,
+    live: Option<Live>,
+}
+
+/// Latencies not yet published to the worker thread's live sink.
+#[derive(Debug, Clone)]
+struct Live {
+    sink: LiveSink,
+    pending: Histogram<u32>,
+    /// Engine time (ns) at or after which `pending` is published.
+    flush_at_ns: u64,
+}
+
+impl Default for SecondHists {
+    fn default() -> Self {
+        SecondHists {
+            seconds: Vec::new(),
+            live: crate::engine::live_sink().map(|sink| Live {
+                sink,
+                pending: small_histogram(),
+                flush_at_ns: 0,
+            }),
+        }
+    }
+}
 
 impl SecondHists {
     /// Record `v_us` at engine time `now_ns`.
     #[inline]
     pub fn record(&mut self, now_ns: u64, v_us: u64) {
         let i = (now_ns / 1_000_000_000) as usize;
-        if i >= self.0.len() {
-            self.0.resize_with(i + 1, || None);
+        if i >= self.seconds.len() {
+            self.seconds.resize_with(i + 1, || None);
         }
-        self.0[i]
+        self.seconds[i]
             .get_or_insert_with(small_histogram)
             .saturating_record(v_us);
+        if let Some(l) = &mut self.live {
+            l.pending.saturating_record(v_us);
+            // The first sample after a quiet spell is published at once (so
+            // slow runs show up in the right interval); at high rates one
+            // lock per 100 ms.
+            if now_ns >= l.flush_at_ns {
+                if let Ok(mut h) = l.sink.lock() {
+                    let _ = h.add(&l.pending);
+                }
+                l.pending.reset();
+                l.flush_at_ns = now_ns + LIVE_FLUSH_NS;
+            }
+        }
     }
 
     pub fn merge(&mut self, o: &SecondHists) {
-        if o.0.len() > self.0.len() {
-            self.0.resize_with(o.0.len(), || None);
+        if o.seconds.len() > self.seconds.len() {
+            self.seconds.resize_with(o.seconds.len(), || None);
         }
-        for (mine, theirs) in self.0.iter_mut().zip(&o.0) {
+        for (mine, theirs) in self.seconds.iter_mut().zip(&o.seconds) {
             if let Some(h) = theirs {
                 let _ = mine.get_or_insert_with(small_histogram).add(h);
             }
@@ -49,7 +98,7 @@ impl SecondHists {
 
     /// One entry per second that recorded anything.
     pub fn series(&self) -> Vec<SecondLatency> {
-        self.0
+        self.seconds
             .iter()
             .enumerate()
             .filter_map(|(i, h)| {
