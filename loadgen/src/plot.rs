@@ -150,7 +150,9 @@ fn x_max(r: &Report) -> f64 {
     a.max(b).max(r.timing.total_s).max(1.0).ceil()
 }
 
-/// Dashed-looking grey verticals at the measured window's edges.
+/// The measured window as a lightly shaded band (with its own legend
+/// entry): warm-up and drain are plotted too, and grey edge lines alone
+/// were indistinguishable from the grid.
 fn window_marks<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
     chart: &mut ChartContext<'_, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
     r: &Report,
@@ -158,14 +160,18 @@ fn window_marks<DB: DrawingBackend, Y: Ranged<ValueType = f64>>(
     hi: f64,
 ) -> Result<()> {
     let (a, b) = window(r);
-    for x in [a, b] {
-        chart
-            .draw_series(LineSeries::new(
-                vec![(x, lo), (x, hi)],
-                BLACK.mix(0.3).stroke_width(1),
-            ))
-            .map_err(err)?;
+    if b <= a {
+        return Ok(());
     }
+    let shade = RGBColor(255, 200, 0).mix(0.15);
+    chart
+        .draw_series(std::iter::once(Rectangle::new(
+            [(a, lo), (b, hi)],
+            shade.filled(),
+        )))
+        .map_err(err)?
+        .label("measured window")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], shade.filled()));
     Ok(())
 }
 
@@ -186,7 +192,8 @@ fn latency_panel<DB: DrawingBackend>(
         .max()
         .unwrap_or(10)
         .max(10) as f64
-        * 2.0;
+        // Headroom on the log axis (about 0.7 decade) for the legend box.
+        * 5.0;
     let lo = (pts.iter().map(|p| p.p50).min().unwrap_or(1).max(1) as f64 / 2.0).max(1.0);
     let mut chart = ChartBuilder::on(area)
         .caption(
@@ -201,6 +208,7 @@ fn latency_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("seconds since start")
+        .x_label_formatter(&|v| si(*v))
         .y_desc("µs")
         // A log axis gets a fine line per sub-decade step, which packs into a
         // grey band near each decade: keep only the labelled lines.
@@ -217,10 +225,15 @@ fn latency_panel<DB: DrawingBackend>(
     ];
     for (label, color, f) in series {
         chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|p| (p.t_s, (f(p) as f64).max(lo))),
-                color.stroke_width(2),
-            ))
+            .draw_series(
+                LineSeries::new(
+                    pts.iter().map(|p| (p.t_s, (f(p) as f64).max(lo))),
+                    color.stroke_width(2),
+                )
+                // A dot per second: a series of one second (all handshakes
+                // of an idle run) would otherwise draw nothing.
+                .point_size(2),
+            )
             .map_err(err)?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
@@ -263,7 +276,8 @@ fn traffic_panel<DB: DrawingBackend>(
         .iter()
         .flat_map(|s| series.iter().map(move |(_, _, f)| f(s)))
         .fold(1.0f64, f64::max)
-        * 1.1;
+        // Headroom for the legend box.
+        * 1.35;
     let mut chart = ChartBuilder::on(area)
         .caption(format!("{title}: {caption}"), ("sans-serif", 18))
         .margin(12)
@@ -274,6 +288,7 @@ fn traffic_panel<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc("seconds since start")
+        .x_label_formatter(&|v| si(*v))
         .light_line_style(TRANSPARENT)
         .y_label_formatter(&|v| si(*v))
         .draw()
@@ -281,10 +296,10 @@ fn traffic_panel<DB: DrawingBackend>(
     window_marks(&mut chart, r, 0.0, hi)?;
     for (label, color, f) in series {
         chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|s| (s.t_s, f(s))),
-                color.stroke_width(2),
-            ))
+            .draw_series(
+                LineSeries::new(pts.iter().map(|s| (s.t_s, f(s))), color.stroke_width(2))
+                    .point_size(2),
+            )
             .map_err(err)?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
