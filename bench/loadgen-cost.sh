@@ -5,7 +5,7 @@
 # CPU 0; each run a fresh server. Every case is run with progress off
 # (--quiet) and on (plain lines with the live p99), interleaved, RUNS times.
 #
-#   bench/loadgen-cost.sh            # LG= RT= RUNS= DUR= select binaries/runs
+#   bench/loadgen-cost.sh    # LG= RT= RUNS= DUR= CASES= select binaries, runs, cases
 #
 # Output: one line per run: case, progress, msg/s, loadgen and server CPU
 # µs/msg and CPU % of one core, and their ratio (loadgen ÷ server).
@@ -14,6 +14,7 @@ LG=${LG:-target/release/rtedge-loadgen}
 RT=${RT:-target/release/rtedge}
 RUNS=${RUNS:-3}
 DUR=${DUR:-5s}
+CASES=${CASES:-pipelined pingpong}
 TMP=$(mktemp -d /tmp/lgcost.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -66,7 +67,7 @@ PY
 
 echo "# $(date -u '+%F %H:%M UTC'), nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for _ in $(seq 1 "$RUNS"); do
-  for c in pipelined pingpong; do
+  for c in $CASES; do
     run $c quiet
     run $c live
   done

@@ -337,9 +337,16 @@ fn ws_echo_pipelined_and_ping_pong() {
     assert_clean_echo(&r, 20_000);
     let d = r.dump();
     assert_eq!(u(&r.json["messages"]["received"]), 20_000, "{d}");
+    // The loadgen's own CPU per message and % of a core, and the server's.
     assert!(r.json["client"]["cpu_us_per_msg"].as_f64().unwrap() > 0.0);
+    assert!(r.json["client"]["cpu_percent"].as_f64().unwrap() > 0.0);
     assert!(r.json["server"]["cpu_us_per_msg"].as_f64().is_some(), "{d}");
-    assert!(r.stdout.contains("loadgen cpu") && r.stdout.contains("CPU µs/msg"));
+    assert!(r.json["server"]["cpu_percent"].as_f64().is_some(), "{d}");
+    assert!(
+        r.stdout.contains("loadgen cpu") && r.stdout.contains("CPU µs/msg"),
+        "{d}"
+    );
+    assert!(r.stdout.contains("% CPU"), "{d}");
     let s = check_svg(&svg);
     assert!(s.contains("round-trip latency") && s.contains("throughput"));
 
