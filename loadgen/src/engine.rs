@@ -8,6 +8,7 @@
 //! wait for outstanding replies) → `Close` (closing handshakes) → done.
 
 use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -15,8 +16,8 @@ use std::future::Future;
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
@@ -92,6 +93,9 @@ pub struct Counters {
     pub inflight: Ctr,
     /// Errors recorded (all kinds).
     pub errors: Ctr,
+    /// Latencies of the current progress interval (none when progress is
+    /// off).
+    pub live: Option<LiveSink>,
 }
 
 /// Sum of all threads' counters at one instant.
@@ -198,6 +202,39 @@ impl Clock {
     pub fn instant(&self, ns: u64) -> Instant {
         self.base + Duration::from_nanos(ns)
     }
+}
+
+/// Latencies (µs) a worker thread recorded since the control thread last
+/// took them: the progress line's p99 of the last interval. Workers add to
+/// it in batches (see `report::SecondHists`); the control thread reads and
+/// resets it once per progress tick.
+pub type LiveSink = Arc<Mutex<Histogram<u32>>>;
+
+thread_local! {
+    /// The current worker thread's live sink (none on other threads, and
+    /// none when progress is off, so quiet runs do no extra work).
+    static LIVE_SINK: RefCell<Option<LiveSink>> = const { RefCell::new(None) };
+}
+
+/// This worker thread's live sink, if progress is displayed.
+pub fn live_sink() -> Option<LiveSink> {
+    LIVE_SINK.with(|s| s.borrow().clone())
+}
+
+/// Merge every worker's interval histogram, reset them, and return the p99
+/// (µs) of what was recorded since the previous call (`None`: nothing was).
+fn take_interval_p99<'a>(
+    sinks: impl IntoIterator<Item = &'a LiveSink>,
+    scratch: &mut Histogram<u32>,
+) -> Option<u64> {
+    scratch.reset();
+    for s in sinks {
+        if let Ok(mut h) = s.lock() {
+            let _ = scratch.add(&*h);
+            h.reset();
+        }
+    }
+    (!scratch.is_empty()).then(|| scratch.value_at_quantile(0.99))
 }
 
 /// Wait until the broadcast phase is at least `p`; returns the state (a
@@ -394,7 +431,13 @@ pub fn run<S: Scenario>(
         measure_from: t_engine,
     });
     let counters: Vec<Arc<Counters>> = (0..threads)
-        .map(|_| Arc::new(Counters::default()))
+        .map(|_| {
+            Arc::new(Counters {
+                live: (cfg.progress != ProgressMode::Quiet)
+                    .then(|| Arc::new(Mutex::new(crate::report::small_histogram()))),
+                ..Counters::default()
+            })
+        })
         .collect();
     let server_cpu0 = cfg.server_pid.and_then(sys::proc_cpu);
     let server_rss0 = cfg.server_pid.and_then(sys::proc_rss_kb).unwrap_or(0);
@@ -412,9 +455,11 @@ pub fn run<S: Scenario>(
             clock: Clock::new(t_engine),
         };
         let sc = scenario.clone();
+        let sink = ctrs.live.clone();
         let h = std::thread::Builder::new()
             .name(format!("loadgen-{t}"))
             .spawn(move || {
+                LIVE_SINK.with(|s| *s.borrow_mut() = sink);
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -508,6 +553,16 @@ impl Progress {
     }
 }
 
+/// A latency for the progress line: `850µs`, `12.3ms`, `2.10s`.
+fn fmt_us(us: Option<u64>) -> String {
+    match us {
+        None => "-".into(),
+        Some(u) if u < 10_000 => format!("{u}µs"),
+        Some(u) if u < 10_000_000 => format!("{:.1}ms", u as f64 / 1e3),
+        Some(u) => format!("{:.2}s", u as f64 / 1e6),
+    }
+}
+
 fn fmt_rate(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.2}M", x / 1e6)
@@ -552,6 +607,8 @@ async fn control<T>(
         }
     });
     let progress = Progress::new(cfg.progress, &cfg.label);
+    let mut scratch = crate::report::small_histogram();
+    let live: Vec<&LiveSink> = counters.iter().filter_map(|c| c.live.as_ref()).collect();
     let pid = cfg.server_pid;
     let tick = Duration::from_millis(50);
     let mut per_second = Vec::new();
@@ -587,15 +644,19 @@ async fn control<T>(
         }
         if now >= next_tick {
             let s = sample("connect", now, t, &mut per_second);
+            // ws-connect records handshakes, so the connect phase has a p99
+            // of its own; ws-echo's is "-" until traffic starts.
+            let p99 = take_interval_p99(live.iter().copied(), &mut scratch);
             progress.update(
                 t.connected + t.failed,
                 units as u64,
                 &format!(
-                    "connecting {}/{} failed {} ({}/s)",
+                    "connecting {}/{} failed {} ({}/s) p99 {}",
                     t.connected,
                     units,
                     t.failed,
-                    fmt_rate(s.connects_per_s)
+                    fmt_rate(s.connects_per_s),
+                    fmt_us(p99)
                 ),
             );
             next_tick += Duration::from_secs(1);
@@ -681,6 +742,7 @@ async fn control<T>(
                 "warmup"
             };
             let s = sample(phase, now, t, &mut per_second);
+            let p99 = take_interval_p99(live.iter().copied(), &mut scratch);
             let total = cfg
                 .duration
                 .map(|d| (cfg.warmup + d).as_secs())
@@ -690,10 +752,11 @@ async fn control<T>(
                 el,
                 total.max(el),
                 &format!(
-                    "{phase:7} {:>4}s open {} msg/s {} MB/s {:.2} inflight {} errors {}",
+                    "{phase:7} {:>4}s open {} msg/s {} p99 {} MB/s {:.2} inflight {} errors {}",
                     el,
                     t.open(),
                     fmt_rate(s.msg_per_s),
+                    fmt_us(p99),
                     s.mb_per_s,
                     t.inflight,
                     t.errors
@@ -786,5 +849,62 @@ async fn control<T>(
         server,
         per_second,
         threads_lost: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::SecondHists;
+
+    #[test]
+    fn interval_p99_is_taken_and_reset() {
+        let sinks: Vec<LiveSink> = (0..2)
+            .map(|_| Arc::new(Mutex::new(crate::report::small_histogram())))
+            .collect();
+        let mut scratch = crate::report::small_histogram();
+        assert_eq!(take_interval_p99(&sinks, &mut scratch), None);
+        // Thread 0: 99 fast samples; thread 1: one slow one → p99 is fast.
+        for _ in 0..99 {
+            sinks[0].lock().unwrap().record(100).unwrap();
+        }
+        sinks[1].lock().unwrap().record(50_000).unwrap();
+        assert_eq!(take_interval_p99(&sinks, &mut scratch), Some(100));
+        // Reset: the next interval only sees its own samples.
+        assert_eq!(take_interval_p99(&sinks, &mut scratch), None);
+        for _ in 0..10 {
+            sinks[1].lock().unwrap().record(7_000).unwrap();
+        }
+        let p = take_interval_p99(&sinks, &mut scratch).unwrap();
+        assert!((6_900..=7_100).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn second_hists_publish_to_the_thread_sink() {
+        // Off a worker thread (or with progress off) there is no sink.
+        assert!(live_sink().is_none());
+        let sink: LiveSink = Arc::new(Mutex::new(crate::report::small_histogram()));
+        let s2 = sink.clone();
+        std::thread::spawn(move || {
+            LIVE_SINK.with(|s| *s.borrow_mut() = Some(s2));
+            let mut h = SecondHists::default();
+            // The first sample is published at once ...
+            h.record(1_000, 10);
+            // ... later ones within 100 ms wait for the next publication,
+            h.record(2_000, 20);
+            h.record(3_000, 30);
+            let n = live_sink().unwrap().lock().unwrap().len();
+            assert_eq!(n, 1);
+            // which the first sample after the 100 ms brings along.
+            h.record(200_000_000, 40);
+            assert_eq!(live_sink().unwrap().lock().unwrap().len(), 4);
+            // The per-second series is unaffected by the publication.
+            let total: u64 = h.series().iter().map(|s| s.count).sum();
+            assert_eq!(total, 4);
+        })
+        .join()
+        .unwrap();
+        let mut scratch = crate::report::small_histogram();
+        assert_eq!(take_interval_p99(&[sink], &mut scratch), Some(40));
     }
 }

@@ -110,7 +110,7 @@ Examples:
   rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ -c 100 --rate 20000 \\
       --duration 30s --plot echo.svg
 
---plot FILE.svg draws the round-trip p50/p90/p99 per second and the echo
+--plot FILE.svg (or FILE.png) draws the round-trip p50/p90/p99 per second and the echo
 throughput (sent and received msg/s) over time.";
 
 const WS_CONNECT_HELP: &str = "\
@@ -131,7 +131,7 @@ under `churn`: attempts, established, failed, closed, handshake percentiles;
 any failure makes the exit status 3. At most --connect-concurrency attempts
 per thread are pending; ticks beyond that are counted as `skipped`.
 
---plot FILE.svg draws the handshake p50/p90/p99 per second and the open
+--plot FILE.svg (or FILE.png) draws the handshake p50/p90/p99 per second and the open
 connections and new connections per second over time.
 
 Examples:
@@ -216,8 +216,9 @@ struct RunArgs {
     /// Write the full result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Draw latency percentiles and throughput over time into FILE.svg.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw latency percentiles and throughput over time into FILE.svg or
+    /// FILE.png (format by extension).
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     plot: Option<PathBuf>,
     /// Sample this process's CPU and RSS (/proc) as the server under test.
     #[arg(long, value_name = "PID")]

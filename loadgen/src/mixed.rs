@@ -71,8 +71,9 @@ pub struct RunFileArgs {
     /// Write the combined result as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Draw every scenario's latency and throughput over time into FILE.svg.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw every scenario's latency and throughput over time into FILE.svg
+    /// or FILE.png (format by extension).
+    #[arg(long, value_name = "FILE.svg|FILE.png")]
     plot: Option<PathBuf>,
     /// No progress output.
     #[arg(long, short = 'q')]

@@ -5,7 +5,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
 
-use crate::engine::{Cpu, ErrorLog, RunSummary, Sample, ServerSample};
+use crate::engine::{Cpu, ErrorLog, LiveSink, RunSummary, Sample, ServerSample};
 
 /// Latency histograms: 1 µs .. 1 h, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -14,33 +14,82 @@ pub fn new_histogram() -> Histogram<u64> {
 
 /// Per-second histograms (2 significant digits, 1 µs .. 1 h): small
 /// enough to keep one per second per thread.
-fn small_histogram() -> Histogram<u32> {
+pub(crate) fn small_histogram() -> Histogram<u32> {
     Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds")
 }
 
+/// How often a worker publishes its latencies to the progress display.
+/// Publishing takes a lock shared with the control thread, so it is batched;
+/// 100 ms keeps the once-a-second progress p99 current.
+const LIVE_FLUSH_NS: u64 = 100_000_000;
+
 /// Latencies bucketed by the second (since the engine start) in which they
 /// were recorded, for the latency-over-time series and plots.
-#[derive(Debug, Default, Clone)]
-pub struct SecondHists(Vec<Option<Histogram<u32>>>);
+///
+/// Created on an engine worker thread (`SecondHists::default()`), it also
+/// feeds that thread's live sink, from which the control thread takes the
+/// p99 of each progress interval. Taking the sink at construction, instead
+/// of as an argument, gives every scenario the live p99 without any code
+/// of its own.
+#[derive(Debug, Clone)]
+pub struct SecondHists {
+    seconds: Vec<Option<Histogram<u32>>>,
+    live: Option<Live>,
+}
+
+/// Latencies not yet published to the worker thread's live sink.
+#[derive(Debug, Clone)]
+struct Live {
+    sink: LiveSink,
+    pending: Histogram<u32>,
+    /// Engine time (ns) at or after which `pending` is published.
+    flush_at_ns: u64,
+}
+
+impl Default for SecondHists {
+    fn default() -> Self {
+        SecondHists {
+            seconds: Vec::new(),
+            live: crate::engine::live_sink().map(|sink| Live {
+                sink,
+                pending: small_histogram(),
+                flush_at_ns: 0,
+            }),
+        }
+    }
+}
 
 impl SecondHists {
     /// Record `v_us` at engine time `now_ns`.
     #[inline]
     pub fn record(&mut self, now_ns: u64, v_us: u64) {
         let i = (now_ns / 1_000_000_000) as usize;
-        if i >= self.0.len() {
-            self.0.resize_with(i + 1, || None);
+        if i >= self.seconds.len() {
+            self.seconds.resize_with(i + 1, || None);
         }
-        self.0[i]
+        self.seconds[i]
             .get_or_insert_with(small_histogram)
             .saturating_record(v_us);
+        if let Some(l) = &mut self.live {
+            l.pending.saturating_record(v_us);
+            // The first sample after a quiet spell is published at once (so
+            // slow runs show up in the right interval); at high rates one
+            // lock per 100 ms.
+            if now_ns >= l.flush_at_ns {
+                if let Ok(mut h) = l.sink.lock() {
+                    let _ = h.add(&l.pending);
+                }
+                l.pending.reset();
+                l.flush_at_ns = now_ns + LIVE_FLUSH_NS;
+            }
+        }
     }
 
     pub fn merge(&mut self, o: &SecondHists) {
-        if o.0.len() > self.0.len() {
-            self.0.resize_with(o.0.len(), || None);
+        if o.seconds.len() > self.seconds.len() {
+            self.seconds.resize_with(o.seconds.len(), || None);
         }
-        for (mine, theirs) in self.0.iter_mut().zip(&o.0) {
+        for (mine, theirs) in self.seconds.iter_mut().zip(&o.seconds) {
             if let Some(h) = theirs {
                 let _ = mine.get_or_insert_with(small_histogram).add(h);
             }
@@ -49,7 +98,7 @@ impl SecondHists {
 
     /// One entry per second that recorded anything.
     pub fn series(&self) -> Vec<SecondLatency> {
-        self.0
+        self.seconds
             .iter()
             .enumerate()
             .filter_map(|(i, h)| {
@@ -155,6 +204,9 @@ pub struct ClientUsage {
     pub cpu_total: Cpu,
     /// Client CPU µs per measured message (cpu_measure / measured messages).
     pub cpu_us_per_msg: Option<f64>,
+    /// cpu_measure ÷ the measured window, % of one core (up to 100 × threads):
+    /// near 100 per thread, msg/s is the loadgen's limit, not the server's.
+    pub cpu_percent: Option<f64>,
     pub max_rss_kb: u64,
     pub rss_kb_connected: u64,
 }
@@ -165,6 +217,8 @@ pub struct ServerUsage {
     pub sample: ServerSample,
     /// Server CPU µs per measured message.
     pub cpu_us_per_msg: Option<f64>,
+    /// cpu_measure ÷ the measured window, % of one core.
+    pub cpu_percent: Option<f64>,
     /// (RSS once connected − RSS before) / established connections, bytes.
     pub rss_bytes_per_conn: Option<f64>,
 }
@@ -224,9 +278,13 @@ impl Report {
             Some(n) if n > 0 => Some(((cpu * 1e6 / n as f64) * 1000.0).round() / 1000.0),
             _ => None,
         };
+        let percent = |cpu: f64| {
+            (run.measured_s > 0.0).then(|| (cpu / run.measured_s * 1000.0).round() / 10.0)
+        };
         let established = run.at_end.connected;
         let server = run.server.clone().map(|s| ServerUsage {
             cpu_us_per_msg: per_msg(s.cpu_measure.total()),
+            cpu_percent: percent(s.cpu_measure.total()),
             rss_bytes_per_conn: (established > 0 && s.rss_kb_start > 0).then(|| {
                 let d = s.rss_kb_connected as f64 - s.rss_kb_start as f64;
                 (d * 1024.0 / established as f64).round()
@@ -286,6 +344,7 @@ impl Report {
                 cpu_measure: run.client_cpu_measure,
                 cpu_total: run.client_cpu_total,
                 cpu_us_per_msg: per_msg(run.client_cpu_measure.total()),
+                cpu_percent: percent(run.client_cpu_measure.total()),
                 max_rss_kb: run.client_max_rss_kb,
                 rss_kb_connected: run.client_rss_kb_connected,
             },
@@ -413,7 +472,23 @@ impl Report {
         if let Some(u) = cl.cpu_us_per_msg {
             let _ = write!(cpu, ", {u:.2} CPU µs/msg");
         }
+        if let Some(p) = cl.cpu_percent {
+            let _ = write!(cpu, ", {p:.0} % CPU");
+        }
         row(&mut o, "loadgen cpu", cpu);
+        // One loadgen thread costs about as much CPU per message as one
+        // rtedge core (bench/RESULTS.md), so a busy generator is common.
+        if let (Some(p), Some(_)) = (cl.cpu_percent, &self.throughput)
+            && p >= 90.0 * cl.threads.max(1) as f64
+        {
+            row(
+                &mut o,
+                "note",
+                "the loadgen's CPU was saturated: msg/s may be its own limit, not the \
+                 server's (give it more --threads on free cores, or compare CPU µs/msg)"
+                    .into(),
+            );
+        }
         if let Some(s) = &self.server {
             let mut v = format!(
                 "pid {}: {:.2}s user + {:.2}s sys in the window",
@@ -421,6 +496,9 @@ impl Report {
             );
             if let Some(u) = s.cpu_us_per_msg {
                 let _ = write!(v, ", {u:.2} CPU µs/msg");
+            }
+            if let Some(p) = s.cpu_percent {
+                let _ = write!(v, ", {p:.0} % CPU");
             }
             let _ = write!(
                 v,
@@ -464,4 +542,83 @@ impl Report {
 
 fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Totals;
+
+    fn summary(measured_s: f64, cpu_s: f64, received: u64) -> RunSummary {
+        let end = Totals {
+            connected: 1,
+            received,
+            ..Totals::default()
+        };
+        RunSummary {
+            started_unix: 0.0,
+            connect_s: 0.0,
+            warmup_s: 0.0,
+            measured_s,
+            drain_s: 0.0,
+            close_s: 0.0,
+            total_s: measured_s,
+            interrupted: false,
+            end_reason: "duration",
+            at_measure_start: Totals::default(),
+            at_measure_end: end,
+            at_end: end,
+            client_cpu_measure: Cpu {
+                user_s: cpu_s / 2.0,
+                sys_s: cpu_s / 2.0,
+            },
+            client_cpu_total: Cpu::default(),
+            client_max_rss_kb: 0,
+            client_rss_kb_connected: 0,
+            server: None,
+            per_second: Vec::new(),
+            threads_lost: 0,
+        }
+    }
+
+    fn report(measured_s: f64, cpu_s: f64, n: u64, threads: usize) -> Report {
+        let run = summary(measured_s, cpu_s, n);
+        Report::base(
+            "ws-echo",
+            serde_json::json!({}),
+            &run,
+            threads,
+            1,
+            Some(n),
+            ErrorLog::default(),
+        )
+    }
+
+    #[test]
+    fn loadgen_cpu_per_message_and_percent() {
+        // 2 s of CPU over a 4 s window for 2M messages: 1 µs/msg, 50 %.
+        let r = report(4.0, 2.0, 2_000_000, 1);
+        assert_eq!(r.client.cpu_us_per_msg, Some(1.0));
+        assert_eq!(r.client.cpu_percent, Some(50.0));
+        let t = r.table();
+        assert!(t.contains("1.00 CPU µs/msg, 50 % CPU"), "{t}");
+        assert!(!t.contains("saturated"), "{t}");
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["client"]["cpu_us_per_msg"], 1.0);
+        assert_eq!(j["client"]["cpu_percent"], 50.0);
+    }
+
+    #[test]
+    fn a_saturated_loadgen_is_pointed_out() {
+        // 3.9 s of CPU in 4 s on one thread: the generator was the limit.
+        let t = report(4.0, 3.9, 1_000_000, 1).table();
+        assert!(t.contains("98 % CPU") && t.contains("saturated"), "{t}");
+        // The same CPU spread over two threads is not saturation.
+        let t = report(4.0, 3.9, 1_000_000, 2).table();
+        assert!(!t.contains("saturated"), "{t}");
+        // No measured window: no percentage, no note.
+        let r = report(0.0, 1.0, 0, 1);
+        assert_eq!(r.client.cpu_percent, None);
+        assert!(!r.table().contains("saturated"));
+    }
 }
