@@ -337,7 +337,17 @@ pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Opt
     let mut out = Vec::with_capacity(128 + to.len() + from.len());
     out.extend_from_slice(b"MSRP ");
     out.extend_from_slice(tid);
-    out.extend_from_slice(format!(" {code:03} {}\r\nTo-Path: ", reason(code)).as_bytes());
+    // " NNN reason" without the formatting machinery (hot: every SEND).
+    let c = code.min(999);
+    out.extend_from_slice(&[
+        b' ',
+        b'0' + (c / 100) as u8,
+        b'0' + (c / 10 % 10) as u8,
+        b'0' + (c % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason(code).as_bytes());
+    out.extend_from_slice(b"\r\nTo-Path: ");
     out.extend_from_slice(to);
     out.extend_from_slice(b"\r\nFrom-Path: ");
     out.extend_from_slice(from);

@@ -40,9 +40,6 @@ use std::sync::LazyLock;
 /// `CRLF "-------"`: the end-line's constant prefix.
 static END_PREFIX: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\r\n-------"));
-/// The empty line that ends a header block.
-static BLANK_LINE: LazyLock<memmem::Finder<'static>> =
-    LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
 
 /// RFC 7230 `tchar` (MSRP header names, RFC 4975 §9 `hname`).
 const TCHAR: [bool; 256] = {
@@ -467,27 +464,24 @@ impl FrameParser {
         let first_line_end = lf + 1;
         let cap = data.len().min(self.limits.max_head);
         let window = data.get(..cap).unwrap_or(&[]);
-        // The end-line's CRLF is the last header line's CRLF: search from
-        // the first line's CRLF.
-        let blank_at = BLANK_LINE
-            .find(window.get(lf - 1..).unwrap_or(&[]))
-            .map(|i| i + lf - 1);
-        // A body-less frame's end-line comes before any empty line: look
-        // for it only up to the empty line (not through the body).
-        let end_zone = match blank_at {
-            Some(b) => window.get(..(b + 2 + self.needle_len).min(window.len())),
-            None => Some(window),
-        }
-        .unwrap_or(&[]);
-        let end_at = self
-            .find_end(end_zone.get(lf - 1..).unwrap_or(&[]))
-            .filter(|&i| i + lf - 1 + self.needle_len <= end_zone.len())
-            .map(|i| i + lf - 1);
-        let head_end = match (end_at, blank_at) {
-            (Some(e), Some(b)) if b < e => Some((b + 4, true)),
-            (Some(e), _) => Some((e + 2, false)),
-            (None, Some(b)) => Some((b + 4, true)),
-            (None, None) => None,
+        // Walk the header lines: the block ends at an empty line (a body
+        // follows) or at a line that is this transaction's end-line (no
+        // body). Line by line, so finding the end costs the head's length,
+        // not a search through the body or the frames after it.
+        let end_line = self.needle.get(2..self.needle_len).unwrap_or(&[]);
+        let mut pos = first_line_end;
+        let head_end = loop {
+            let rest = window.get(pos..).unwrap_or(&[]);
+            if rest.starts_with(end_line) {
+                break Some((pos, false));
+            }
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                break None;
+            };
+            if nl == 1 && rest.first() == Some(&b'\r') {
+                break Some((pos + 2, true));
+            }
+            pos += nl + 1;
         };
         let Some((head_len, has_body)) = head_end else {
             if data.len() >= self.limits.max_head {
