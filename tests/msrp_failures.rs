@@ -58,25 +58,20 @@ enum Receiver<'a> {
     None,
     /// It reads the SEND and answers `code`.
     Answers(&'a mut Client, u16),
-    /// It reads the SEND and never answers.
-    Silent(&'a mut Client),
 }
 
 impl Receiver<'_> {
     async fn on_send(&mut self, fr: &str) {
         let (b, code) = match self {
             Receiver::None => return,
-            Receiver::Answers(b, code) => (b, Some(*code)),
-            Receiver::Silent(b) => (b, None),
+            Receiver::Answers(b, code) => (b, *code),
         };
         let got = b.read().await;
         assert_eq!(got.method(), Some("SEND"), "{got:?}");
         assert_eq!(got.header("Failure-Report"), Some(fr), "{got:?}");
-        if let Some(code) = code {
-            let me = b.uri.clone();
-            b.send(&response_to(&got, code, "Unsupported Media Type", &me))
-                .await;
-        }
+        let me = b.uri.clone();
+        b.send(&response_to(&got, code, "Unsupported Media Type", &me))
+            .await;
     }
 }
 
@@ -343,8 +338,29 @@ async fn transaction_timeout_is_a_408_report() {
     let mut b = authed(addr, "b", "bob", "builder").await;
     let (ar, br, bu) = (a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone());
     let to = [ar.as_str(), br.as_str(), bu.as_str()];
-    three_failure_reports(&mut a, &to, 408, "to", Receiver::Silent(&mut b)).await;
+    // `partial` and `no`: no response from the receiver is success
+    // (RFC 4975 §7.1.1), so the timeout reports nothing — not even later.
+    for fr in ["partial", "no"] {
+        a.send(&send_fr(
+            &a,
+            &format!("to{fr}1"),
+            &to,
+            &format!("to-{fr}"),
+            fr,
+        ))
+        .await;
+        assert_eq!(b.read().await.method(), Some("SEND"));
+    }
+    a.quiet(std::time::Duration::from_millis(2500)).await;
+    // `yes`: the hop-by-hop 200, then REPORT 408 once the timeout passes.
+    a.send(&send_fr(&a, "toyes1", &to, "to-yes", "yes")).await;
+    assert_eq!(b.read().await.method(), Some("SEND"));
+    let (rep, ok) = report_after_ok(&mut a, "toyes1", "to-yes").await;
+    assert!(ok, "hop-by-hop 200 for yes");
+    assert_failure_report(&rep, &a.uri, to[0], "to-yes", 408);
+    a.quiet(QUIET).await;
     b.quiet(QUIET).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 1);
 }
 
 /// The receiver's connection is lost while the SEND awaits its response:

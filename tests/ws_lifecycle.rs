@@ -209,6 +209,26 @@ async fn taken_port_is_a_clear_start_up_error() {
     drop(holder);
 }
 
+/// A second rtedge on an address the first serves must not join its
+/// SO_REUSEPORT group (the kernel would split connections between two
+/// processes that share no sessions): it refuses to start.
+#[tokio::test]
+async fn second_instance_on_the_same_address_is_refused() {
+    let first = Server::start(ServerConfig::new().workers(1));
+    let taken = first.addr();
+    let cfg = ServerConfig::new().listen_ws_at(&taken.to_string());
+    let (status, log) = run_to_exit(&cfg, Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| {
+        panic!("a second rtedge started on {taken} beside the first; log:\n{log}")
+    });
+    assert!(!status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains(&taken.to_string()), "log:\n{log}");
+    assert!(log.to_ascii_lowercase().contains("in use"), "log:\n{log}");
+    // The first one still serves.
+    let mut ws = ws_echo_client(taken).await;
+    ws_echo(&mut ws, Message::text("still here")).await;
+}
+
 #[tokio::test]
 async fn no_new_connections_while_draining() {
     let grace = 3u64;

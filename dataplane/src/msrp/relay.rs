@@ -283,6 +283,10 @@ pub struct RelayCore {
     core: u8,
     pub sessions: SessionMap,
     pending: PendingMap,
+    /// Pending SENDs with `Failure-Report: partial`, oldest first: no 200
+    /// ever ends them (silence is success, RFC 4975 §7.1.1), so they expire
+    /// without a REPORT and make room first when the table is full.
+    partial: std::collections::VecDeque<TxnId>,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -320,6 +324,7 @@ impl RelayCore {
             core,
             sessions: SessionMap::new(core, session_capacity),
             pending: PendingMap::default(),
+            partial: std::collections::VecDeque::new(),
         }
     }
 
@@ -344,6 +349,25 @@ impl RelayCore {
             t[3 + 2 * i] = HEX[usize::from(b & 15)];
         }
         t
+    }
+
+    fn insert_pending(&mut self, k: TxnId, p: Pending) {
+        if p.failure == FailureReport::Partial {
+            self.partial.push_back(k);
+        }
+        self.pending.insert(k, p);
+    }
+
+    /// Room for one more pending transaction: the oldest `partial` ones
+    /// give theirs up (they only wait for an error that rarely comes).
+    fn make_room(&mut self) -> bool {
+        while self.pending.len() >= self.cfg.max_pending {
+            let Some(k) = self.partial.pop_front() else {
+                return false;
+            };
+            self.pending.remove(&k);
+        }
+        true
     }
 
     /// The pending transaction `tid`, removed.
@@ -720,7 +744,7 @@ impl RelayCore {
             return self.reject(head, 400, actions);
         }
         let pending = if wants_response {
-            if self.pending.len() >= self.cfg.max_pending {
+            if !self.make_room() {
                 return self.reject(head, 403, actions);
             }
             Some(Pending {
@@ -757,7 +781,7 @@ impl RelayCore {
         let txn = pending.and_then(|p| {
             // Requests wanting a response carry our own id (never REPORT).
             let k = TxnId::try_from(tid.as_slice()).ok()?;
-            self.pending.insert(k, p);
+            self.insert_pending(k, p);
             Some(k)
         });
         // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
@@ -873,7 +897,7 @@ impl RelayCore {
                 let mut br = Vec::with_capacity(32);
                 s.range.write_value(&mut br);
                 p.report = p.report.with_byte_range(&br);
-                self.pending.insert(new_tid, p);
+                self.insert_pending(new_tid, p);
                 new_tid
             });
             actions.push(Action::Stat(Stat::Rechunked));
@@ -1099,10 +1123,16 @@ impl RelayCore {
             .map(|(k, _)| *k)
             .collect();
         for k in expired {
-            if let Some(p) = self.pending.remove(&k) {
+            // `partial`: no response is success, so the timeout is not a
+            // failure (RFC 4975 §7.1.1); the entry just goes.
+            if let Some(p) = self.pending.remove(&k)
+                && p.failure != FailureReport::Partial
+            {
                 self.failure_report(&p, 408, env, actions);
             }
         }
+        let pending = &self.pending;
+        self.partial.retain(|k| pending.contains_key(k));
         if sweep_sessions {
             let n = self.sessions.sweep(now);
             if n > 0 {

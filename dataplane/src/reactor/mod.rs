@@ -243,6 +243,11 @@ impl Dataplane {
                     continue;
                 }
             }
+            sys::ensure_unused(l.address).map_err(|source| StartError::Listen {
+                address: l.address,
+                transport: l.transport.name(),
+                source,
+            })?;
             let mut address = l.address;
             for list in per_worker.iter_mut() {
                 let socket =

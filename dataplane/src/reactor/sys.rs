@@ -60,6 +60,25 @@ pub fn raise_nofile(wanted: u64) -> io::Result<u64> {
     Ok(new.rlim_cur)
 }
 
+/// Fails with `AddrInUse` when something listens on `addr` already — even
+/// another rtedge, whose SO_REUSEPORT group a new listener would silently
+/// join (the kernel would then split connections between two processes
+/// that do not share sessions). The probe binds without SO_REUSEPORT.
+pub fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    // Connections of an earlier run in TIME_WAIT do not count.
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())
+}
+
 /// A listening TCP socket in the address's SO_REUSEPORT group.
 pub fn reuseport_listener(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};

@@ -771,3 +771,41 @@ fn oversize_unsplittable_chunk_gets_413() {
     let acts = w.feed(&mut a, &ok);
     assert_eq!(forwarded_frames(&acts, &ok).len(), 1);
 }
+
+/// `Failure-Report: partial` SENDs are never answered with 200 (silence is
+/// success, RFC 4975 §7.1.1): their pending entries expire without a
+/// REPORT, and make room when the table is full instead of the relay
+/// refusing new SENDs with 403.
+#[test]
+fn partial_transactions_neither_report_timeouts_nor_fill_the_table() {
+    let mut w = World::new();
+    w.core.cfg.max_pending = 4;
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    for i in 0..10 {
+        let f = send(
+            &format!("pa{i:02}"),
+            &format!("{ua} {ub} {BOB}"),
+            ALICE,
+            "Failure-Report: partial\r\n",
+            "x",
+        );
+        let acts = w.feed(&mut a, &f);
+        assert!(forward_head(&acts).is_some(), "SEND {i} refused: {acts:?}");
+        assert!(replies(&acts).is_empty(), "no 200 for partial");
+    }
+    assert!(w.core.pending_transactions() <= 4);
+    // A `yes` SEND still finds room, and its timeout is reported.
+    let f = send("ye01", &format!("{ua} {ub} {BOB}"), ALICE, "", "y");
+    assert!(forward_head(&w.feed(&mut a, &f)).is_some());
+    w.now += 31_000;
+    let mut acts = Vec::new();
+    w.env_run(|core, env| core.on_tick(env, false, &mut acts));
+    let reports: Vec<_> = acts
+        .iter()
+        .filter(|a| matches!(a, Action::SendTo { conn: 1, .. }))
+        .collect();
+    assert_eq!(reports.len(), 1, "only the `yes` SEND's timeout: {acts:?}");
+    assert_eq!(w.core.pending_transactions(), 0);
+}
