@@ -19,7 +19,7 @@ use crate::{Cli, Cmd};
 pub const HELP: &str = "\
 The file lists scenarios; all start at once, each in its own worker threads,
 and run for their own --duration. Keys are the subcommand's long options
-(see `rtedge-loadgen ws-echo --help`, `ws-connect --help`); `[defaults]`
+(see `rtedge-loadgen ws-echo --help`, `ws-connect --help`, `msrp-relay --help`); `[defaults]`
 applies to all scenarios. --url and --set override the file. The result is
 one report with a section per scenario, and with --json one JSON document
 { \"scenario\": \"mixed\", \"ok\", \"exit_code\", \"scenarios\": [ {\"name\", ...} ] };
@@ -142,8 +142,15 @@ pub fn plan(text: &str, url: Option<&str>, sets: &[String]) -> Result<Vec<Planne
         t.extend(sc.clone());
         t.extend(overrides.clone());
         let kind = match t.remove("kind") {
-            Some(toml::Value::String(k)) if k == "ws-echo" || k == "ws-connect" => k,
-            Some(k) => bail!("scenario {}: unknown kind {k} (ws-echo, ws-connect)", i + 1),
+            Some(toml::Value::String(k))
+                if k == "ws-echo" || k == "ws-connect" || k == "msrp-relay" =>
+            {
+                k
+            }
+            Some(k) => bail!(
+                "scenario {}: unknown kind {k} (ws-echo, ws-connect, msrp-relay)",
+                i + 1
+            ),
             None => bail!("scenario {}: missing kind", i + 1),
         };
         let name = match t.remove("name") {
@@ -199,6 +206,7 @@ pub fn main(a: RunFileArgs) -> Result<i32> {
         let run = match &mut cmd {
             Cmd::WsEcho(x) => &mut x.run,
             Cmd::WsConnect(x) => &mut x.run,
+            Cmd::MsrpRelay(x) => &mut x.run,
             Cmd::Run(_) => bail!("scenario files cannot nest"),
         };
         run.label = Some(p.name.clone());
