@@ -367,6 +367,9 @@ impl RunSummary {
     }
 }
 
+/// Counters, client CPU and server CPU (and process count) at one instant.
+type Snapshot = (Instant, Totals, Cpu, Option<(Cpu, u32)>);
+
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 /// Ctrl-C was pressed.
@@ -635,7 +638,7 @@ async fn control<T>(
         run_start,
         measure_from,
     });
-    let mut at_start: Option<(Instant, Totals, Cpu, Option<(Cpu, u32)>)> = None;
+    let mut at_start: Option<Snapshot> = None;
     let take_snapshot = || {
         (
             Instant::now(),

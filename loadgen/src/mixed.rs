@@ -366,6 +366,24 @@ binary = false
     }
 
     #[test]
+    fn msrp_relay_scenarios_plan() {
+        let f = "[defaults]\nduration = \"5s\"\nsubprotocol = \"msrp\"\n\n\
+                 [[scenario]]\nkind = \"msrp-relay\"\nurl = \"ws://127.0.0.1:9/\"\n\
+                 pairs = 4\nsize = 4096\nwindow = 8\nuser = \"a\"\npassword = \"b\"\n\
+                 full_path = true\n";
+        let p = plan(f, None, &[]).unwrap();
+        let s = p[0].argv.join(" ");
+        assert!(s.contains("msrp-relay") && s.contains("--pairs 4"), "{s}");
+        assert!(s.contains("--full-path") && s.contains("--window 8"), "{s}");
+        let cli = Cli::try_parse_from(&p[0].argv).unwrap();
+        let Cmd::MsrpRelay(a) = cli.cmd else {
+            panic!("msrp-relay expected")
+        };
+        assert_eq!((a.pairs, a.size, a.window), (4, 4096, 8));
+        assert!(a.full_path);
+    }
+
+    #[test]
     fn example_file_plans() {
         let text = include_str!("../examples/mixed.toml");
         let p = plan(text, None, &[]).unwrap();

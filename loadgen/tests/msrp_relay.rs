@@ -4,17 +4,17 @@
 //! must deliver every message intact (no timing thresholds: the machine
 //! may be busy).
 //!
-//! The rtedge binary is the workspace's own: `RTEDGE_BIN` if set, else it
-//! is built with `cargo build -p rtedge` into this test's target directory
-//! and profile (a no-op when it is up to date, e.g. under `cargo test
-//! --workspace`).
+//! The rtedge binary is the workspace's own: `RTEDGE_BIN` if set, else
+//! `rtedge` in this test's target directory and profile when it is newer
+//! than its sources (as under `cargo test --workspace`), else it is built
+//! there with `cargo build -p rtedge`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Bound on starting rtedge and on each loadgen run.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +28,35 @@ fn profile_dir() -> PathBuf {
     deps.parent().expect("profile dir").to_path_buf()
 }
 
+/// Newest modification time of the files rtedge is built from.
+fn newest_source(workspace: &Path) -> Option<SystemTime> {
+    fn walk(p: &Path, newest: &mut Option<SystemTime>) {
+        let Ok(meta) = std::fs::metadata(p) else {
+            return;
+        };
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), newest);
+            }
+        } else if let Ok(t) = meta.modified() {
+            *newest = (*newest).max(Some(t));
+        }
+    }
+    let mut newest = None;
+    for rel in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "src",
+        "dataplane/src",
+        "dataplane/Cargo.toml",
+        "mgmt/src",
+        "mgmt/Cargo.toml",
+    ] {
+        walk(&workspace.join(rel), &mut newest);
+    }
+    newest
+}
+
 fn rtedge_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("RTEDGE_BIN") {
         return PathBuf::from(p);
@@ -36,6 +65,18 @@ fn rtedge_bin() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root");
+    // Under `cargo test --workspace` the binary was just built (rtedge's own
+    // tests need it): use it as long as no source is newer. A separate
+    // `cargo build -p rtedge` would unify features differently and rebuild
+    // the dependencies.
+    let bin = dir.join("rtedge");
+    if let (Ok(built), Some(src)) = (
+        std::fs::metadata(&bin).and_then(|m| m.modified()),
+        newest_source(workspace),
+    ) && built >= src
+    {
+        return bin;
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
