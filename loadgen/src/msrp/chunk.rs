@@ -71,15 +71,33 @@ impl<'a> Chunk<'a> {
     /// Value of the first header called `name` (case-insensitive, RFC 4975
     /// §9: header names are tokens), without surrounding whitespace.
     pub fn header(&self, name: &str) -> Option<&'a [u8]> {
-        self.headers
-            .split(|&b| b == b'\n')
-            .filter_map(|l| {
-                let l = l.strip_suffix(b"\r").unwrap_or(l);
-                let i = l.iter().position(|&b| b == b':')?;
-                Some((&l[..i], &l[i + 1..]))
-            })
-            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.trim_ascii())
+        self.headers_of([name])[0]
+    }
+
+    /// The values of several headers (first occurrence of each), found in
+    /// one pass over the header block.
+    pub fn headers_of<const N: usize>(&self, names: [&str; N]) -> [Option<&'a [u8]>; N] {
+        let mut out = [None; N];
+        let mut missing = N;
+        let h = self.headers;
+        let mut start = 0;
+        while start < h.len() && missing > 0 {
+            let end = memchr::memchr(b'\n', &h[start..]).map_or(h.len(), |i| start + i);
+            let line = &h[start..end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(i) = memchr::memchr(b':', line) {
+                let n = &line[..i];
+                for (k, name) in names.iter().enumerate() {
+                    if out[k].is_none() && n.eq_ignore_ascii_case(name.as_bytes()) {
+                        out[k] = Some(line[i + 1..].trim_ascii());
+                        missing -= 1;
+                        break;
+                    }
+                }
+            }
+            start = end + 1;
+        }
+        out
     }
 
     #[cfg(test)]
@@ -104,6 +122,14 @@ pub fn is_ident(s: &[u8]) -> bool {
         && s[1..]
             .iter()
             .all(|&c| c.is_ascii_alphanumeric() || b".-+%=".contains(&c))
+}
+
+/// CRLF and the seven dashes that start an end-line.
+const END_PREFIX: &[u8] = b"\r\n-------";
+
+fn end_finder() -> &'static memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memmem::Finder::new(END_PREFIX))
 }
 
 /// Longest first line accepted (`MSRP` + ident + status + comment).
@@ -148,15 +174,12 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Chunk<'_>, usize)>, Parse
         return Err(ParseError::BadStartLine);
     };
     // End-line: CRLF "-------" tid flag CRLF. The CRLF in front is the one
-    // ending the last header line or the data (RFC 4975 §9).
-    let mut marker = [0u8; 2 + 7 + 32];
-    let mlen = 9 + tid.len();
-    marker[..9].copy_from_slice(b"\r\n-------");
-    marker[9..mlen].copy_from_slice(tid);
-    let marker = &marker[..mlen];
+    // ending the last header line or the data (RFC 4975 §9). One prebuilt
+    // searcher for the fixed part; the tid is compared after it.
+    let mlen = END_PREFIX.len() + tid.len();
     let mut from = eol - 1;
     let at = loop {
-        let Some(rel) = memmem::find(&buf[from..], marker) else {
+        let Some(rel) = end_finder().find(&buf[from..]) else {
             return if buf.len() > max {
                 Err(ParseError::TooLarge)
             } else {
@@ -166,16 +189,20 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Chunk<'_>, usize)>, Parse
         let at = from + rel;
         let after = at + mlen;
         if buf.len() < after + 3 {
+            // The end-line, if it is this one, is not complete yet.
             return if after + 3 > max {
                 Err(ParseError::TooLarge)
             } else {
                 Ok(None)
             };
         }
-        if matches!(buf[after], b'$' | b'+' | b'#') && &buf[after + 1..after + 3] == b"\r\n" {
+        if &buf[at + END_PREFIX.len()..after] == tid
+            && matches!(buf[after], b'$' | b'+' | b'#')
+            && &buf[after + 1..after + 3] == b"\r\n"
+        {
             break at;
         }
-        // The tid followed by something else inside the data: keep looking.
+        // "-------" inside the data, or another transaction's id: go on.
         from = at + 2;
     };
     let end = at + mlen + 3;
@@ -280,6 +307,14 @@ mod tests {
         assert_eq!(c.header("message-id"), Some(&b"87652491"[..]));
         assert_eq!(c.header("Byte-Range"), Some(&b"1-25/25"[..]));
         assert_eq!(c.body, Some(&b"Hey Bob, are you there?\r\n"[..]));
+        assert_eq!(
+            c.headers_of(["byte-range", "Nope", "TO-PATH"]),
+            [
+                Some(&b"1-25/25"[..]),
+                None,
+                Some(&b"msrp://bob.example.com:8888/9di4eae923wzd;tcp"[..])
+            ]
+        );
         assert_eq!(c.flag, b'$');
         // Every prefix is incomplete, never an error.
         for i in 0..SEND.len() {

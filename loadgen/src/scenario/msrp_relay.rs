@@ -620,12 +620,16 @@ impl PairState {
         self.stats.received += 1;
         let body = c.body.unwrap_or(&[]);
         self.batch_bytes += body.len() as u64;
+        let [fr, from, to, msg_id, range] = c.headers_of([
+            "Failure-Report",
+            "From-Path",
+            "To-Path",
+            "Message-ID",
+            "Byte-Range",
+        ]);
         // Hop-by-hop 200 to the relay (RFC 4975 §7.1.1: Failure-Report
         // absent = yes; partial and no get no 200).
-        let fr = c.header("Failure-Report");
-        let from_first = c
-            .header("From-Path")
-            .and_then(|v| chunk::path_uris(v).next());
+        let from_first = from.and_then(|v| chunk::path_uris(v).next());
         if matches!(fr, None | Some(b"yes"))
             && let Some(prev) = from_first
         {
@@ -634,14 +638,12 @@ impl PairState {
             self.stats.receiver_ok += 1;
         }
         let verdict = payload::verify(body, true);
-        let msg_seq = c.header("Message-ID").and_then(|v| get_id(v, b'm'));
-        let paths_ok = c.header("To-Path") == Some(&self.receiver_uri[..])
-            && c.header("From-Path")
-                .and_then(|v| chunk::path_uris(v).last())
-                == Some(&self.sender_uri[..]);
+        let msg_seq = msg_id.and_then(|v| get_id(v, b'm'));
+        let paths_ok = to == Some(&self.receiver_uri[..])
+            && from.and_then(|v| chunk::path_uris(v).last()) == Some(&self.sender_uri[..]);
         let intact = c.flag == b'$'
             && body.len() == self.size
-            && c.header("Byte-Range") == Some(&self.byte_range[..])
+            && range == Some(&self.byte_range[..])
             && paths_ok;
         match verdict {
             Verdict::Ok { conn, seq } if conn == self.id && msg_seq == Some(seq) && intact => {
@@ -748,10 +750,18 @@ impl PairState {
                     if failed_now {
                         self.stats.lost += 1;
                     }
-                    errors.record(&ConnError::new(
-                        "send_rejected",
-                        format!("relay answered a SEND with {status}"),
-                    ));
+                    if errors.0.get("send_rejected").is_none_or(|e| e.count == 0) {
+                        // The first one names the path, to tell which
+                        // session the relay refused.
+                        let head = String::from_utf8_lossy(&self.send_head);
+                        let to = head.lines().next().unwrap_or("");
+                        errors.record(&ConnError::new(
+                            "send_rejected",
+                            format!("relay answered a SEND with {status} ({to})"),
+                        ));
+                    } else {
+                        errors.record(&ConnError::new("send_rejected", String::new()));
+                    }
                 }
             }
             Kind::Request { method } if method == b"REPORT" => self.on_report(c, errors),
