@@ -285,6 +285,8 @@ pub struct EngineConfig {
     /// duration even when no connection is open.
     pub churn: bool,
     pub server_pid: Option<u32>,
+    /// Sum the CPU of the server's descendant processes too.
+    pub server_tree: bool,
     pub ready_file: Option<PathBuf>,
     #[serde(skip)]
     pub progress: ProgressMode,
@@ -358,6 +360,9 @@ pub struct ServerSample {
     pub rss_kb_start: u64,
     pub rss_kb_connected: u64,
     pub rss_kb_measure_end: u64,
+    /// Processes whose CPU was summed (`--server-tree`: the server and its
+    /// descendants at the end of the window).
+    pub processes: u32,
 }
 
 /// What the engine observed, for the report.
@@ -399,6 +404,9 @@ impl RunSummary {
     }
 }
 
+/// Counters, client CPU and server CPU (and process count) at one instant.
+type Snapshot = (Instant, Totals, Cpu, Option<(Cpu, u32)>);
+
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 /// Ctrl-C was pressed.
@@ -439,7 +447,11 @@ pub fn run<S: Scenario>(
             })
         })
         .collect();
-    let server_cpu0 = cfg.server_pid.and_then(sys::proc_cpu);
+    let tree = cfg.server_tree;
+    let server_cpu0 = cfg
+        .server_pid
+        .and_then(|p| sys::server_cpu(p, tree))
+        .map(|c| c.0);
     let server_rss0 = cfg.server_pid.and_then(sys::proc_rss_kb).unwrap_or(0);
     let client_cpu0 = sys::self_cpu();
 
@@ -501,7 +513,7 @@ pub fn run<S: Scenario>(
     summary.client_cpu_total = client_cpu1.minus(client_cpu0);
     summary.client_max_rss_kb = sys::self_max_rss_kb();
     if let (Some(pid), Some(c0), Some(s)) = (cfg.server_pid, server_cpu0, summary.server.as_mut()) {
-        if let Some(c1) = sys::proc_cpu(pid) {
+        if let Some((c1, _)) = sys::server_cpu(pid, tree) {
             s.cpu_total = c1.minus(c0);
         }
         s.rss_kb_start = server_rss0;
@@ -687,13 +699,13 @@ async fn control<T>(
         run_start,
         measure_from,
     });
-    let mut at_start: Option<(Instant, Totals, Cpu, Option<Cpu>)> = None;
+    let mut at_start: Option<Snapshot> = None;
     let take_snapshot = || {
         (
             Instant::now(),
             Totals::of(counters),
             sys::self_cpu(),
-            pid.and_then(sys::proc_cpu),
+            pid.and_then(|p| sys::server_cpu(p, cfg.server_tree)),
         )
     };
     let mut next_tick = run_start + Duration::from_secs(1);
@@ -821,9 +833,10 @@ async fn control<T>(
     let server = pid.map(|pid| ServerSample {
         pid,
         cpu_measure: match (end_snap.3, start_snap.3) {
-            (Some(b), Some(a)) => b.minus(a),
+            (Some((b, _)), Some((a, _))) => b.minus(a),
             _ => Cpu::default(),
         },
+        processes: end_snap.3.map(|c| c.1).unwrap_or(0),
         cpu_total: Cpu::default(),
         rss_kb_start: 0,
         rss_kb_connected: server_rss_connected,

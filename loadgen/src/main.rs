@@ -7,6 +7,7 @@
 
 mod engine;
 mod mixed;
+mod msrp;
 mod net;
 mod payload;
 mod plot;
@@ -58,6 +59,10 @@ Examples:
   # latency percentiles and throughput over time
   rtedge-loadgen ws-echo --url ws://127.0.0.1:8080/ -c 10 --duration 30s --plot echo.svg
 
+  # MSRP relay: 10 sender/receiver pairs over TCP, 100-byte SENDs, 32 in flight
+  rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
+      --password secret --pairs 10 --size 100 --window 32 --duration 10s
+
 Exit status: 0 OK; 1 a message was lost, corrupted, duplicated or
 reordered; 3 connections failed or died (no integrity problem);
 2 usage or runtime error.";
@@ -87,6 +92,10 @@ enum Cmd {
     /// survive; optionally a handshake storm (--churn).
     #[command(after_help = WS_CONNECT_HELP)]
     WsConnect(WsConnectArgs),
+    /// MSRP relay load: sender/receiver pairs AUTH to a relay (RFC 4976)
+    /// and send self-checking SENDs through it, over TCP or WebSocket.
+    #[command(after_help = MSRP_RELAY_HELP)]
+    MsrpRelay(MsrpRelayArgs),
     /// Run the scenarios of a TOML file together (mixed workload).
     #[command(after_help = mixed::HELP)]
     Run(mixed::RunFileArgs),
@@ -139,6 +148,29 @@ Examples:
       --connections 10000 --duration 30s --server-pid $(pidof rtedge)
   rtedge-loadgen ws-connect --url ws://127.0.0.1:8080/ --connections 0 \\
       --churn 200 --churn-lifetime 100ms --duration 20s --plot storm.svg";
+
+const MSRP_RELAY_HELP: &str = "\
+Each pair: a receiver and a sender connect to the relay (msrp:// or msrps://
+over TCP/TLS; ws:// or wss:// with the `msrp` sub-protocol, one chunk per
+WebSocket message, RFC 7977), AUTH (RFC 4976: a 401 is answered with an MD5
+digest, qop=auth, method AUTH, digest-uri = --relay-uri) and learn their
+Use-Path. The sender keeps --window SENDs in flight; To-Path = the
+receiver's Use-Path + the receiver's URI (--full-path: the sender's own
+Use-Path first). A SEND is in flight until the receiver has it and the
+relay's hop-by-hop 200 came back (Failure-Report yes, the default). The
+receiver verifies every body (checksum bound to pair and sequence number),
+Message-ID, Byte-Range, To-Path and From-Path, and answers 200 to the relay.
+
+Reported: delivered msg/s, delivery latency (sender queued → receiver
+parsed), lost/duplicated/reordered/corrupted, relay 200s and errors,
+REPORTs. `connections` counts TCP/WebSocket connections (2 per pair).
+--no-auth skips AUTH: To-Path = --relay-uri + the receiver's URI.
+
+Examples:
+  rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
+      --password secret --pairs 10 --size 100 --duration 10s
+  rtedge-loadgen msrp-relay --url ws://127.0.0.1:8080/ --user alice \\
+      --password secret --pairs 1 --size 4096 --window 32 --json out.json";
 
 /// A duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or plain seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,6 +255,10 @@ struct RunArgs {
     /// Sample this process's CPU and RSS (/proc) as the server under test.
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// With --server-pid: add the CPU of every descendant process of PID
+    /// (multi-process servers such as Kamailio).
+    #[arg(long, requires = "server_pid")]
+    server_tree: bool,
     /// Write FILE (JSON) once every connection attempt has finished.
     #[arg(long, value_name = "FILE")]
     ready_file: Option<PathBuf>,
@@ -307,6 +343,140 @@ struct WsConnectArgs {
     run: RunArgs,
 }
 
+#[derive(Args, Debug, Serialize)]
+struct MsrpRelayArgs {
+    /// Relay URL: msrp:// or msrps:// (TCP/TLS, default port 2855), ws://
+    /// or wss:// (WebSocket, sub-protocol msrp).
+    #[arg(long, default_value = "msrp://127.0.0.1:2855")]
+    url: String,
+    /// WebSocket sub-protocol to request (RFC 7977: msrp).
+    #[arg(long, default_value = "msrp")]
+    subprotocol: String,
+    /// The relay's MSRP URI: To-Path of AUTH and digest-uri (default from
+    /// the URL: msrp[s]://HOST:PORT;tcp, or ;ws over WebSocket).
+    #[arg(long, value_name = "URI")]
+    relay_uri: Option<String>,
+    /// AUTH user name.
+    #[arg(long, default_value = "loadgen")]
+    user: String,
+    /// AUTH password (digest, answered when the relay sends a 401).
+    #[arg(long, default_value = "")]
+    password: String,
+    /// Do not AUTH: To-Path = --relay-uri + the receiver's URI.
+    #[arg(long)]
+    no_auth: bool,
+    /// Expires header in AUTH (seconds; default: omitted, the relay picks).
+    #[arg(long, value_name = "S")]
+    expires: Option<u64>,
+    /// To-Path = sender's Use-Path + receiver's Use-Path + receiver (the
+    /// RFC 4976 two-relay path; through one relay it hairpins).
+    #[arg(long, conflicts_with = "no_auth")]
+    full_path: bool,
+    /// Failure-Report of the SENDs (RFC 4975 §7.1.1; yes = header omitted).
+    #[arg(long, value_enum, default_value = "yes")]
+    failure_report: scenario::msrp_relay::FailureReport,
+    /// Sender/receiver pairs (two connections each).
+    #[arg(long, short = 'p', default_value_t = 10)]
+    pairs: usize,
+    /// Body bytes per SEND (≥ 44: integrity header).
+    #[arg(long, short = 's', default_value_t = 100)]
+    size: usize,
+    /// SENDs in flight per pair.
+    #[arg(long, short = 'w', default_value_t = 32)]
+    window: usize,
+    /// Measured duration.
+    #[arg(long, short = 'd', default_value = "10s", value_name = "DUR")]
+    duration: Dur,
+    /// Largest MSRP chunk accepted from the relay (bytes).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    max_chunk: usize,
+    /// wss:// / msrps://: accept any server certificate.
+    #[arg(long)]
+    insecure: bool,
+    /// wss:// / msrps://: trust this PEM CA file (besides the system bundle).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Local source address(es), used round-robin.
+    #[arg(long = "local-addr", value_delimiter = ',', value_name = "IP")]
+    local_addrs: Vec<IpAddr>,
+    /// Time allowed for connect (+TLS, +upgrade) and AUTH of one client.
+    #[arg(long, default_value = "10s", value_name = "DUR")]
+    connect_timeout: Dur,
+    /// Pairs being set up at once, per thread.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    connect_concurrency: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    run: RunArgs,
+}
+
+/// URL schemes of msrp-relay: (prefix, TLS, default port).
+const MSRP_SCHEMES: &[(&str, bool, u16)] = &[
+    ("msrp://", false, 2855),
+    ("msrps://", true, 2855),
+    ("ws://", false, 80),
+    ("wss://", true, 443),
+];
+
+fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
+    let min = payload::header_len(true);
+    if a.size < min {
+        bail!("--size {} is below the {min}-byte integrity header", a.size);
+    }
+    if a.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
+    if a.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    let target = Target::parse_schemes(&a.url, MSRP_SCHEMES)?;
+    let ws = a.url.starts_with("ws://") || a.url.starts_with("wss://");
+    let relay_uri = a.relay_uri.clone().unwrap_or_else(|| {
+        let scheme = if target.tls { "msrps" } else { "msrp" };
+        let port = target.addrs.first().map(|x| x.port()).unwrap_or(2855);
+        let host = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+        format!("{scheme}://{host}:{port};{}", if ws { "ws" } else { "tcp" })
+    });
+    let connector = Connector::new(
+        target,
+        ConnectOptions {
+            insecure: a.insecure,
+            ca_file: a.ca.clone(),
+            subprotocol: Some(a.subprotocol.clone()),
+            local_addrs: a.local_addrs.clone(),
+            connect_timeout: a.connect_timeout.0,
+        },
+    )?;
+    let sc = Arc::new(scenario::msrp_relay::MsrpRelay {
+        connector,
+        ws,
+        pairs: a.pairs,
+        size: a.size,
+        window: a.window,
+        relay_uri: relay_uri.clone(),
+        auth: (!a.no_auth).then(|| (a.user.clone(), a.password.clone())),
+        expires: a.expires,
+        full_path: a.full_path,
+        failure_report: a.failure_report,
+        connect_concurrency: a.connect_concurrency,
+        connect_timeout: a.connect_timeout.0,
+        close_timeout: a.run.close_timeout.0,
+        max_chunk: a.max_chunk.max(4096),
+    });
+    let warmup = a.run.warmup.map(|d| d.0).unwrap_or(Duration::from_secs(1));
+    let cfg = engine_config(&a.run, Some(a.duration.0), warmup, "msrp-relay", false);
+    let mut config = serde_json::to_value(&a).context("config")?;
+    config["password"] = "(hidden)".into();
+    config["relay_uri"] = relay_uri.into();
+    config["engine"] = serde_json::to_value(&cfg).context("config")?;
+    let (threads, run) = engine::run(sc.clone(), &cfg)?;
+    Ok(sc.report(threads, &run, config, cfg.threads))
+}
+
 fn connector(t: &TargetArgs, connections: usize) -> Result<Connector> {
     let target = Target::parse(&t.url)?;
     let mut local = t.local_addrs.clone();
@@ -344,6 +514,7 @@ fn engine_config(
         count: None,
         churn: false,
         server_pid: run.server_pid,
+        server_tree: run.server_tree,
         ready_file: run.ready_file.clone(),
         progress: if run.quiet {
             ProgressMode::Quiet
@@ -443,6 +614,7 @@ fn run_scenario(cmd: Cmd) -> Result<Report> {
     match cmd {
         Cmd::WsEcho(a) => ws_echo(a),
         Cmd::WsConnect(a) => ws_connect(a),
+        Cmd::MsrpRelay(a) => msrp_relay(a),
         Cmd::Run(_) => bail!("scenario files cannot nest"),
     }
 }
@@ -451,7 +623,9 @@ fn run_scenario(cmd: Cmd) -> Result<Report> {
 fn exit_code(r: &Report) -> i32 {
     if r.ok {
         0
-    } else if r.scenario == "ws-echo" && scenario::ws_echo::integrity_failed(r) {
+    } else if (r.scenario == "ws-echo" || r.scenario == "msrp-relay")
+        && scenario::ws_echo::integrity_failed(r)
+    {
         1
     } else {
         3
@@ -480,6 +654,7 @@ fn main() {
             let (json, plot) = match &cmd {
                 Cmd::WsEcho(a) => (a.run.json.clone(), a.run.plot.clone()),
                 Cmd::WsConnect(a) => (a.run.json.clone(), a.run.plot.clone()),
+                Cmd::MsrpRelay(a) => (a.run.json.clone(), a.run.plot.clone()),
                 Cmd::Run(_) => (None, None),
             };
             if let Some(p) = &plot

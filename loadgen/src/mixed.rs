@@ -19,7 +19,7 @@ use crate::{Cli, Cmd};
 pub const HELP: &str = "\
 The file lists scenarios; all start at once, each in its own worker threads,
 and run for their own --duration. Keys are the subcommand's long options
-(see `rtedge-loadgen ws-echo --help`, `ws-connect --help`); `[defaults]`
+(see `rtedge-loadgen ws-echo --help`, `ws-connect --help`, `msrp-relay --help`); `[defaults]`
 applies to all scenarios. --url and --set override the file. The result is
 one report with a section per scenario, and with --json one JSON document
 { \"scenario\": \"mixed\", \"ok\", \"exit_code\", \"scenarios\": [ {\"name\", ...} ] };
@@ -143,8 +143,15 @@ pub fn plan(text: &str, url: Option<&str>, sets: &[String]) -> Result<Vec<Planne
         t.extend(sc.clone());
         t.extend(overrides.clone());
         let kind = match t.remove("kind") {
-            Some(toml::Value::String(k)) if k == "ws-echo" || k == "ws-connect" => k,
-            Some(k) => bail!("scenario {}: unknown kind {k} (ws-echo, ws-connect)", i + 1),
+            Some(toml::Value::String(k))
+                if k == "ws-echo" || k == "ws-connect" || k == "msrp-relay" =>
+            {
+                k
+            }
+            Some(k) => bail!(
+                "scenario {}: unknown kind {k} (ws-echo, ws-connect, msrp-relay)",
+                i + 1
+            ),
             None => bail!("scenario {}: missing kind", i + 1),
         };
         let name = match t.remove("name") {
@@ -200,6 +207,7 @@ pub fn main(a: RunFileArgs) -> Result<i32> {
         let run = match &mut cmd {
             Cmd::WsEcho(x) => &mut x.run,
             Cmd::WsConnect(x) => &mut x.run,
+            Cmd::MsrpRelay(x) => &mut x.run,
             Cmd::Run(_) => bail!("scenario files cannot nest"),
         };
         run.label = Some(p.name.clone());
@@ -356,6 +364,24 @@ binary = false
             .is_err()
         );
         assert!(plan("[[scenario]]\nkind = \"ws-echo\"\n", None, &["x".into()]).is_err());
+    }
+
+    #[test]
+    fn msrp_relay_scenarios_plan() {
+        let f = "[defaults]\nduration = \"5s\"\nsubprotocol = \"msrp\"\n\n\
+                 [[scenario]]\nkind = \"msrp-relay\"\nurl = \"ws://127.0.0.1:9/\"\n\
+                 pairs = 4\nsize = 4096\nwindow = 8\nuser = \"a\"\npassword = \"b\"\n\
+                 full_path = true\n";
+        let p = plan(f, None, &[]).unwrap();
+        let s = p[0].argv.join(" ");
+        assert!(s.contains("msrp-relay") && s.contains("--pairs 4"), "{s}");
+        assert!(s.contains("--full-path") && s.contains("--window 8"), "{s}");
+        let cli = Cli::try_parse_from(&p[0].argv).unwrap();
+        let Cmd::MsrpRelay(a) = cli.cmd else {
+            panic!("msrp-relay expected")
+        };
+        assert_eq!((a.pairs, a.size, a.window), (4, 4096, 8));
+        assert!(a.full_path);
     }
 
     #[test]

@@ -22,7 +22,10 @@ use tokio_rustls::client::TlsStream;
 use crate::rng::Rng;
 use crate::ws::handshake;
 
-/// A parsed `ws://` / `wss://` URL.
+/// WebSocket URL schemes: (prefix, TLS, default port).
+pub const WS_SCHEMES: &[(&str, bool, u16)] = &[("ws://", false, 80), ("wss://", true, 443)];
+
+/// A parsed URL (`ws://`, `wss://`, or for MSRP also `msrp://`, `msrps://`).
 #[derive(Debug, Clone)]
 pub struct Target {
     pub tls: bool,
@@ -36,12 +39,18 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {
-            (false, r)
-        } else if let Some(r) = url.strip_prefix("wss://") {
-            (true, r)
-        } else {
-            bail!("URL must start with ws:// or wss:// ({url})");
+        Self::parse_schemes(url, WS_SCHEMES)
+    }
+
+    /// Parse a URL whose scheme is one of `schemes` (scheme with "://",
+    /// TLS or not, default port).
+    pub fn parse_schemes(url: &str, schemes: &[(&str, bool, u16)]) -> Result<Target> {
+        let Some((tls, default_port, rest)) = schemes
+            .iter()
+            .find_map(|(s, tls, port)| url.strip_prefix(s).map(|r| (*tls, *port, r)))
+        else {
+            let names: Vec<&str> = schemes.iter().map(|s| s.0).collect();
+            bail!("URL must start with {} ({url})", names.join(" or "));
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -51,7 +60,6 @@ impl Target {
         if authority.contains('@') {
             bail!("user info in the URL is not supported");
         }
-        let default_port = if tls { 443 } else { 80 };
         let (host, port) = if let Some(r) = authority.strip_prefix('[') {
             let end = r
                 .find(']')
@@ -147,6 +155,16 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Stream {
+    /// The local address of the underlying TCP socket.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr(),
+            Stream::Tls(s) => s.get_ref().0.local_addr(),
         }
     }
 }

@@ -88,6 +88,64 @@ pub fn proc_cpu(pid: u32) -> Option<Cpu> {
     })
 }
 
+/// CPU of the server under test: the process alone, or with `tree` the
+/// sum over it and every descendant process (multi-process servers such
+/// as Kamailio, whose work happens in forked children). Also returns how
+/// many processes were summed.
+pub fn server_cpu(pid: u32, tree: bool) -> Option<(Cpu, u32)> {
+    let own = proc_cpu(pid)?;
+    if !tree {
+        return Some((own, 1));
+    }
+    let mut sum = own;
+    let mut n = 1;
+    for d in descendants(pid) {
+        // A child may exit between the listing and the read: skip it.
+        if let Some(c) = proc_cpu(d) {
+            sum.user_s += c.user_s;
+            sum.sys_s += c.sys_s;
+            n += 1;
+        }
+    }
+    Some((sum, n))
+}
+
+/// Every process below `pid` (children, grandchildren…), from the parent
+/// pids in /proc/*/stat.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut parent_of = Vec::new();
+    for e in dir.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // After the command: state(3) ppid(4) → index 1.
+        let ppid = s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(x) = frontier.pop() {
+        for &(p, pp) in &parent_of {
+            if pp == x && p != pid && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// VmRSS of a process (KiB).
 pub fn proc_rss_kb(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -108,5 +166,16 @@ mod tests {
         assert!(proc_rss_kb(pid).unwrap() > 0);
         assert!(self_max_rss_kb() > 0);
         assert!(raise_nofile(16) >= 16);
+        // A child of ours is a descendant and is summed with --server-tree.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(descendants(pid).contains(&child.id()));
+        let (_, n) = server_cpu(pid, true).unwrap();
+        assert!(n >= 2);
+        assert_eq!(server_cpu(pid, false).unwrap().1, 1);
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

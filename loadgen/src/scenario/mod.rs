@@ -2,8 +2,9 @@
 //! [`crate::engine::Scenario`] (per-thread work) and builds its
 //! [`crate::report::Report`] from the threads' results.
 //!
-//! To add one (msrp-relay, sip-register…): a module here, a subcommand in
+//! To add one (sip-register…): a module here, a subcommand in
 //! `main.rs`, and a `report` function that fills the scenario's fields.
 
+pub mod msrp_relay;
 pub mod ws_connect;
 pub mod ws_echo;
