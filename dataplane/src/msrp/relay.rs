@@ -739,7 +739,14 @@ impl RelayCore {
         } else {
             Tid::new(&self.new_tid(env))
         };
-        let mut out = Vec::with_capacity(head.block.len() + 64);
+        // The reactor appends the body and end-line to this buffer: size it
+        // for them when Byte-Range tells the chunk's size (no realloc).
+        let body = head
+            .byte_range()
+            .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
+            .map_or(0, |n| (n as usize).min(self.cfg.rechunk_size.max(self.cfg.max_unsplit)));
+        let mut out =
+            Vec::with_capacity(head.block.len() + 64 + body + super::parser::MAX_END_LINE);
         if !write_relayed_head(&mut out, head, tid.as_slice(), pops) {
             return self.reject(head, 400, actions);
         }
