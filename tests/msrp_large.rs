@@ -7,16 +7,14 @@
 
 mod common;
 
+use common::msrp::{Frame, REALM, USERS, auth_frame, authorization, param, parse};
 use common::{IO_TIMEOUT, Rng, Server, ServerConfig, tcp, within};
 use dataplane::region::Counter;
-use md5::{Digest, Md5};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-const REALM: &str = "rtedge.test";
-const USERS: &[(&str, &str)] = &[("alice", "wonderland"), ("bob", "builder")];
 const MIB: usize = 1 << 20;
 
 fn relay(extra_msrp: &[&str]) -> Server {
@@ -37,109 +35,25 @@ fn relay_on(workers: u32, extra_msrp: &[&str]) -> Server {
     c.start()
 }
 
-fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+/// A SEND frame's `Byte-Range` start (RFC 4975 §9 `range-start`).
+fn range_start(f: &Frame) -> usize {
+    let v = f.header("Byte-Range").expect("Byte-Range");
+    v[..v.find('-').expect("dash")].parse().expect("start")
 }
 
-/// One frame read by the test's own parser.
-#[derive(Debug)]
-struct Frame {
-    first: String,
-    tid: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    flag: u8,
-}
-
-impl Frame {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn status(&self) -> Option<u16> {
-        self.first.split(' ').nth(2)?.parse().ok()
-    }
-    fn is_send(&self) -> bool {
-        self.first.ends_with(" SEND")
-    }
-    /// `Byte-Range` start (RFC 4975 §9 `range-start`).
-    fn range_start(&self) -> usize {
-        let v = self.header("Byte-Range").expect("Byte-Range");
-        v[..v.find('-').expect("dash")].parse().expect("start")
-    }
-}
-
-/// Reads frames off a stream: the head up to the blank line (or the
-/// end-line of a body-less frame), then the body up to `CRLF-------tid`
-/// followed by a flag and CRLF.
+/// Reads frames off the read half of a stream, with the shared test
+/// parser (its own, not the relay's).
 struct Reader {
     io: OwnedReadHalf,
     buf: Vec<u8>,
-    scanned: usize,
 }
 
 impl Reader {
-    fn take(&mut self) -> Option<Frame> {
-        let buf = &self.buf;
-        let eol = buf.windows(2).position(|w| w == b"\r\n")?;
-        let first = String::from_utf8(buf[..eol].to_vec()).expect("first line");
-        let tid = first.split(' ').nth(1).expect("tid").to_string();
-        let marker = format!("\r\n-------{tid}");
-        let from = self.scanned.max(eol);
-        let mut at = None;
-        let mut i = from;
-        while let Some(rel) = buf[i..]
-            .windows(marker.len())
-            .position(|w| w == marker.as_bytes())
-        {
-            let p = i + rel;
-            let after = p + marker.len();
-            if buf.len() < after + 3 {
-                break;
-            }
-            if matches!(buf[after], b'$' | b'+' | b'#') && &buf[after + 1..after + 3] == b"\r\n" {
-                at = Some(p);
-                break;
-            }
-            i = p + 1;
-        }
-        let Some(end) = at else {
-            self.scanned = buf.len().saturating_sub(marker.len() + 3).max(eol);
-            return None;
-        };
-        let flag = buf[end + marker.len()];
-        let inner = &buf[eol + 2..end + 2];
-        let (head, body) = match inner.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(p) => (&inner[..p + 2], inner[p + 4..inner.len() - 2].to_vec()),
-            None => (inner, Vec::new()),
-        };
-        let headers = String::from_utf8(head.to_vec())
-            .expect("headers")
-            .split("\r\n")
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').expect("header line");
-                (n.trim().to_string(), v.trim().to_string())
-            })
-            .collect();
-        let n = end + marker.len() + 3;
-        self.buf.drain(..n);
-        self.scanned = 0;
-        Some(Frame {
-            first,
-            tid,
-            headers,
-            body,
-            flag,
-        })
-    }
-
     async fn read(&mut self) -> Frame {
         let deadline = Instant::now() + IO_TIMEOUT;
         loop {
-            if let Some(f) = self.take() {
+            if let Some((f, n)) = parse(&self.buf) {
+                self.buf.drain(..n);
                 return f;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -169,19 +83,6 @@ impl Client {
     }
 }
 
-fn md5_hex(s: &str) -> String {
-    hex(&Md5::digest(s.as_bytes()))
-}
-
-fn auth_frame(tid: &str, relay: &str, from: &str, authz: Option<&str>) -> Vec<u8> {
-    let mut s = format!("MSRP {tid} AUTH\r\nTo-Path: {relay}\r\nFrom-Path: {from}\r\n");
-    if let Some(a) = authz {
-        s.push_str(&format!("Authorization: {a}\r\n"));
-    }
-    s.push_str(&format!("-------{tid}$\r\n"));
-    s.into_bytes()
-}
-
 /// Connect and AUTH (RFC 4976 §5: 401 with a Digest challenge, then 200
 /// with Use-Path).
 async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Client {
@@ -190,7 +91,6 @@ async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Cli
         rd: Reader {
             io: r,
             buf: Vec::new(),
-            scanned: 0,
         },
         wr: w,
         uri: format!("msrp://127.0.0.1:9/{name}s1;tcp"),
@@ -198,22 +98,12 @@ async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) -> Cli
     };
     let relay = format!("msrp://{addr};tcp");
     let from = c.uri.clone();
-    c.send(&auth_frame("au1x", &relay, &from, None)).await;
+    c.send(&auth_frame("au1x", &relay, &from, None, None)).await;
     let ch = c.rd.read().await;
     assert_eq!(ch.status(), Some(401));
-    let www = ch
-        .header("WWW-Authenticate")
-        .expect("challenge")
-        .to_string();
-    let i = www.find("nonce=\"").expect("nonce") + 7;
-    let nonce = &www[i..i + www[i..].find('"').expect("quote")];
-    let ha1 = md5_hex(&format!("{user}:{REALM}:{password}"));
-    let ha2 = md5_hex(&format!("AUTH:{relay}"));
-    let resp = md5_hex(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
-    let authz = format!(
-        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{relay}\", qop=auth, nc=00000001, cnonce=\"c0ffee\", response=\"{resp}\""
-    );
-    c.send(&auth_frame("au2x", &relay, &from, Some(&authz)))
+    let nonce = param(ch.header("WWW-Authenticate").expect("challenge"), "nonce");
+    let authz = authorization(user, password, &nonce, &relay, 1);
+    c.send(&auth_frame("au2x", &relay, &from, Some(&authz), None))
         .await;
     let ok = c.rd.read().await;
     assert_eq!(ok.status(), Some(200), "{ok:?}");
@@ -257,8 +147,8 @@ async fn receive_message(
     let mut last = false;
     while !(last && got == total) {
         let f = b.rd.read().await;
-        assert!(f.is_send(), "unexpected frame {f:?}");
-        let start = f.range_start() - 1;
+        assert_eq!(f.method(), Some("SEND"), "unexpected frame {f:?}");
+        let start = range_start(&f) - 1;
         assert!(start + f.body.len() <= total, "chunk beyond the message");
         body[start..start + f.body.len()].copy_from_slice(&f.body);
         got += f.body.len();
