@@ -154,9 +154,14 @@ Each pair: a receiver and a sender connect to the relay (msrp:// or msrps://
 over TCP/TLS; ws:// or wss:// with the `msrp` sub-protocol, one chunk per
 WebSocket message, RFC 7977), AUTH (RFC 4976: a 401 is answered with an MD5
 digest, qop=auth, method AUTH, digest-uri = --relay-uri) and learn their
-Use-Path. The sender keeps --window SENDs in flight; To-Path = the
-receiver's Use-Path + the receiver's URI (--full-path: the sender's own
-Use-Path first). A SEND is in flight until the receiver has it and the
+Use-Path. The sender keeps --window SENDs in flight (closed loop, default
+32), or with --rate sends on a fixed schedule (open loop: R / pairs SENDs/s
+per pair, random phase, whatever the relay does; latency is measured from
+the intended send time, coordinated omission corrected, the first
+--timer-slack of lateness excepted; --window is then only a cap on SENDs in
+flight per pair, default 65536, and SENDs it holds back keep their intended
+send time). To-Path = the receiver's Use-Path + the receiver's URI
+(--full-path: the sender's own Use-Path first). A SEND is in flight until the receiver has it and the
 relay's hop-by-hop 200 came back (Failure-Report yes, the default). The
 receiver verifies every body (checksum bound to pair and sequence number),
 Message-ID, Byte-Range, To-Path and From-Path, and answers 200 to the relay.
@@ -169,6 +174,8 @@ REPORTs. `connections` counts TCP/WebSocket connections (2 per pair).
 Examples:
   rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
       --password secret --pairs 10 --size 100 --duration 10s
+  rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
+      --password secret --pairs 10 --size 100 --rate 20000 --duration 30s
   rtedge-loadgen msrp-relay --url ws://127.0.0.1:8080/ --user alice \\
       --password secret --pairs 1 --size 4096 --window 32 --json out.json";
 
@@ -381,9 +388,19 @@ struct MsrpRelayArgs {
     /// Body bytes per SEND (≥ 44: integrity header).
     #[arg(long, short = 's', default_value_t = 100)]
     size: usize,
-    /// SENDs in flight per pair.
-    #[arg(long, short = 'w', default_value_t = 32)]
-    window: usize,
+    /// SENDs in flight per pair (closed loop, default 32), or the in-flight
+    /// cap per pair (open loop, default 65536).
+    #[arg(long, short = 'w')]
+    window: Option<usize>,
+    /// Open loop: total SENDs per second over all pairs, sent on schedule
+    /// whatever the relay does; latency from the intended send time.
+    #[arg(long, short = 'r', value_name = "MSG/S")]
+    rate: Option<f64>,
+    /// Open loop: lateness of the client's own timer (1 ms granularity) not
+    /// charged to the relay; latency runs from min(actual send, intended +
+    /// slack). 0: always from the intended send time.
+    #[arg(long, default_value = "2ms", value_name = "DUR")]
+    timer_slack: Dur,
     /// Measured duration.
     #[arg(long, short = 'd', default_value = "10s", value_name = "DUR")]
     duration: Dur,
@@ -426,9 +443,19 @@ fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
     if a.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    if a.window == 0 {
+    if a.window == Some(0) {
         bail!("--window must be at least 1");
     }
+    if let Some(r) = a.rate
+        && !(r > 0.0 && r.is_finite())
+    {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    // Open loop: the window is only a safety cap (as in ws-echo), large
+    // enough not to throttle the schedule of a healthy relay.
+    let window = a
+        .window
+        .unwrap_or(if a.rate.is_some() { 65_536 } else { 32 });
     let target = Target::parse_schemes(&a.url, MSRP_SCHEMES)?;
     let ws = a.url.starts_with("ws://") || a.url.starts_with("wss://");
     let relay_uri = a.relay_uri.clone().unwrap_or_else(|| {
@@ -456,7 +483,9 @@ fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
         ws,
         pairs: a.pairs,
         size: a.size,
-        window: a.window,
+        window,
+        rate: a.rate,
+        timer_slack: a.timer_slack.0,
         relay_uri: relay_uri.clone(),
         auth: (!a.no_auth).then(|| (a.user.clone(), a.password.clone())),
         expires: a.expires,
@@ -472,6 +501,7 @@ fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
     let mut config = serde_json::to_value(&a).context("config")?;
     config["password"] = "(hidden)".into();
     config["relay_uri"] = relay_uri.into();
+    config["window"] = window.into();
     config["engine"] = serde_json::to_value(&cfg).context("config")?;
     let (threads, run) = engine::run(sc.clone(), &cfg)?;
     Ok(sc.report(threads, &run, config, cfg.threads))

@@ -337,3 +337,42 @@ fn wrong_password_fails_the_connections() {
         "{out}"
     );
 }
+
+/// Open loop (`--rate`): SENDs go out on schedule, not as fast as the relay
+/// answers. Only loose bounds on the count (the machine is shared): at
+/// least half of rate × run time, and well below what a closed loop with
+/// the default 65536 cap would push through.
+#[test]
+fn msrp_relay_open_loop_rate() {
+    let relay = start_relay();
+    let url = format!("msrp://{}", relay.msrp);
+    let (code, v, out) = loadgen(&[
+        "msrp-relay",
+        "--url",
+        &url,
+        "--user",
+        USER,
+        "--password",
+        PASSWORD,
+        "--pairs",
+        "4",
+        "--size",
+        "100",
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_clean(code, &v, &out);
+    assert_eq!(v["config"]["rate"], 2000.0, "{out}");
+    assert_eq!(v["config"]["window"], 65536, "{out}");
+    // `sent` covers warm-up and measured window (2.2 s of schedule).
+    let sent = v["messages"]["sent"].as_u64().expect("sent");
+    assert!(sent >= 2000, "sent {sent} < 50% of 2000/s × 2 s: {out}");
+    assert!(
+        sent <= 2000 * 22 / 10 * 2,
+        "sent {sent}: not rate-limited: {out}"
+    );
+}

@@ -744,7 +744,9 @@ impl RelayCore {
         let body = head
             .byte_range()
             .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
-            .map_or(0, |n| (n as usize).min(self.cfg.rechunk_size.max(self.cfg.max_unsplit)));
+            .map_or(0, |n| {
+                (n as usize).min(self.cfg.rechunk_size.max(self.cfg.max_unsplit))
+            });
         let mut out =
             Vec::with_capacity(head.block.len() + 64 + body + super::parser::MAX_END_LINE);
         if !write_relayed_head(&mut out, head, tid.as_slice(), pops) {

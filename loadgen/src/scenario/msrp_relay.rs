@@ -19,6 +19,12 @@
 //! to the previous hop, the first From-Path URI). Delivery latency is send
 //! (queued at the sender) → complete chunk parsed at the receiver; both
 //! ends are driven by one task, so one clock serves both.
+//!
+//! Open loop (`--rate R`): each pair sends R / pairs SENDs/s on the
+//! schedule of `engine::OpenLoop` (the one ws-echo uses), whatever the
+//! relay answers, and latency runs from the *intended* send time
+//! (coordinated omission). `--window` is then only a cap on SENDs in
+//! flight, so a dead relay cannot make the client queue without bound.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -33,7 +39,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::engine::{Clock, ErrorLog, Phase, PhaseState, Scenario, ThreadCtx, wait_phase};
+use crate::engine::{
+    Clock, ErrorLog, OpenLoop, Phase, PhaseState, Scenario, ThreadCtx, wait_phase,
+};
 use crate::msrp::chunk::{self, Chunk, Kind};
 use crate::msrp::digest;
 use crate::msrp::io::{MsrpIo, StreamIo};
@@ -64,8 +72,14 @@ pub struct MsrpRelay {
     pub pairs: usize,
     /// Body bytes per SEND.
     pub size: usize,
-    /// SENDs in flight per pair.
+    /// SENDs in flight per pair (closed loop), or the in-flight cap per
+    /// pair (open loop).
     pub window: usize,
+    /// Open loop: SENDs per second over all pairs (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Open loop: lateness of the client's own timer not charged to the
+    /// relay (see `engine::OpenLoop`).
+    pub timer_slack: Duration,
     /// The relay's URI: To-Path of AUTH and the digest-uri.
     pub relay_uri: String,
     /// (user, password); `None`: no AUTH at all.
@@ -443,6 +457,11 @@ async fn pair_task(
             scratch: Vec::with_capacity(512),
         },
         sending: st.phase == Phase::Run,
+        open: sc.rate.map(|rate| {
+            let per_pair = rate / sc.pairs.max(1) as f64;
+            let start = ctx.clock.ns_of(st.run_start);
+            OpenLoop::new(per_pair, start, sc.timer_slack, &mut rng)
+        }),
         max_chunk: sc.max_chunk,
         clock: ctx.clock,
         sh: sh.clone(),
@@ -802,6 +821,9 @@ struct Pair {
     r: MsrpIo,
     st: PairState,
     sending: bool,
+    /// Open loop: the send schedule (`None`: closed loop, keep the window
+    /// full).
+    open: Option<OpenLoop>,
     max_chunk: usize,
     clock: Clock,
     sh: Rc<Shared>,
@@ -814,6 +836,7 @@ impl Pair {
         mut drain: Pin<&mut impl Future<Output = PhaseState>>,
         mut close: Pin<&mut impl Future<Output = PhaseState>>,
     ) -> Result<(), ConnError> {
+        let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(3600)));
         poll_fn(|cx| {
             if self.sending && drain.as_mut().poll(cx).is_ready() {
                 self.sending = false;
@@ -821,12 +844,17 @@ impl Pair {
             if !self.sending && close.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
-            self.poll_step(cx, ctx)
+            self.poll_step(cx, ctx, sleep.as_mut())
         })
         .await
     }
 
-    fn poll_step(&mut self, cx: &mut Context<'_>, ctx: &ThreadCtx) -> Poll<Result<(), ConnError>> {
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &ThreadCtx,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+    ) -> Poll<Result<(), ConnError>> {
         let sh = self.sh.clone();
         let max = self.max_chunk;
         let mut rounds = 0;
@@ -883,15 +911,30 @@ impl Pair {
                 c.inflight.sub(self.st.retired);
                 self.st.retired = 0;
             }
-            // 3. New SENDs up to the window.
+            // 3. New SENDs: up to the window (closed loop), or those due
+            // (open loop; the window is then only a cap on what a stalled
+            // relay can make pile up, and a SEND it holds back keeps its
+            // intended send time).
             if self.sending {
-                let room = self.st.window.saturating_sub(self.st.ring.len());
-                if room > 0 {
-                    self.s.reserve(room * (self.st.size + 400));
-                    for _ in 0..room {
-                        self.st.push_send(&mut self.s, now);
+                let before = self.st.next_seq;
+                if let Some(open) = &mut self.open {
+                    while self.st.ring.len() < self.st.window {
+                        let Some(stamp) = open.take_due(now) else {
+                            break;
+                        };
+                        self.st.push_send(&mut self.s, stamp);
                     }
-                    let n = room as u64;
+                } else {
+                    let room = self.st.window.saturating_sub(self.st.ring.len());
+                    if room > 0 {
+                        self.s.reserve(room * (self.st.size + 400));
+                        for _ in 0..room {
+                            self.st.push_send(&mut self.s, now);
+                        }
+                    }
+                }
+                let n = self.st.next_seq - before;
+                if n > 0 {
                     c.sent.add(n);
                     c.tx_bytes.add(n * self.st.size as u64);
                     c.inflight.add(n);
@@ -912,6 +955,13 @@ impl Pair {
                 && self.r.pending_write() == 0
             {
                 return Poll::Ready(Ok(()));
+            }
+            // 6. Open loop: wake up when the next SEND is due.
+            if self.sending
+                && let Some(open) = &mut self.open
+                && open.poll_timer(cx, now, &self.clock, sleep.as_mut())
+            {
+                progress = true;
             }
             if !progress {
                 return Poll::Pending;
