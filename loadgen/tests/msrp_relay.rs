@@ -113,8 +113,12 @@ const USER: &str = "loadgen";
 const PASSWORD: &str = "s3cret";
 
 fn start_relay() -> Relay {
+    // Several relays per test (the two-relay chain): a counter keeps their
+    // directories apart.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "loadgen-msrp-{}-{}",
+        "loadgen-msrp-{}-{n}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -374,5 +378,27 @@ fn msrp_relay_open_loop_rate() {
     assert!(
         sent <= 2000 * 22 / 10 * 2,
         "sent {sent}: not rate-limited: {out}"
+    );
+}
+
+/// `--receiver-url`: senders AUTH to one rtedge, receivers to another; every
+/// SEND crosses both (sender → relay1 → relay2 → receiver: relay1 opens a
+/// connection to relay2, the next To-Path hop).
+#[test]
+fn msrp_relay_two_relay_chain() {
+    let relay1 = start_relay();
+    let relay2 = start_relay();
+    let url1 = format!("msrp://{}", relay1.msrp);
+    let url2 = format!("msrp://{}", relay2.msrp);
+    let mut args = common(&url1, "100");
+    args.extend(["--receiver-url", &url2]);
+    let (code, v, out) = loadgen(&args);
+    assert_clean(code, &v, &out);
+    assert_eq!(v["connections"]["established"], 6, "{out}");
+    assert_eq!(v["config"]["full_path"], true, "{out}");
+    assert_eq!(
+        v["config"]["receiver_relay_uri"],
+        format!("msrp://{};tcp", relay2.msrp),
+        "{out}"
     );
 }

@@ -20,6 +20,10 @@
 //! (queued at the sender) → complete chunk parsed at the receiver; both
 //! ends are driven by one task, so one clock serves both.
 //!
+//! `--receiver-url`: the receivers connect and AUTH to a second relay, so
+//! every SEND crosses two (sender → relay1 → relay2 → receiver) on the
+//! full path.
+//!
 //! Open loop (`--rate R`): each pair sends R / pairs SENDs/s on the
 //! schedule of `engine::OpenLoop` (the one ws-echo uses), whatever the
 //! relay answers, and latency runs from the *intended* send time
@@ -63,6 +67,17 @@ pub enum FailureReport {
     No,
 }
 
+/// A relay the receivers connect to instead of the senders' one
+/// (`--receiver-url`): a two-relay chain A → relay1 → relay2 → B.
+#[derive(Clone)]
+pub struct ReceiverRelay {
+    pub connector: Connector,
+    /// WebSocket (RFC 7977) rather than a byte stream.
+    pub ws: bool,
+    /// Its MSRP URI: To-Path of the receivers' AUTH and their digest-uri.
+    pub relay_uri: String,
+}
+
 /// Settings of one msrp-relay run.
 #[derive(Clone)]
 pub struct MsrpRelay {
@@ -87,6 +102,11 @@ pub struct MsrpRelay {
     /// Expires header in AUTH (RFC 4976 §5.1); `None`: omitted.
     pub expires: Option<u64>,
     pub full_path: bool,
+    /// Receivers on a second relay (`None`: both ends on `connector`).
+    /// Implies the full path: relay1 only forwards what is addressed to a
+    /// session of its own first (RFC 4976 §6.2), so the sender's Use-Path
+    /// must lead.
+    pub receiver_relay: Option<ReceiverRelay>,
     pub failure_report: FailureReport,
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
@@ -229,18 +249,24 @@ fn with_role(role: &str, e: ConnError) -> ConnError {
 }
 
 impl MsrpRelay {
-    /// Connect, pick our URI and AUTH (connection `conn` of the run).
+    /// Connect, pick our URI and AUTH (connection `conn` of the run); a
+    /// receiver goes to `--receiver-url` when one is given.
     async fn open(
         &self,
         conn: usize,
+        receiver: bool,
         rng: &mut Rng,
         challenges: &mut u64,
     ) -> Result<Client, ConnError> {
-        let secure = self.connector.target.tls;
+        let (connector, ws, relay_uri) = match &self.receiver_relay {
+            Some(r) if receiver => (&r.connector, r.ws, r.relay_uri.as_str()),
+            _ => (&self.connector, self.ws, self.relay_uri.as_str()),
+        };
+        let secure = connector.target.tls;
         let scheme = if secure { "msrps" } else { "msrp" };
         let session = random_ident(rng, 12);
-        let (io, uri) = if self.ws {
-            let up = self.connector.connect(conn, rng).await?;
+        let (io, uri) = if ws {
+            let up = connector.connect(conn, rng).await?;
             let io = MsrpIo::Ws(Box::new(WsIo::new(
                 up,
                 rng.clone(),
@@ -252,7 +278,7 @@ impl MsrpRelay {
             let host = random_ident(rng, 10);
             (io, format!("{scheme}://{host}.invalid:2855/{session};ws"))
         } else {
-            let stream = self.connector.connect_stream(conn).await?;
+            let stream = connector.connect_stream(conn).await?;
             let local = stream
                 .local_addr()
                 .map_err(|e| ConnError::new("connect", e.to_string()))?;
@@ -266,7 +292,7 @@ impl MsrpRelay {
         };
         if let Some((user, password)) = &self.auth {
             c.use_path = Some(
-                self.authenticate(&mut c, user, password, rng, challenges)
+                self.authenticate(&mut c, relay_uri, user, password, rng, challenges)
                     .await?,
             );
         }
@@ -278,6 +304,7 @@ impl MsrpRelay {
     async fn authenticate(
         &self,
         c: &mut Client,
+        relay_uri: &str,
         user: &str,
         password: &str,
         rng: &mut Rng,
@@ -291,7 +318,7 @@ impl MsrpRelay {
             chunk::write_auth(
                 &mut req,
                 &tid,
-                &self.relay_uri,
+                relay_uri,
                 &c.uri,
                 authz.as_deref(),
                 self.expires,
@@ -323,16 +350,8 @@ impl MsrpRelay {
                         })?;
                     let cnonce = random_ident(rng, 16);
                     authz = Some(
-                        digest::authorization(
-                            &ch,
-                            user,
-                            password,
-                            "AUTH",
-                            &self.relay_uri,
-                            &cnonce,
-                            1,
-                        )
-                        .map_err(|e| ConnError::new("auth", e))?,
+                        digest::authorization(&ch, user, password, "AUTH", relay_uri, &cnonce, 1)
+                            .map_err(|e| ConnError::new("auth", e))?,
                     );
                 }
                 Some(code) => {
@@ -372,11 +391,11 @@ async fn open_pair(
         )),
     };
     let mut ch = 0;
-    let recv = tokio::time::timeout(t, sc.open(2 * idx + 1, rng, &mut ch)).await;
+    let recv = tokio::time::timeout(t, sc.open(2 * idx + 1, true, rng, &mut ch)).await;
     stats.auth_challenges += std::mem::take(&mut ch);
     let recv = bounded("receiver", recv).inspect_err(|_| stats.connections_failed += 2)?;
     stats.connections_established += 1;
-    let send = tokio::time::timeout(t, sc.open(2 * idx, rng, &mut ch)).await;
+    let send = tokio::time::timeout(t, sc.open(2 * idx, false, rng, &mut ch)).await;
     stats.auth_challenges += ch;
     let send = bounded("sender", send).inspect_err(|_| stats.connections_failed += 1)?;
     stats.connections_established += 1;
@@ -419,7 +438,9 @@ async fn pair_task(
     ctx.counters.connected.add(1);
     let st = wait_phase(&mut phase, Phase::Run).await;
     let to_path = match (&sender.use_path, &receiver.use_path) {
-        (Some(s), Some(r)) if sc.full_path => format!("{s} {r} {}", receiver.uri),
+        (Some(s), Some(r)) if sc.full_path || sc.receiver_relay.is_some() => {
+            format!("{s} {r} {}", receiver.uri)
+        }
         (_, Some(r)) => format!("{r} {}", receiver.uri),
         (_, None) => format!("{} {}", sc.relay_uri, receiver.uri),
     };
