@@ -936,6 +936,26 @@ mod tests {
     use crate::report::SecondHists;
 
     #[test]
+    fn open_loop_schedule_and_slack() {
+        let mut rng = crate::rng::Rng::from_os(1);
+        // 1000/s: one send per ms, first due within [start, start + 1 ms).
+        let mut o = OpenLoop::new(1000.0, 5_000_000, Duration::from_micros(100), &mut rng);
+        let first = o.next_due_ns;
+        assert!((5_000_000..6_000_000).contains(&first));
+        assert_eq!(o.take_due(first - 1), None);
+        // On time: stamped now.
+        assert_eq!(o.take_due(first), Some(first));
+        // 3.5 ms late: the sends due meanwhile all come out at once, each
+        // stamped with its intended time + slack (the lateness is charged),
+        // and the schedule does not shift.
+        let now = first + 4_500_000;
+        let stamps: Vec<u64> = std::iter::from_fn(|| o.take_due(now)).collect();
+        let want: Vec<u64> = (1..=4).map(|i| first + i * 1_000_000 + 100_000).collect();
+        assert_eq!(stamps, want);
+        assert_eq!(o.next_due_ns, first + 5_000_000);
+    }
+
+    #[test]
     fn interval_p99_is_taken_and_reset() {
         let sinks: Vec<LiveSink> = (0..2)
             .map(|_| Arc::new(Mutex::new(crate::report::small_histogram())))
