@@ -204,6 +204,71 @@ impl Clock {
     }
 }
 
+/// Open-loop send schedule of one connection (ws-echo and msrp-relay
+/// `--rate`): sends are due every `interval_ns` regardless of replies, and
+/// each one is stamped with its *intended* time so that a stalled server
+/// cannot hide its stalls by slowing the client down (coordinated
+/// omission). The first `slack_ns` of lateness is forgiven (the stamp is
+/// `min(actual, intended + slack)`): tokio's timer has 1 ms granularity and
+/// that delay is the client's, not the server's.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenLoop {
+    interval_ns: u64,
+    next_due_ns: u64,
+    slack_ns: u64,
+    /// The deadline the caller's timer is set to (`u64::MAX`: none yet).
+    armed_ns: u64,
+}
+
+impl OpenLoop {
+    /// `per_unit` sends per second from `start_ns`, shifted by a random
+    /// fraction of one interval (`rng`) so units do not send in lock step.
+    pub fn new(per_unit: f64, start_ns: u64, slack: Duration, rng: &mut crate::rng::Rng) -> Self {
+        let interval_ns = (1e9 / per_unit.max(1e-6)).max(1.0) as u64;
+        OpenLoop {
+            interval_ns,
+            next_due_ns: start_ns + rng.below(interval_ns),
+            slack_ns: slack.as_nanos() as u64,
+            armed_ns: u64::MAX,
+        }
+    }
+
+    /// The next send is due at or before `now`: consume it and return the
+    /// time stamp latency is measured from. The caller applies its own
+    /// bounds (in-flight cap, quota) before asking.
+    #[inline]
+    pub fn take_due(&mut self, now: u64) -> Option<u64> {
+        if self.next_due_ns > now {
+            return None;
+        }
+        let due = self.next_due_ns;
+        self.next_due_ns += self.interval_ns;
+        Some(now.min(due + self.slack_ns))
+    }
+
+    /// Arm `sleep` for the next due send (when it is in the future) and poll
+    /// it; `true`: it has fired, the caller should loop again. Call it only
+    /// while sending.
+    pub fn poll_timer(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        now: u64,
+        clock: &Clock,
+        mut sleep: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> bool {
+        if self.next_due_ns <= now {
+            // Due but held back by the caller's cap: a reply frees room
+            // and wakes the task; a timer would only spin.
+            return false;
+        }
+        if self.armed_ns != self.next_due_ns {
+            sleep.as_mut().reset(clock.instant(self.next_due_ns).into());
+            self.armed_ns = self.next_due_ns;
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// Latencies (µs) a worker thread recorded since the control thread last
 /// took them: the progress line's p99 of the last interval. Workers add to
 /// it in batches (see `report::SecondHists`); the control thread reads and
@@ -869,6 +934,26 @@ async fn control<T>(
 mod tests {
     use super::*;
     use crate::report::SecondHists;
+
+    #[test]
+    fn open_loop_schedule_and_slack() {
+        let mut rng = crate::rng::Rng::from_os(1);
+        // 1000/s: one send per ms, first due within [start, start + 1 ms).
+        let mut o = OpenLoop::new(1000.0, 5_000_000, Duration::from_micros(100), &mut rng);
+        let first = o.next_due_ns;
+        assert!((5_000_000..6_000_000).contains(&first));
+        assert_eq!(o.take_due(first - 1), None);
+        // On time: stamped now.
+        assert_eq!(o.take_due(first), Some(first));
+        // 3.5 ms late: the sends due meanwhile all come out at once, each
+        // stamped with its intended time + slack (the lateness is charged),
+        // and the schedule does not shift.
+        let now = first + 4_500_000;
+        let stamps: Vec<u64> = std::iter::from_fn(|| o.take_due(now)).collect();
+        let want: Vec<u64> = (1..=4).map(|i| first + i * 1_000_000 + 100_000).collect();
+        assert_eq!(stamps, want);
+        assert_eq!(o.next_due_ns, first + 5_000_000);
+    }
 
     #[test]
     fn interval_p99_is_taken_and_reset() {

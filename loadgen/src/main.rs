@@ -154,9 +154,17 @@ Each pair: a receiver and a sender connect to the relay (msrp:// or msrps://
 over TCP/TLS; ws:// or wss:// with the `msrp` sub-protocol, one chunk per
 WebSocket message, RFC 7977), AUTH (RFC 4976: a 401 is answered with an MD5
 digest, qop=auth, method AUTH, digest-uri = --relay-uri) and learn their
-Use-Path. The sender keeps --window SENDs in flight; To-Path = the
-receiver's Use-Path + the receiver's URI (--full-path: the sender's own
-Use-Path first). A SEND is in flight until the receiver has it and the
+Use-Path. The sender keeps --window SENDs in flight (closed loop, default
+32), or with --rate sends on a fixed schedule (open loop: R / pairs SENDs/s
+per pair, random phase, whatever the relay does; latency is measured from
+the intended send time, coordinated omission corrected, the first
+--timer-slack of lateness excepted; --window is then only a cap on SENDs in
+flight per pair, default 65536, and SENDs it holds back keep their intended
+send time). To-Path = the receiver's Use-Path + the receiver's URI
+(--full-path: the sender's own Use-Path first). --receiver-url puts the
+receivers on a second relay: sender → relay1 → relay2 → receiver, To-Path =
+sender's Use-Path + receiver's Use-Path + receiver (implies --full-path:
+relay1 only forwards what names one of its sessions first). A SEND is in flight until the receiver has it and the
 relay's hop-by-hop 200 came back (Failure-Report yes, the default). The
 receiver verifies every body (checksum bound to pair and sequence number),
 Message-ID, Byte-Range, To-Path and From-Path, and answers 200 to the relay.
@@ -169,8 +177,12 @@ REPORTs. `connections` counts TCP/WebSocket connections (2 per pair).
 Examples:
   rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
       --password secret --pairs 10 --size 100 --duration 10s
+  rtedge-loadgen msrp-relay --url msrp://127.0.0.1:2855 --user alice \\
+      --password secret --pairs 10 --size 100 --rate 20000 --duration 30s
   rtedge-loadgen msrp-relay --url ws://127.0.0.1:8080/ --user alice \\
-      --password secret --pairs 1 --size 4096 --window 32 --json out.json";
+      --password secret --pairs 1 --size 4096 --window 32 --json out.json
+  rtedge-loadgen msrp-relay --url msrp://10.0.0.1:2855 --user alice \\
+      --password secret --receiver-url msrp://10.0.0.2:2855 --pairs 10";
 
 /// A duration: `10s`, `500ms`, `2m`, `1h`, `250us`, or plain seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -372,6 +384,15 @@ struct MsrpRelayArgs {
     /// RFC 4976 two-relay path; through one relay it hairpins).
     #[arg(long, conflicts_with = "no_auth")]
     full_path: bool,
+    /// Receivers connect (and AUTH) to this second relay while senders use
+    /// --url: the chain sender → relay1 → relay2 → receiver (implies
+    /// --full-path). Same schemes as --url.
+    #[arg(long, value_name = "URL", conflicts_with = "no_auth")]
+    receiver_url: Option<String>,
+    /// The second relay's MSRP URI (default from --receiver-url, as
+    /// --relay-uri from --url).
+    #[arg(long, value_name = "URI", requires = "receiver_url")]
+    receiver_relay_uri: Option<String>,
     /// Failure-Report of the SENDs (RFC 4975 §7.1.1; yes = header omitted).
     #[arg(long, value_enum, default_value = "yes")]
     failure_report: scenario::msrp_relay::FailureReport,
@@ -381,9 +402,19 @@ struct MsrpRelayArgs {
     /// Body bytes per SEND (≥ 44: integrity header).
     #[arg(long, short = 's', default_value_t = 100)]
     size: usize,
-    /// SENDs in flight per pair.
-    #[arg(long, short = 'w', default_value_t = 32)]
-    window: usize,
+    /// SENDs in flight per pair (closed loop, default 32), or the in-flight
+    /// cap per pair (open loop, default 65536).
+    #[arg(long, short = 'w')]
+    window: Option<usize>,
+    /// Open loop: total SENDs per second over all pairs, sent on schedule
+    /// whatever the relay does; latency from the intended send time.
+    #[arg(long, short = 'r', value_name = "MSG/S")]
+    rate: Option<f64>,
+    /// Open loop: lateness of the client's own timer (1 ms granularity) not
+    /// charged to the relay; latency runs from min(actual send, intended +
+    /// slack). 0: always from the intended send time.
+    #[arg(long, default_value = "2ms", value_name = "DUR")]
+    timer_slack: Dur,
     /// Measured duration.
     #[arg(long, short = 'd', default_value = "10s", value_name = "DUR")]
     duration: Dur,
@@ -426,41 +457,70 @@ fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
     if a.pairs == 0 {
         bail!("--pairs must be at least 1");
     }
-    if a.window == 0 {
+    if a.window == Some(0) {
         bail!("--window must be at least 1");
     }
-    let target = Target::parse_schemes(&a.url, MSRP_SCHEMES)?;
-    let ws = a.url.starts_with("ws://") || a.url.starts_with("wss://");
-    let relay_uri = a.relay_uri.clone().unwrap_or_else(|| {
-        let scheme = if target.tls { "msrps" } else { "msrp" };
-        let port = target.addrs.first().map(|x| x.port()).unwrap_or(2855);
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
-        format!("{scheme}://{host}:{port};{}", if ws { "ws" } else { "tcp" })
-    });
-    let connector = Connector::new(
-        target,
-        ConnectOptions {
-            insecure: a.insecure,
-            ca_file: a.ca.clone(),
-            subprotocol: Some(a.subprotocol.clone()),
-            local_addrs: a.local_addrs.clone(),
-            connect_timeout: a.connect_timeout.0,
-        },
-    )?;
+    if let Some(r) = a.rate
+        && !(r > 0.0 && r.is_finite())
+    {
+        bail!("--rate must be a positive number of messages per second");
+    }
+    // Open loop: the window is only a safety cap (as in ws-echo), large
+    // enough not to throttle the schedule of a healthy relay.
+    let window = a
+        .window
+        .unwrap_or(if a.rate.is_some() { 65_536 } else { 32 });
+    // (connector, WebSocket?, relay URI) of a relay URL.
+    let relay = |url: &str, uri: &Option<String>| -> Result<(Connector, bool, String)> {
+        let target = Target::parse_schemes(url, MSRP_SCHEMES)?;
+        let ws = url.starts_with("ws://") || url.starts_with("wss://");
+        let relay_uri = uri.clone().unwrap_or_else(|| {
+            let scheme = if target.tls { "msrps" } else { "msrp" };
+            let port = target.addrs.first().map(|x| x.port()).unwrap_or(2855);
+            let host = if target.host.contains(':') {
+                format!("[{}]", target.host)
+            } else {
+                target.host.clone()
+            };
+            format!("{scheme}://{host}:{port};{}", if ws { "ws" } else { "tcp" })
+        });
+        let connector = Connector::new(
+            target,
+            ConnectOptions {
+                insecure: a.insecure,
+                ca_file: a.ca.clone(),
+                subprotocol: Some(a.subprotocol.clone()),
+                local_addrs: a.local_addrs.clone(),
+                connect_timeout: a.connect_timeout.0,
+            },
+        )?;
+        Ok((connector, ws, relay_uri))
+    };
+    let (connector, ws, relay_uri) = relay(&a.url, &a.relay_uri)?;
+    let receiver_relay = match &a.receiver_url {
+        Some(u) => {
+            let (connector, ws, relay_uri) = relay(u, &a.receiver_relay_uri)?;
+            Some(scenario::msrp_relay::ReceiverRelay {
+                connector,
+                ws,
+                relay_uri,
+            })
+        }
+        None => None,
+    };
     let sc = Arc::new(scenario::msrp_relay::MsrpRelay {
         connector,
         ws,
         pairs: a.pairs,
         size: a.size,
-        window: a.window,
+        window,
+        rate: a.rate,
+        timer_slack: a.timer_slack.0,
         relay_uri: relay_uri.clone(),
         auth: (!a.no_auth).then(|| (a.user.clone(), a.password.clone())),
         expires: a.expires,
         full_path: a.full_path,
+        receiver_relay: receiver_relay.clone(),
         failure_report: a.failure_report,
         connect_concurrency: a.connect_concurrency,
         connect_timeout: a.connect_timeout.0,
@@ -472,6 +532,12 @@ fn msrp_relay(a: MsrpRelayArgs) -> Result<Report> {
     let mut config = serde_json::to_value(&a).context("config")?;
     config["password"] = "(hidden)".into();
     config["relay_uri"] = relay_uri.into();
+    if let Some(r) = &receiver_relay {
+        config["receiver_relay_uri"] = r.relay_uri.clone().into();
+        // The chain needs the sender's own Use-Path first (see ReceiverRelay).
+        config["full_path"] = true.into();
+    }
+    config["window"] = window.into();
     config["engine"] = serde_json::to_value(&cfg).context("config")?;
     let (threads, run) = engine::run(sc.clone(), &cfg)?;
     Ok(sc.report(threads, &run, config, cfg.threads))

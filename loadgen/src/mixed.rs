@@ -371,7 +371,7 @@ binary = false
         let f = "[defaults]\nduration = \"5s\"\nsubprotocol = \"msrp\"\n\n\
                  [[scenario]]\nkind = \"msrp-relay\"\nurl = \"ws://127.0.0.1:9/\"\n\
                  pairs = 4\nsize = 4096\nwindow = 8\nuser = \"a\"\npassword = \"b\"\n\
-                 full_path = true\n";
+                 full_path = true\nrate = 5000\n";
         let p = plan(f, None, &[]).unwrap();
         let s = p[0].argv.join(" ");
         assert!(s.contains("msrp-relay") && s.contains("--pairs 4"), "{s}");
@@ -380,7 +380,8 @@ binary = false
         let Cmd::MsrpRelay(a) = cli.cmd else {
             panic!("msrp-relay expected")
         };
-        assert_eq!((a.pairs, a.size, a.window), (4, 4096, 8));
+        assert_eq!((a.pairs, a.size, a.window), (4, 4096, Some(8)));
+        assert_eq!(a.rate, Some(5000.0));
         assert!(a.full_path);
     }
 

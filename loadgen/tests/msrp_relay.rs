@@ -113,8 +113,12 @@ const USER: &str = "loadgen";
 const PASSWORD: &str = "s3cret";
 
 fn start_relay() -> Relay {
+    // Several relays per test (the two-relay chain): a counter keeps their
+    // directories apart.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "loadgen-msrp-{}-{}",
+        "loadgen-msrp-{}-{n}-{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -334,6 +338,67 @@ fn wrong_password_fails_the_connections() {
     assert_eq!(auth["count"], 1, "{out}");
     assert!(
         auth["example"].as_str().unwrap_or("").contains("403"),
+        "{out}"
+    );
+}
+
+/// Open loop (`--rate`): SENDs go out on schedule, not as fast as the relay
+/// answers. Only loose bounds on the count (the machine is shared): at
+/// least half of rate × run time, and well below what a closed loop with
+/// the default 65536 cap would push through.
+#[test]
+fn msrp_relay_open_loop_rate() {
+    let relay = start_relay();
+    let url = format!("msrp://{}", relay.msrp);
+    let (code, v, out) = loadgen(&[
+        "msrp-relay",
+        "--url",
+        &url,
+        "--user",
+        USER,
+        "--password",
+        PASSWORD,
+        "--pairs",
+        "4",
+        "--size",
+        "100",
+        "--rate",
+        "2000",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+    ]);
+    assert_clean(code, &v, &out);
+    assert_eq!(v["config"]["rate"], 2000.0, "{out}");
+    assert_eq!(v["config"]["window"], 65536, "{out}");
+    // `sent` covers warm-up and measured window (2.2 s of schedule).
+    let sent = v["messages"]["sent"].as_u64().expect("sent");
+    assert!(sent >= 2000, "sent {sent} < 50% of 2000/s × 2 s: {out}");
+    assert!(
+        sent <= 2000 * 22 / 10 * 2,
+        "sent {sent}: not rate-limited: {out}"
+    );
+}
+
+/// `--receiver-url`: senders AUTH to one rtedge, receivers to another; every
+/// SEND crosses both (sender → relay1 → relay2 → receiver: relay1 opens a
+/// connection to relay2, the next To-Path hop).
+#[test]
+fn msrp_relay_two_relay_chain() {
+    let relay1 = start_relay();
+    let relay2 = start_relay();
+    let url1 = format!("msrp://{}", relay1.msrp);
+    let url2 = format!("msrp://{}", relay2.msrp);
+    let mut args = common(&url1, "100");
+    args.extend(["--receiver-url", &url2]);
+    let (code, v, out) = loadgen(&args);
+    assert_clean(code, &v, &out);
+    assert_eq!(v["connections"]["established"], 6, "{out}");
+    assert_eq!(v["config"]["full_path"], true, "{out}");
+    assert_eq!(
+        v["config"]["receiver_relay_uri"],
+        format!("msrp://{};tcp", relay2.msrp),
         "{out}"
     );
 }

@@ -19,6 +19,16 @@
 //! to the previous hop, the first From-Path URI). Delivery latency is send
 //! (queued at the sender) → complete chunk parsed at the receiver; both
 //! ends are driven by one task, so one clock serves both.
+//!
+//! `--receiver-url`: the receivers connect and AUTH to a second relay, so
+//! every SEND crosses two (sender → relay1 → relay2 → receiver) on the
+//! full path.
+//!
+//! Open loop (`--rate R`): each pair sends R / pairs SENDs/s on the
+//! schedule of `engine::OpenLoop` (the one ws-echo uses), whatever the
+//! relay answers, and latency runs from the *intended* send time
+//! (coordinated omission). `--window` is then only a cap on SENDs in
+//! flight, so a dead relay cannot make the client queue without bound.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -33,7 +43,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::engine::{Clock, ErrorLog, Phase, PhaseState, Scenario, ThreadCtx, wait_phase};
+use crate::engine::{
+    Clock, ErrorLog, OpenLoop, Phase, PhaseState, Scenario, ThreadCtx, wait_phase,
+};
 use crate::msrp::chunk::{self, Chunk, Kind};
 use crate::msrp::digest;
 use crate::msrp::io::{MsrpIo, StreamIo};
@@ -55,6 +67,17 @@ pub enum FailureReport {
     No,
 }
 
+/// A relay the receivers connect to instead of the senders' one
+/// (`--receiver-url`): a two-relay chain A → relay1 → relay2 → B.
+#[derive(Clone)]
+pub struct ReceiverRelay {
+    pub connector: Connector,
+    /// WebSocket (RFC 7977) rather than a byte stream.
+    pub ws: bool,
+    /// Its MSRP URI: To-Path of the receivers' AUTH and their digest-uri.
+    pub relay_uri: String,
+}
+
 /// Settings of one msrp-relay run.
 #[derive(Clone)]
 pub struct MsrpRelay {
@@ -64,8 +87,14 @@ pub struct MsrpRelay {
     pub pairs: usize,
     /// Body bytes per SEND.
     pub size: usize,
-    /// SENDs in flight per pair.
+    /// SENDs in flight per pair (closed loop), or the in-flight cap per
+    /// pair (open loop).
     pub window: usize,
+    /// Open loop: SENDs per second over all pairs (`None`: closed loop).
+    pub rate: Option<f64>,
+    /// Open loop: lateness of the client's own timer not charged to the
+    /// relay (see `engine::OpenLoop`).
+    pub timer_slack: Duration,
     /// The relay's URI: To-Path of AUTH and the digest-uri.
     pub relay_uri: String,
     /// (user, password); `None`: no AUTH at all.
@@ -73,6 +102,11 @@ pub struct MsrpRelay {
     /// Expires header in AUTH (RFC 4976 §5.1); `None`: omitted.
     pub expires: Option<u64>,
     pub full_path: bool,
+    /// Receivers on a second relay (`None`: both ends on `connector`).
+    /// Implies the full path: relay1 only forwards what is addressed to a
+    /// session of its own first (RFC 4976 §6.2), so the sender's Use-Path
+    /// must lead.
+    pub receiver_relay: Option<ReceiverRelay>,
     pub failure_report: FailureReport,
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
@@ -215,18 +249,24 @@ fn with_role(role: &str, e: ConnError) -> ConnError {
 }
 
 impl MsrpRelay {
-    /// Connect, pick our URI and AUTH (connection `conn` of the run).
+    /// Connect, pick our URI and AUTH (connection `conn` of the run); a
+    /// receiver goes to `--receiver-url` when one is given.
     async fn open(
         &self,
         conn: usize,
+        receiver: bool,
         rng: &mut Rng,
         challenges: &mut u64,
     ) -> Result<Client, ConnError> {
-        let secure = self.connector.target.tls;
+        let (connector, ws, relay_uri) = match &self.receiver_relay {
+            Some(r) if receiver => (&r.connector, r.ws, r.relay_uri.as_str()),
+            _ => (&self.connector, self.ws, self.relay_uri.as_str()),
+        };
+        let secure = connector.target.tls;
         let scheme = if secure { "msrps" } else { "msrp" };
         let session = random_ident(rng, 12);
-        let (io, uri) = if self.ws {
-            let up = self.connector.connect(conn, rng).await?;
+        let (io, uri) = if ws {
+            let up = connector.connect(conn, rng).await?;
             let io = MsrpIo::Ws(Box::new(WsIo::new(
                 up,
                 rng.clone(),
@@ -238,7 +278,7 @@ impl MsrpRelay {
             let host = random_ident(rng, 10);
             (io, format!("{scheme}://{host}.invalid:2855/{session};ws"))
         } else {
-            let stream = self.connector.connect_stream(conn).await?;
+            let stream = connector.connect_stream(conn).await?;
             let local = stream
                 .local_addr()
                 .map_err(|e| ConnError::new("connect", e.to_string()))?;
@@ -252,7 +292,7 @@ impl MsrpRelay {
         };
         if let Some((user, password)) = &self.auth {
             c.use_path = Some(
-                self.authenticate(&mut c, user, password, rng, challenges)
+                self.authenticate(&mut c, relay_uri, user, password, rng, challenges)
                     .await?,
             );
         }
@@ -264,6 +304,7 @@ impl MsrpRelay {
     async fn authenticate(
         &self,
         c: &mut Client,
+        relay_uri: &str,
         user: &str,
         password: &str,
         rng: &mut Rng,
@@ -277,7 +318,7 @@ impl MsrpRelay {
             chunk::write_auth(
                 &mut req,
                 &tid,
-                &self.relay_uri,
+                relay_uri,
                 &c.uri,
                 authz.as_deref(),
                 self.expires,
@@ -309,16 +350,8 @@ impl MsrpRelay {
                         })?;
                     let cnonce = random_ident(rng, 16);
                     authz = Some(
-                        digest::authorization(
-                            &ch,
-                            user,
-                            password,
-                            "AUTH",
-                            &self.relay_uri,
-                            &cnonce,
-                            1,
-                        )
-                        .map_err(|e| ConnError::new("auth", e))?,
+                        digest::authorization(&ch, user, password, "AUTH", relay_uri, &cnonce, 1)
+                            .map_err(|e| ConnError::new("auth", e))?,
                     );
                 }
                 Some(code) => {
@@ -358,11 +391,11 @@ async fn open_pair(
         )),
     };
     let mut ch = 0;
-    let recv = tokio::time::timeout(t, sc.open(2 * idx + 1, rng, &mut ch)).await;
+    let recv = tokio::time::timeout(t, sc.open(2 * idx + 1, true, rng, &mut ch)).await;
     stats.auth_challenges += std::mem::take(&mut ch);
     let recv = bounded("receiver", recv).inspect_err(|_| stats.connections_failed += 2)?;
     stats.connections_established += 1;
-    let send = tokio::time::timeout(t, sc.open(2 * idx, rng, &mut ch)).await;
+    let send = tokio::time::timeout(t, sc.open(2 * idx, false, rng, &mut ch)).await;
     stats.auth_challenges += ch;
     let send = bounded("sender", send).inspect_err(|_| stats.connections_failed += 1)?;
     stats.connections_established += 1;
@@ -405,7 +438,9 @@ async fn pair_task(
     ctx.counters.connected.add(1);
     let st = wait_phase(&mut phase, Phase::Run).await;
     let to_path = match (&sender.use_path, &receiver.use_path) {
-        (Some(s), Some(r)) if sc.full_path => format!("{s} {r} {}", receiver.uri),
+        (Some(s), Some(r)) if sc.full_path || sc.receiver_relay.is_some() => {
+            format!("{s} {r} {}", receiver.uri)
+        }
         (_, Some(r)) => format!("{r} {}", receiver.uri),
         (_, None) => format!("{} {}", sc.relay_uri, receiver.uri),
     };
@@ -443,6 +478,11 @@ async fn pair_task(
             scratch: Vec::with_capacity(512),
         },
         sending: st.phase == Phase::Run,
+        open: sc.rate.map(|rate| {
+            let per_pair = rate / sc.pairs.max(1) as f64;
+            let start = ctx.clock.ns_of(st.run_start);
+            OpenLoop::new(per_pair, start, sc.timer_slack, &mut rng)
+        }),
         max_chunk: sc.max_chunk,
         clock: ctx.clock,
         sh: sh.clone(),
@@ -802,6 +842,9 @@ struct Pair {
     r: MsrpIo,
     st: PairState,
     sending: bool,
+    /// Open loop: the send schedule (`None`: closed loop, keep the window
+    /// full).
+    open: Option<OpenLoop>,
     max_chunk: usize,
     clock: Clock,
     sh: Rc<Shared>,
@@ -814,6 +857,7 @@ impl Pair {
         mut drain: Pin<&mut impl Future<Output = PhaseState>>,
         mut close: Pin<&mut impl Future<Output = PhaseState>>,
     ) -> Result<(), ConnError> {
+        let mut sleep = pin!(tokio::time::sleep(Duration::from_secs(3600)));
         poll_fn(|cx| {
             if self.sending && drain.as_mut().poll(cx).is_ready() {
                 self.sending = false;
@@ -821,12 +865,17 @@ impl Pair {
             if !self.sending && close.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(()));
             }
-            self.poll_step(cx, ctx)
+            self.poll_step(cx, ctx, sleep.as_mut())
         })
         .await
     }
 
-    fn poll_step(&mut self, cx: &mut Context<'_>, ctx: &ThreadCtx) -> Poll<Result<(), ConnError>> {
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+        ctx: &ThreadCtx,
+        mut sleep: Pin<&mut tokio::time::Sleep>,
+    ) -> Poll<Result<(), ConnError>> {
         let sh = self.sh.clone();
         let max = self.max_chunk;
         let mut rounds = 0;
@@ -883,15 +932,30 @@ impl Pair {
                 c.inflight.sub(self.st.retired);
                 self.st.retired = 0;
             }
-            // 3. New SENDs up to the window.
+            // 3. New SENDs: up to the window (closed loop), or those due
+            // (open loop; the window is then only a cap on what a stalled
+            // relay can make pile up, and a SEND it holds back keeps its
+            // intended send time).
             if self.sending {
-                let room = self.st.window.saturating_sub(self.st.ring.len());
-                if room > 0 {
-                    self.s.reserve(room * (self.st.size + 400));
-                    for _ in 0..room {
-                        self.st.push_send(&mut self.s, now);
+                let before = self.st.next_seq;
+                if let Some(open) = &mut self.open {
+                    while self.st.ring.len() < self.st.window {
+                        let Some(stamp) = open.take_due(now) else {
+                            break;
+                        };
+                        self.st.push_send(&mut self.s, stamp);
                     }
-                    let n = room as u64;
+                } else {
+                    let room = self.st.window.saturating_sub(self.st.ring.len());
+                    if room > 0 {
+                        self.s.reserve(room * (self.st.size + 400));
+                        for _ in 0..room {
+                            self.st.push_send(&mut self.s, now);
+                        }
+                    }
+                }
+                let n = self.st.next_seq - before;
+                if n > 0 {
                     c.sent.add(n);
                     c.tx_bytes.add(n * self.st.size as u64);
                     c.inflight.add(n);
@@ -912,6 +976,13 @@ impl Pair {
                 && self.r.pending_write() == 0
             {
                 return Poll::Ready(Ok(()));
+            }
+            // 6. Open loop: wake up when the next SEND is due.
+            if self.sending
+                && let Some(open) = &mut self.open
+                && open.poll_timer(cx, now, &self.clock, sleep.as_mut())
+            {
+                progress = true;
             }
             if !progress {
                 return Poll::Pending;

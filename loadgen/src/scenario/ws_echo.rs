@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
-use crate::engine::{Clock, ErrorLog, Phase, Scenario, ThreadCtx, wait_phase};
+use crate::engine::{Clock, ErrorLog, OpenLoop, Phase, Scenario, ThreadCtx, wait_phase};
 use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
 use crate::report::{self, SecondHists};
@@ -209,19 +209,19 @@ async fn conn_task(
             acked: 0,
         },
         sending: st.phase == Phase::Run,
-        interval_ns: 0,
-        next_due_ns: 0,
-        slack_ns: sc.timer_slack.as_nanos() as u64,
-        armed_ns: u64::MAX,
+        open: None,
         clock: ctx.clock,
         sh: sh.clone(),
     };
     if let Some(rate) = sc.rate {
         let per_conn = rate / sc.connections.max(1) as f64;
-        let interval = (1e9 / per_conn.max(1e-6)).max(1.0) as u64;
-        c.interval_ns = interval;
-        // Random phase so connections do not send in lock step.
-        c.next_due_ns = ctx.clock.ns_of(st.run_start) + c.io.rng.below(interval);
+        let start = ctx.clock.ns_of(st.run_start);
+        c.open = Some(OpenLoop::new(
+            per_conn,
+            start,
+            sc.timer_slack,
+            &mut c.io.rng,
+        ));
     }
 
     let outcome = if c.sending {
@@ -372,11 +372,8 @@ struct EchoConn {
     io: WsIo,
     st: ConnState,
     sending: bool,
-    /// Open loop: nanoseconds between sends (0: closed loop).
-    interval_ns: u64,
-    next_due_ns: u64,
-    slack_ns: u64,
-    armed_ns: u64,
+    /// Open loop: the send schedule (`None`: closed loop).
+    open: Option<OpenLoop>,
     clock: Clock,
     sh: Rc<Shared>,
 }
@@ -443,22 +440,20 @@ impl EchoConn {
             // 2. Queue new messages.
             if self.sending && self.st.quota > 0 {
                 let before = self.st.next_seq;
-                if self.interval_ns == 0 {
+                if let Some(open) = &mut self.open {
+                    while self.st.quota > 0 && self.st.inflight.len() < self.st.window {
+                        let Some(stamp) = open.take_due(now) else {
+                            break;
+                        };
+                        self.st.push(&mut self.io, stamp);
+                    }
+                } else {
                     let room = self.st.window.saturating_sub(self.st.inflight.len());
                     let n = (room as u64).min(self.st.quota);
                     let frame_len = frame::client_header_len(self.st.size) + self.st.size;
                     self.io.wbuf.reserve(n as usize * frame_len);
                     for _ in 0..n {
                         self.st.push(&mut self.io, now);
-                    }
-                } else {
-                    while self.next_due_ns <= now
-                        && self.st.quota > 0
-                        && self.st.inflight.len() < self.st.window
-                    {
-                        let due = self.next_due_ns;
-                        self.st.push(&mut self.io, now.min(due + self.slack_ns));
-                        self.next_due_ns += self.interval_ns;
                     }
                 }
                 let n = self.st.next_seq - before;
@@ -481,16 +476,12 @@ impl EchoConn {
                 return Poll::Ready(Ok(Outcome::Drained));
             }
             // 5. Open-loop timer.
-            if self.sending && self.interval_ns > 0 && self.st.quota > 0 && self.next_due_ns > now {
-                if self.armed_ns != self.next_due_ns {
-                    sleep
-                        .as_mut()
-                        .reset(self.clock.instant(self.next_due_ns).into());
-                    self.armed_ns = self.next_due_ns;
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    progress = true;
-                }
+            if self.sending
+                && self.st.quota > 0
+                && let Some(open) = &mut self.open
+                && open.poll_timer(cx, now, &self.clock, sleep.as_mut())
+            {
+                progress = true;
             }
             if !progress {
                 return Poll::Pending;
