@@ -97,10 +97,19 @@ async fn no_arguments_serves_the_loopback_defaults() {
         let s = last.expect("rtedge listens on 127.0.0.1:8080");
         let mut ws = ws_client_over(s, "ws://127.0.0.1:8080/", Some("sip")).await;
         ws.close(None).await.ok();
-        // Management answers on 9090.
-        let mut m = tokio::net::TcpStream::connect("127.0.0.1:9090")
-            .await
-            .expect("management on 127.0.0.1:9090");
+        // Management answers on 9090 (it starts just after the data plane
+        // listens, so it may need a moment).
+        let mut mgmt = None;
+        for _ in 0..100 {
+            match tokio::net::TcpStream::connect("127.0.0.1:9090").await {
+                Ok(s) => {
+                    mgmt = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let mut m = mgmt.expect("management on 127.0.0.1:9090");
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         m.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
