@@ -79,6 +79,8 @@ async fn kamailio_crash_frame_closes_and_neighbours_relay() {
     }
     assert!(bad.expect_closed().await.is_empty());
     neighbours_relay(&mut a, &mut b, 1).await;
+    // Both closes are counted as malformed frames.
+    srv.wait_counter(Counter::MsrpMalformed, 2).await;
 }
 
 /// A SEND without To-Path, or without From-Path: RFC 4975 §9 requires both

@@ -122,6 +122,12 @@ async fn send_relays_between_two_tcp_clients() {
         .await;
     assert!(srv.counter(Counter::MsrpRelayedBytes) > 0);
     assert!(srv.counter(Counter::MsrpRequestsReceived(MsrpMethod::Send)) >= 1);
+    // The relay latency histogram saw the forwarded SEND.
+    let h = srv
+        .region()
+        .snapshot_counters()
+        .histogram(dataplane::region::Histogram::RelayLatency);
+    assert!(h.count >= 1, "{h:?}");
 }
 
 #[tokio::test]

@@ -415,6 +415,58 @@ pub fn loopback_sources(n: usize) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Write the queued bytes `wbuf[*wpos..]` to `stream` (and flush TLS once
+/// they are all out): `Ready(Ok(true))` when something was written,
+/// `Ready(Ok(false))` when nothing was pending, `Pending` when the socket is
+/// full (waker registered). Shared by the WebSocket and MSRP connections.
+pub fn poll_write_queued(
+    stream: &mut Stream,
+    wbuf: &mut Vec<u8>,
+    wpos: &mut usize,
+    need_flush: &mut bool,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<bool, ConnError>> {
+    use std::task::Poll;
+    use tokio::io::AsyncWrite;
+    let mut wrote = false;
+    while *wpos < wbuf.len() {
+        match Pin::new(&mut *stream).poll_write(cx, &wbuf[*wpos..]) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(ConnError::new("io", "write returned 0")));
+            }
+            Poll::Ready(Ok(n)) => {
+                *wpos += n;
+                wrote = true;
+                *need_flush = matches!(stream, Stream::Tls(_));
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::io(e))),
+            Poll::Pending => {
+                return if wrote {
+                    Poll::Ready(Ok(true))
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+    }
+    wbuf.clear();
+    *wpos = 0;
+    if *need_flush {
+        match Pin::new(&mut *stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *need_flush = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::io(e))),
+            Poll::Pending => {
+                return if wrote {
+                    Poll::Ready(Ok(true))
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+    }
+    Poll::Ready(Ok(wrote))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

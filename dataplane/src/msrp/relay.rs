@@ -370,12 +370,6 @@ impl RelayCore {
         true
     }
 
-    /// The pending transaction `tid`, removed.
-    fn take_pending(&mut self, tid: &[u8]) -> Option<Pending> {
-        let k = TxnId::try_from(tid).ok()?;
-        self.pending.remove(&k)
-    }
-
     fn tid_core(tid: &[u8]) -> Option<u8> {
         if tid.len() != 18 {
             return None;
@@ -861,7 +855,7 @@ impl RelayCore {
                 // (RFC 4975 §7.2: 413, stop sending this message).
                 actions.push(Action::ForwardAbort);
                 actions.push(Action::Stat(Stat::Rejected { code: 413 }));
-                self.take_pending(tid.as_slice());
+                self.pending.remove(tid.as_slice());
                 if let Some(r) = err.as_deref().and_then(|r| restatus(r, 413)) {
                     actions.push(Action::Reply(r));
                 }

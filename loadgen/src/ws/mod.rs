@@ -8,9 +8,9 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-use crate::net::{ConnError, Stream, Upgraded};
+use crate::net::{ConnError, Stream, Upgraded, poll_write_queued};
 use crate::rng::Rng;
 use frame::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
@@ -233,43 +233,13 @@ impl WsIo {
     /// `Ready(Ok(false))`: nothing was pending; `Pending`: the socket is
     /// full (waker registered).
     pub fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {
-        let mut wrote = false;
-        while self.wpos < self.wbuf.len() {
-            match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf[self.wpos..]) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(ConnError::new("io", "write returned 0")));
-                }
-                Poll::Ready(Ok(n)) => {
-                    self.wpos += n;
-                    wrote = true;
-                    self.need_flush = matches!(self.stream, Stream::Tls(_));
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::io(e))),
-                Poll::Pending => {
-                    return if wrote {
-                        Poll::Ready(Ok(true))
-                    } else {
-                        Poll::Pending
-                    };
-                }
-            }
-        }
-        self.wbuf.clear();
-        self.wpos = 0;
-        if self.need_flush {
-            match Pin::new(&mut self.stream).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.need_flush = false,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ConnError::io(e))),
-                Poll::Pending => {
-                    return if wrote {
-                        Poll::Ready(Ok(true))
-                    } else {
-                        Poll::Pending
-                    };
-                }
-            }
-        }
-        Poll::Ready(Ok(wrote))
+        poll_write_queued(
+            &mut self.stream,
+            &mut self.wbuf,
+            &mut self.wpos,
+            &mut self.need_flush,
+            cx,
+        )
     }
 
     /// Closing handshake: send a close frame (unless already sent), wait up
