@@ -211,6 +211,32 @@ impl<'a> Head<'a> {
     }
 }
 
+/// The first URIs of a path and how many it has, from one scan of the
+/// value (the relay looks at up to three To-Path URIs per frame).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathUris<'a> {
+    first: [&'a [u8]; 3],
+    pub len: usize,
+}
+
+impl<'a> PathUris<'a> {
+    pub fn of(value: Option<&'a [u8]>) -> PathUris<'a> {
+        let mut p = PathUris::default();
+        for u in value.map(path_uris).into_iter().flatten() {
+            if let Some(slot) = p.first.get_mut(p.len) {
+                *slot = u;
+            }
+            p.len += 1;
+        }
+        p
+    }
+
+    /// The `n`th URI, for `n` < 3.
+    pub fn get(&self, n: usize) -> Option<&'a [u8]> {
+        (n < self.len).then(|| self.first.get(n).copied()).flatten()
+    }
+}
+
 /// Writes the head to relay: `new_tid` on the first line, the first `pops`
 /// To-Path URIs removed and pushed to the front of From-Path (RFC 4976 §6.4:
 /// the relay removes its URI from To-Path and inserts it at the start of
@@ -235,8 +261,18 @@ pub fn write_relayed_head_ranged(
     let (Some(to), Some(from)) = (head.to_path(), head.from_path()) else {
         return false;
     };
-    let to_uris: Vec<&[u8]> = path_uris(to).collect();
-    if to_uris.len() <= pops {
+    // The URIs popped (RFC 4976 §6.4: at most two, for a hairpin), then
+    // the rest in order; no collection of the path.
+    let mut popped: [&[u8]; 2] = [&[], &[]];
+    let mut to_uris = path_uris(to);
+    for slot in popped.iter_mut().take(pops) {
+        match to_uris.next() {
+            Some(u) => *slot = u,
+            None => return false,
+        }
+    }
+    let mut to_uris = to_uris.peekable();
+    if pops > popped.len() || to_uris.peek().is_none() {
         return false;
     }
     let start = out.len();
@@ -247,12 +283,12 @@ pub fn write_relayed_head_ranged(
     let after_tid = head.idx.tid.end as usize + 1;
     out.extend_from_slice(head.block.get(after_tid..line_end).unwrap_or(&[]));
     out.extend_from_slice(b"\r\nTo-Path:");
-    for u in to_uris.iter().skip(pops) {
+    for u in to_uris {
         out.push(b' ');
         out.extend_from_slice(u);
     }
     out.extend_from_slice(b"\r\nFrom-Path:");
-    for u in to_uris.iter().take(pops).rev() {
+    for u in popped.iter().take(pops).rev() {
         out.push(b' ');
         out.extend_from_slice(u);
     }

@@ -351,6 +351,17 @@ impl FrameParser {
         &self.head
     }
 
+    /// Moves the head index out (no copy) while the caller works with it
+    /// alongside the parser's connection; give it back with
+    /// [`FrameParser::put_head`] so its capacity is reused.
+    pub fn take_head(&mut self) -> HeadIndex {
+        std::mem::take(&mut self.head)
+    }
+
+    pub fn put_head(&mut self, head: HeadIndex) {
+        self.head = head;
+    }
+
     /// Transaction id of the frame in progress (or the last one).
     pub fn tid(&self) -> &[u8] {
         self.needle.get(9..self.needle_len).unwrap_or(&[])
@@ -459,17 +470,17 @@ impl FrameParser {
         }
         self.head.kind = Some(kind);
 
-        // Header block: ends at an empty line (body follows) or at the
-        // end-line (no body). Search within the size limit.
+        // Header block: ends at an empty line (a body follows) or at a line
+        // that is this transaction's end-line (no body), within the size
+        // limit. One walk over the lines finds the end and indexes each
+        // header as it passes (the head's length, not a search through the
+        // body or the frames after it).
         let first_line_end = lf + 1;
         let cap = data.len().min(self.limits.max_head);
         let window = data.get(..cap).unwrap_or(&[]);
-        // Walk the header lines: the block ends at an empty line (a body
-        // follows) or at a line that is this transaction's end-line (no
-        // body). Line by line, so finding the end costs the head's length,
-        // not a search through the body or the frames after it.
         let end_line = self.needle.get(2..self.needle_len).unwrap_or(&[]);
         let mut pos = first_line_end;
+        let mut header_err = None;
         let head_end = loop {
             let rest = window.get(pos..).unwrap_or(&[]);
             if rest.starts_with(end_line) {
@@ -480,6 +491,9 @@ impl FrameParser {
             };
             if nl == 1 && rest.first() == Some(&b'\r') {
                 break Some((pos + 2, true));
+            }
+            if let Err(m) = index_header_line(&mut self.head, self.limits, rest, pos, nl) {
+                header_err.get_or_insert(m);
             }
             pos += nl + 1;
         };
@@ -496,10 +510,7 @@ impl FrameParser {
             return Ok(None);
         };
         self.head.has_body = has_body;
-        // Header lines between the first line and the block end.
-        let hdr_end = if has_body { head_len - 2 } else { head_len };
-        let block = data.get(..hdr_end).unwrap_or(&[]);
-        if let Err(m) = self.index_headers(block, first_line_end) {
+        if let Err(m) = header_err.map_or_else(|| check_paths(&self.head), Err) {
             malformed.get_or_insert(m);
         }
         if simdutf8::basic::from_utf8(data.get(..head_len).unwrap_or(&[])).is_err() {
@@ -510,62 +521,6 @@ impl FrameParser {
             len: head_len,
             malformed,
         }))
-    }
-
-    /// Index the header lines in `block[from..]` (each ends with CRLF).
-    fn index_headers(&mut self, block: &[u8], from: usize) -> Result<(), Malformed> {
-        let mut pos = from;
-        let mut err = None;
-        while pos < block.len() {
-            let rest = block.get(pos..).unwrap_or(&[]);
-            let Some(lf) = memchr::memchr(b'\n', rest) else {
-                err.get_or_insert(Malformed::HeaderSyntax);
-                break;
-            };
-            let line_end = pos + lf;
-            if lf == 0 || block.get(line_end - 1) != Some(&b'\r') {
-                err.get_or_insert(Malformed::HeaderSyntax);
-                pos = line_end + 1;
-                continue;
-            }
-            let content_end = line_end - 1;
-            let line = block.get(pos..content_end).unwrap_or(&[]);
-            if self.head.headers.len() >= self.limits.max_headers {
-                err.get_or_insert(Malformed::TooManyHeaders);
-                break;
-            }
-            match parse_header_line(line) {
-                Ok((name_len, vstart, vend)) => {
-                    let name_b = line.get(..name_len).unwrap_or(&[]);
-                    self.head.headers.push(HeaderIdx {
-                        name: HeaderName::classify(name_b),
-                        name_span: Span::new(pos, pos + name_len),
-                        value: Span::new(pos + vstart, pos + vend),
-                        line: Span::new(pos, content_end),
-                    });
-                }
-                Err(m) => {
-                    err.get_or_insert(m);
-                }
-            }
-            pos = line_end + 1;
-        }
-        // RFC 4975 §9: headers = To-Path CRLF From-Path CRLF *( header CRLF )
-        let hs = &self.head.headers;
-        let count = |n: HeaderName| hs.iter().filter(|h| h.name == n).count();
-        if hs.first().map(|h| h.name) != Some(HeaderName::ToPath) || count(HeaderName::ToPath) != 1
-        {
-            err.get_or_insert(Malformed::ToPath);
-        }
-        if hs.get(1).map(|h| h.name) != Some(HeaderName::FromPath)
-            || count(HeaderName::FromPath) != 1
-        {
-            err.get_or_insert(Malformed::FromPath);
-        }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 
     fn scan_body(&mut self, data: &[u8], at_start: bool) -> Option<Event> {
@@ -639,6 +594,47 @@ impl FrameParser {
     }
 }
 
+/// Index one header line: `rest[..nl]` is the line up to its LF, found at
+/// offset `pos` of the head block.
+fn index_header_line(
+    head: &mut HeadIndex,
+    limits: ParserLimits,
+    rest: &[u8],
+    pos: usize,
+    nl: usize,
+) -> Result<(), Malformed> {
+    if nl == 0 || rest.get(nl - 1) != Some(&b'\r') {
+        return Err(Malformed::HeaderSyntax);
+    }
+    if head.headers.len() >= limits.max_headers {
+        return Err(Malformed::TooManyHeaders);
+    }
+    let content_end = nl - 1;
+    let line = rest.get(..content_end).unwrap_or(&[]);
+    let (name_len, vstart, vend) = parse_header_line(line)?;
+    head.headers.push(HeaderIdx {
+        name: HeaderName::classify(line.get(..name_len).unwrap_or(&[])),
+        name_span: Span::new(pos, pos + name_len),
+        value: Span::new(pos + vstart, pos + vend),
+        line: Span::new(pos, pos + content_end),
+    });
+    Ok(())
+}
+
+/// RFC 4975 §9: `headers = To-Path CRLF From-Path CRLF *( header CRLF )`,
+/// each of the two exactly once.
+fn check_paths(head: &HeadIndex) -> Result<(), Malformed> {
+    let hs = &head.headers;
+    let count = |n: HeaderName| hs.iter().filter(|h| h.name == n).count();
+    if hs.first().map(|h| h.name) != Some(HeaderName::ToPath) || count(HeaderName::ToPath) != 1 {
+        return Err(Malformed::ToPath);
+    }
+    if hs.get(1).map(|h| h.name) != Some(HeaderName::FromPath) || count(HeaderName::FromPath) != 1 {
+        return Err(Malformed::FromPath);
+    }
+    Ok(())
+}
+
 /// RFC 4975 §9 `ident-char = ALPHANUM / "." / "-" / "+" / "%" / "="`.
 pub fn is_tid_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'%' | b'=')
@@ -689,14 +685,16 @@ fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
     match line.first() {
         None => return Err(Malformed::HeaderSyntax),
         Some(b' ' | b'\t') => return Err(Malformed::Folding),
+        Some(b) if !b.is_ascii_alphabetic() => return Err(Malformed::HeaderSyntax),
         Some(_) => {}
     }
-    let colon = memchr::memchr(b':', line).ok_or(Malformed::HeaderSyntax)?;
-    let name = line.get(..colon).unwrap_or(&[]);
-    // hname = ALPHA *token
-    if !name.first().is_some_and(u8::is_ascii_alphabetic)
-        || !name.iter().all(|&b| TCHAR[usize::from(b)])
-    {
+    // hname = ALPHA *token, then ":". One pass: header lines are short, so
+    // a table-driven loop beats a memchr call per line.
+    let colon = line
+        .iter()
+        .position(|&b| !TCHAR[usize::from(b)])
+        .ok_or(Malformed::HeaderSyntax)?;
+    if line.get(colon) != Some(&b':') {
         return Err(Malformed::HeaderSyntax);
     }
     let mut vs = colon + 1;
@@ -707,7 +705,14 @@ fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
     while ve > vs && line.get(ve - 1).is_some_and(|&b| b == b' ' || b == b'\t') {
         ve -= 1;
     }
-    if memchr::memchr3(b'\r', b'\n', 0, line).is_some() {
+    // No CR or NUL inside a value (the line holds no LF). Branch-free so it
+    // vectorizes.
+    let bad = line
+        .get(vs..)
+        .unwrap_or(&[])
+        .iter()
+        .fold(false, |acc, &b| acc | (b == b'\r') | (b == 0));
+    if bad {
         return Err(Malformed::HeaderSyntax);
     }
     Ok((colon, vs, ve))

@@ -37,14 +37,14 @@ use std::ops::Range;
 
 use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
 use super::message::{
-    ByteRange, FailureReport, Head, Method, ReportContext, build_response, restatus,
+    ByteRange, FailureReport, Head, Method, PathUris, ReportContext, build_response, restatus,
     write_end_line, write_relayed_head, write_relayed_head_ranged,
 };
 use super::parser::{
     Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, MAX_TID, ParserLimits,
 };
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
-use super::uri::{LocalAuthorities, MsrpUri};
+use super::uri::{LocalAuthorities, MsrpUri, PeerUri};
 use crate::auth::{CredentialStore, NonceManager};
 
 /// Engine settings.
@@ -122,7 +122,7 @@ pub enum Action {
     /// Body bytes of the forwarded frame: `range` of the bytes presented.
     ForwardBody { range: Range<usize> },
     /// End of the forwarded frame.
-    ForwardEnd { end_line: Vec<u8> },
+    ForwardEnd { end_line: EndLine },
     /// The forwarded frame is dropped before its end (refused with 413):
     /// nothing of it may reach the target.
     ForwardAbort,
@@ -130,6 +130,49 @@ pub enum Action {
     Close { reason: &'static str },
     /// Statistics.
     Stat(Stat),
+}
+
+/// An end-line with the CRLF that ends the body, inline (one per
+/// forwarded chunk: no allocation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EndLine {
+    len: u8,
+    buf: [u8; super::parser::MAX_END_LINE],
+}
+
+impl EndLine {
+    fn new(tid: &[u8], flag: Flag, after_body: bool) -> EndLine {
+        let mut e = EndLine {
+            len: 0,
+            buf: [0; super::parser::MAX_END_LINE],
+        };
+        let mut w = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(dst) = e.buf.get_mut(w..w + bytes.len()) {
+                dst.copy_from_slice(bytes);
+                w += bytes.len();
+            }
+        };
+        if after_body {
+            put(b"\r\n");
+        }
+        put(b"-------");
+        put(tid);
+        put(&[flag.byte()]);
+        put(b"\r\n");
+        e.len = w as u8;
+        e
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Debug for EndLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EndLine({:?})", String::from_utf8_lossy(self.as_slice()))
+    }
 }
 
 /// Counters for the stats region.
@@ -422,14 +465,16 @@ impl RelayCore {
                     if malformed.is_some() {
                         conn.cur = Current::Discard;
                         actions.push(Action::Stat(Stat::Malformed));
-                        let idx = conn.parser.head().clone();
+                        let idx = conn.parser.take_head();
                         let head = Head::new(block, &idx);
-                        match head
+                        let reply = head
                             .is_request()
                             .then(|| build_response(&head, 400, &[]))
-                            .flatten()
-                        {
-                            Some(r) if head.method() != Some(Method::Report) => {
+                            .flatten();
+                        let report = head.method() == Some(Method::Report);
+                        conn.parser.put_head(idx);
+                        match reply {
+                            Some(r) if !report => {
                                 actions.push(Action::Stat(Stat::Rejected { code: 400 }));
                                 actions.push(Action::Reply(r));
                             }
@@ -442,7 +487,7 @@ impl RelayCore {
                             }
                         }
                     } else {
-                        let idx = conn.parser.head().clone();
+                        let idx = conn.parser.take_head();
                         let head = Head::new(block, &idx);
                         actions.push(Action::Stat(Stat::FrameIn {
                             method: head.method(),
@@ -453,6 +498,7 @@ impl RelayCore {
                         } else {
                             self.on_response_head(&head)
                         };
+                        conn.parser.put_head(idx);
                         if matches!(actions.last(), Some(Action::Close { .. })) {
                             return data.len();
                         }
@@ -475,9 +521,9 @@ impl RelayCore {
                             err,
                             ..
                         } => {
-                            let mut end_line = Vec::with_capacity(MAX_TID + 12);
-                            write_end_line(&mut end_line, tid.as_slice(), flag, has_body);
-                            actions.push(Action::ForwardEnd { end_line });
+                            actions.push(Action::ForwardEnd {
+                                end_line: EndLine::new(tid.as_slice(), flag, has_body),
+                            });
                             if ok && let Some(r) = err {
                                 actions.push(Action::Reply(r));
                             }
@@ -600,15 +646,16 @@ impl RelayCore {
         actions: &mut Vec<Action>,
     ) -> Current {
         let method = head.method().unwrap_or(Method::Other);
-        let to_len = head.to_path_len();
         let Some(failure) = head.failure_report() else {
             return self.reject(head, 400, actions);
         };
-        if method == Method::Auth && to_len == 1 {
+        // To-Path scanned once; each URI below is parsed once.
+        let to = PathUris::of(head.to_path());
+        if method == Method::Auth && to.len == 1 {
             return self.on_auth(conn, head, env, actions);
         }
         // RFC 4976 §6.2: the first To-Path URI must be ours.
-        let Some(first) = head.to_uri(0).and_then(|u| MsrpUri::parse(u).ok()) else {
+        let Some(first) = to.get(0).and_then(|u| MsrpUri::parse(u).ok()) else {
             return self.reject(head, 400, actions);
         };
         if head
@@ -625,23 +672,24 @@ impl RelayCore {
         let Some(sid) = first.session_id.and_then(SessionId::parse) else {
             return self.reject(head, 481, actions);
         };
-        if to_len < 2 {
+        if to.len < 2 {
             // Nowhere to relay (RFC 4976 §6.2).
             return self.reject(head, 481, actions);
         }
+        let next = to.get(1).and_then(|u| MsrpUri::parse(u).ok());
         let (target, pops) = match self.sessions.lookup(&sid, env.now_ms) {
             Err(Miss::NoSession) => return self.reject(head, 481, actions),
             Err(Miss::OtherCore(core)) => {
                 // Owned elsewhere, so not by this connection: toward that
                 // client only.
-                if to_len != 2 {
+                if to.len != 2 {
                     return self.reject(head, 403, actions);
                 }
                 (Target::Core { core, session: sid }, 1)
             }
             Ok(e) if e.conn == conn.id => {
                 // From our client: on to the next hop.
-                let Some(next) = head.to_uri(1).and_then(|u| MsrpUri::parse(u).ok()) else {
+                let Some(next) = next else {
                     return self.reject(head, 400, actions);
                 };
                 let next_ours = self.cfg.local.contains(&next) || next.same_authority(&first);
@@ -649,13 +697,13 @@ impl RelayCore {
                     // Hairpin through a second URI of ours (any of our
                     // listeners: TCP ↔ WebSocket across listeners).
                     Some(sid2) if next_ours => {
-                        if to_len != 3 {
+                        if to.len != 3 {
                             return self.reject(head, 403, actions);
                         }
                         match self.sessions.lookup(&sid2, env.now_ms) {
                             Ok(e2) => {
                                 let c2 = e2.conn;
-                                if !toward_client(&e2.peer_uri, head.to_uri(2)) {
+                                if !toward_client(&e2.peer_uri, to.get(2)) {
                                     return self.reject(head, 403, actions);
                                 }
                                 if !self.sessions.bind(&sid2, conn.id) {
@@ -697,7 +745,7 @@ impl RelayCore {
             Ok(e) => {
                 // Toward our client, and only to it (RFC 4976 §6.2, §9).
                 let c = e.conn;
-                if to_len != 2 || !toward_client(&e.peer_uri, head.to_uri(1)) {
+                if to.len != 2 || !next.is_some_and(|n| e.peer_uri.same_authority(&n)) {
                     return self.reject(head, 403, actions);
                 }
                 if !self.sessions.bind(&sid, conn.id) {
@@ -735,8 +783,8 @@ impl RelayCore {
         };
         // The reactor appends the body and end-line to this buffer: size it
         // for them when Byte-Range tells the chunk's size (no realloc).
-        let body = head
-            .byte_range()
+        let byte_range = head.byte_range();
+        let body = byte_range
             .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
             .map_or(0, |n| {
                 (n as usize).min(self.cfg.rechunk_size.max(self.cfg.max_unsplit))
@@ -771,7 +819,7 @@ impl RelayCore {
         } else {
             None
         };
-        let split = self.splittable(head, method).map(|range| {
+        let split = self.splittable(head, method, byte_range).map(|range| {
             Box::new(Split {
                 block: head.block.to_vec(),
                 idx: head.idx.clone(),
@@ -812,14 +860,19 @@ impl RelayCore {
     /// The Byte-Range of a chunk the relay may split: a SEND with a body
     /// and a Message-ID (the receiver reassembles by it, RFC 4975 §7.1)
     /// whose announced size is unknown or over `rechunk_size`.
-    fn splittable(&self, head: &Head<'_>, method: Method) -> Option<ByteRange> {
+    fn splittable(
+        &self,
+        head: &Head<'_>,
+        method: Method,
+        byte_range: Option<ByteRange>,
+    ) -> Option<ByteRange> {
         let limit = self.cfg.rechunk_size as u64;
         if limit == 0 || method != Method::Send || !head.has_body() || head.message_id().is_none() {
             return None;
         }
         let range = match head.header(HeaderName::ByteRange) {
             None => ByteRange::WHOLE,
-            Some(_) => head.byte_range()?,
+            Some(_) => byte_range?,
         };
         match range.end {
             Some(end) if end.saturating_sub(range.start) < limit => None,
@@ -880,9 +933,9 @@ impl RelayCore {
             }
             off += take;
             left -= take;
-            let mut end_line = Vec::with_capacity(MAX_TID + 12);
-            write_end_line(&mut end_line, tid.as_slice(), Flag::More, true);
-            actions.push(Action::ForwardEnd { end_line });
+            actions.push(Action::ForwardEnd {
+                end_line: EndLine::new(tid.as_slice(), Flag::More, true),
+            });
             s.range.start = s.range.start.saturating_add(limit as u64);
             *body = 0;
             let new_tid = self.new_tid(env);
@@ -949,7 +1002,7 @@ impl RelayCore {
                     id: session,
                     conn: conn.id,
                     user,
-                    peer_uri,
+                    peer_uri: peer_uri.into(),
                     peer_addr: conn.peer_addr.clone(),
                     expires_ms: env.now_ms.saturating_add(expires_secs.saturating_mul(1000)),
                     bound: None,
@@ -1172,14 +1225,9 @@ impl RelayCore {
 /// must be addressed to that client (RFC 4976 §6.2): the next To-Path URI
 /// names the authority the client gave in its AUTH's From-Path. (Only the
 /// authority: one client may run several sessions, each its own path.)
-fn toward_client(peer_uri: &str, next: Option<&[u8]>) -> bool {
-    match (
-        MsrpUri::parse(peer_uri.as_bytes()),
-        next.map(MsrpUri::parse),
-    ) {
-        (Ok(p), Some(Ok(n))) => p.same_authority(&n),
-        _ => false,
-    }
+fn toward_client(peer_uri: &PeerUri, next: Option<&[u8]>) -> bool {
+    next.and_then(|n| MsrpUri::parse(n).ok())
+        .is_some_and(|n| peer_uri.same_authority(&n))
 }
 
 #[cfg(test)]

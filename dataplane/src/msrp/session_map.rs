@@ -93,7 +93,7 @@ pub struct SessionEntry {
     pub conn: u64,
     pub user: String,
     /// The client's own URI (last From-Path URI of its AUTH).
-    pub peer_uri: String,
+    pub peer_uri: super::uri::PeerUri,
     /// The client's transport address, for listings.
     pub peer_addr: String,
     /// Absolute expiry, monotonic milliseconds.

@@ -229,6 +229,65 @@ impl<'a> MsrpUri<'a> {
     }
 }
 
+/// A client's own URI (the last From-Path URI of its AUTH), with its
+/// authority parsed once when the session is created: every frame toward
+/// the client is checked against it (RFC 4976 §6.2), so it must not be
+/// re-parsed per frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerUri {
+    text: String,
+    /// Scheme, host range in `text`, port; `None` if `text` does not parse
+    /// (then nothing is addressed to it).
+    authority: Option<(bool, std::ops::Range<usize>, Option<u16>)>,
+}
+
+impl PeerUri {
+    pub fn new(text: String) -> PeerUri {
+        let authority = MsrpUri::parse(text.as_bytes()).ok().map(|u| {
+            let start = u.host.as_ptr() as usize - text.as_ptr() as usize;
+            (u.secure, start..start + u.host.len(), u.port)
+        });
+        PeerUri { text, authority }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `uri` has this URI's scheme, host and port (RFC 4975 §6.1 rules).
+    pub fn same_authority(&self, uri: &MsrpUri<'_>) -> bool {
+        match &self.authority {
+            Some((secure, host, port)) => {
+                *secure == uri.secure
+                    && *port == uri.port
+                    && host_eq(
+                        self.text.as_bytes().get(host.clone()).unwrap_or(&[]),
+                        uri.host,
+                    )
+            }
+            None => false,
+        }
+    }
+}
+
+impl From<String> for PeerUri {
+    fn from(s: String) -> PeerUri {
+        PeerUri::new(s)
+    }
+}
+
+impl From<&str> for PeerUri {
+    fn from(s: &str) -> PeerUri {
+        PeerUri::new(s.to_owned())
+    }
+}
+
+impl fmt::Debug for PeerUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerUri({})", self.text)
+    }
+}
+
 /// One authority of this relay: scheme (`None`: either), host, port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Authority {
@@ -343,6 +402,12 @@ fn decode_at(s: &[u8], i: usize) -> Option<(u8, usize)> {
 }
 
 fn host_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true; // the usual case; percent-decoding below is rare
+    }
+    if !a.contains(&b'%') && !b.contains(&b'%') {
+        return false;
+    }
     let (mut i, mut j) = (0, 0);
     loop {
         match (decode_at(a, i), decode_at(b, j)) {

@@ -237,7 +237,7 @@ pub fn run_actions(
                 if let Some(mut f) = m.fwd.take() {
                     let body = f.frame.len().saturating_sub(f.head_len) as u64;
                     stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body);
-                    f.frame.extend_from_slice(&end_line);
+                    f.frame.extend_from_slice(end_line.as_slice());
                     m.window.charge(f.frame.len());
                     ctx.effects.push(Effect::Deliver {
                         target: f.target,

@@ -223,7 +223,7 @@ fn hairpin_send_between_two_local_clients() {
             panic!()
         };
         assert_eq!(
-            end_line,
+            end_line.as_slice(),
             &[b"\r\n-------".as_slice(), &txn, b"$\r\n"].concat()
         );
         // Hop-by-hop 200 to Alice after the chunk, with her transaction id.
@@ -623,7 +623,7 @@ fn forwarded_frames(acts: &[Action], fed: &[u8]) -> Vec<Vec<u8>> {
             }
             Action::ForwardEnd { end_line } => {
                 let mut f = cur.take().unwrap();
-                f.extend_from_slice(end_line);
+                f.extend_from_slice(end_line.as_slice());
                 frames.push(f);
             }
             Action::ForwardAbort => cur = None,
