@@ -5,7 +5,8 @@
 //! failure REPORT (`Status: 000 code`, back along the From-Path, only when
 //! Failure-Report is `yes` or `partial`, never for `no`) for each cause: an
 //! unknown session on another core, an unreachable next hop, an error
-//! response downstream, a transaction timeout and a lost destination.
+//! response downstream, a transaction timeout and a lost destination (on
+//! the sender's core or another one).
 //!
 //! "Never for `no`" is checked without a wall-clock window where possible:
 //! the `no` SEND goes first, so a REPORT for it would arrive before the one
@@ -14,8 +15,8 @@
 mod common;
 
 use common::msrp::{
-    Client, Frame, QUIET, assert_failure_report, authed, relay, relay_config, response_to,
-    send_frame, send_frame_with,
+    Client, Frame, QUIET, assert_failure_report, authed, client_not_on, relay, relay_config,
+    response_to, send_frame, send_frame_with,
 };
 use dataplane::region::{Counter, MsrpStatus};
 use std::time::Duration;
@@ -390,4 +391,118 @@ async fn lost_destination_is_a_408_report() {
     }
     a.quiet(QUIET).await;
     assert_eq!(srv.counter(Counter::MsrpFailureReports), 2);
+}
+
+/// The receiver is on another core than the sender (the SENDs cross cores
+/// through its core's inbox) and its connection is lost while the SENDs it
+/// read await their responses: the receiver's core tells the sender's core
+/// at once, which sends failure REPORTs `000 408` for `yes` and `partial`
+/// (RFC 4976 §6.4.1 ¶3), none for `no` — long before the transaction
+/// timeout (300 s here, so only the loss can explain a REPORT).
+#[tokio::test]
+async fn lost_destination_on_another_core_is_a_408_report_at_once() {
+    let srv = relay_config(2).msrp("transaction_timeout = 300").start();
+    let addr = srv.addrs[0];
+    let mut a = authed(addr, "a", "alice", "wonderland").await;
+    let a_core = a.session()[..2].to_string();
+    let mut b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let handoffs = srv.counter(Counter::MsrpHandoffs);
+    // `no` first: a REPORT for it would come before the others.
+    let sends = [
+        ("cno1", "no"),
+        ("cyes1", "yes"),
+        ("cpart1", "partial"),
+        ("cyes2", "yes"),
+    ];
+    for (tid, fr) in sends {
+        a.send(&send_fr(&a, tid, &to, &format!("m-{tid}"), fr))
+            .await;
+    }
+    // B reads every SEND and answers none.
+    for (_, fr) in sends {
+        let got = b.read().await;
+        assert_eq!(got.method(), Some("SEND"), "{got:?}");
+        assert_eq!(got.header("Failure-Report"), Some(fr), "{got:?}");
+    }
+    assert!(
+        srv.counter(Counter::MsrpHandoffs) >= handoffs + 4,
+        "no hand-off"
+    );
+    // The hop-by-hop 200s for the `yes` SENDs come before the loss.
+    let mut oks = Vec::new();
+    while oks.len() < 2 {
+        let f = a.read().await;
+        assert_eq!(f.status(), Some(200), "{f:?}");
+        oks.push(f.tid);
+    }
+    oks.sort();
+    assert_eq!(oks, ["cyes1", "cyes2"]);
+    a.quiet(QUIET).await;
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut reported = Vec::new();
+    while reported.len() < 3 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(rep) = a.read_within(left).await else {
+            panic!("no failure REPORT within 10 s of the loss (got {reported:?})");
+        };
+        assert_eq!(rep.method(), Some("REPORT"), "{rep:?}");
+        let mid = rep.header("Message-ID").unwrap_or_default().to_string();
+        assert_failure_report(&rep, &a.uri, &a.relay_uri, &mid, 408);
+        reported.push(mid);
+    }
+    reported.sort();
+    assert_eq!(reported, ["m-cpart1", "m-cyes1", "m-cyes2"]);
+    a.quiet(QUIET).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 3);
+}
+
+/// The symmetric case: the SENDER's connection is lost while its SENDs
+/// wait on another core (read by a receiver that has not answered, or
+/// queued there). Its transactions go with it: nothing is reported (there
+/// is nobody to report to), late responses and the receiver's own loss are
+/// harmless, and the relay goes on relaying.
+#[tokio::test]
+async fn lost_sender_on_another_core_leaves_nothing_behind() {
+    let srv = relay_config(2).msrp("transaction_timeout = 300").start();
+    let addr = srv.addrs[0];
+    let mut a = authed(addr, "a", "alice", "wonderland").await;
+    let a_core = a.session()[..2].to_string();
+    let mut b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    for tid in ["slost1", "slost2", "slost3"] {
+        a.send(&send_fr(&a, tid, &to, &format!("m-{tid}"), "yes"))
+            .await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let f = b.read().await;
+        assert_eq!(f.method(), Some("SEND"), "{f:?}");
+        got.push(f);
+    }
+    drop(a);
+    // A late answer to one (its transaction died with the sender) ...
+    let me = b.uri.clone();
+    b.send(&response_to(&got[0], 200, "OK", &me)).await;
+    b.quiet(QUIET).await;
+    // ... and the receiver's loss with two still unanswered.
+    drop(b);
+    // The relay still relays, across cores, both ways.
+    let mut c = authed(addr, "c", "alice", "wonderland").await;
+    let c_core = c.session()[..2].to_string();
+    let mut d = client_not_on(addr, "d", "bob", "builder", &c_core).await;
+    let to = [c.relay_uri.clone(), d.relay_uri.clone(), d.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    c.send(&send_fr(&c, "after1", &to, "m-after", "yes")).await;
+    let f = d.read().await;
+    assert_eq!(f.body, b"payload", "{f:?}");
+    let me = d.uri.clone();
+    d.send(&response_to(&f, 200, "OK", &me)).await;
+    let ok = c.read().await;
+    assert_eq!((ok.tid.as_str(), ok.status()), ("after1", Some(200)));
+    c.quiet(QUIET).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 0);
 }

@@ -7,7 +7,8 @@
 mod common;
 
 use common::msrp::{
-    Client, QUIET, REALM, USERS, assert_failure_report, relay_config, response_to, send_frame,
+    Client, QUIET, REALM, USERS, assert_failure_report, client_not_on, relay_config, response_to,
+    send_frame,
 };
 use common::{Server, ServerConfig};
 use dataplane::region::{Counter, MsrpMethod};
@@ -142,26 +143,6 @@ async fn tls_to_ws() {
     let mut b = Client::connect_ws(srv.addrs[2], "b").await;
     b.authed_as("bob", "builder").await;
     exchange(&mut a, &mut b).await;
-}
-
-/// Connects and AUTHs on `addr` until the session lands on a core other
-/// than `not_core` (SO_REUSEPORT spreads connections by a hash of the
-/// 4-tuple; the session id's first two hex digits name the owning core).
-async fn client_not_on(
-    addr: std::net::SocketAddr,
-    name: &str,
-    user: &str,
-    pw: &str,
-    not_core: &str,
-) -> Client {
-    for _ in 0..64 {
-        let mut c = Client::connect(addr, name).await;
-        c.authed_as(user, pw).await;
-        if &c.session()[..2] != not_core {
-            return c;
-        }
-    }
-    panic!("64 connections all landed on core {not_core}");
 }
 
 /// Both ends on different cores (workers = 2): the frame crosses cores

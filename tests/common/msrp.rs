@@ -397,6 +397,26 @@ pub async fn authed(addr: SocketAddr, name: &str, user: &str, password: &str) ->
     c
 }
 
+/// Connects and AUTHs on `addr` until the session lands on a core other
+/// than `not_core` (SO_REUSEPORT spreads connections by a hash of the
+/// 4-tuple; the session id's first two hex digits name the owning core).
+pub async fn client_not_on(
+    addr: std::net::SocketAddr,
+    name: &str,
+    user: &str,
+    pw: &str,
+    not_core: &str,
+) -> Client {
+    for _ in 0..64 {
+        let mut c = Client::connect(addr, name).await;
+        c.authed_as(user, pw).await;
+        if &c.session()[..2] != not_core {
+            return c;
+        }
+    }
+    panic!("64 connections all landed on core {not_core}");
+}
+
 /// The session id of a relay URI.
 pub fn session_of(relay_uri: &str) -> String {
     let tail = relay_uri.rsplit('/').next().expect("path");

@@ -3,9 +3,11 @@
 
 use super::flow::{FlowWindow, OwedQueue};
 use crate::config::{SubProtocol, Transport};
-use crate::msrp::relay::{MsrpConn, Target, TxnId};
+use crate::msrp::id_hash::IdBuildHasher;
+use crate::msrp::relay::{MsrpConn, TID_LEN, Target, TxnId};
 use crate::transport::TlsSession;
 use crate::ws::session::WsSession;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub struct MsrpState {
     /// Outbound connection still connecting: transactions queued on it,
     /// failed with a REPORT if the connect fails.
     pub waiting: Vec<TxnId>,
+    /// Other cores' transactions queued or written here, not yet answered.
+    pub handed_over: HandedOver,
 }
 
 pub struct Forward {
@@ -68,7 +72,86 @@ impl MsrpState {
             conn,
             fwd: None,
             waiting: Vec::new(),
+            handed_over: HandedOver::default(),
         }
+    }
+}
+
+/// Most transactions of other cores one connection tracks: a deeper
+/// pipeline leaves the rest to their transaction timeout.
+pub const HANDED_OVER_MAX: usize = 256;
+
+/// The transactions of other cores a client connection of this core was
+/// handed (queued or written to it) and has not answered. Their pending
+/// state lives on the sender's core, which cannot see this connection: if
+/// it is lost first, this core tells theirs at once, so the failure REPORT
+/// goes out now rather than at the transaction timeout (RFC 4976 §6.4.1
+/// ¶3). A response on the way back to its core ends its entry. Bounded:
+/// entries no response ends (`Failure-Report: partial` succeeds silently)
+/// are swept once past their transaction timeout, when the sender's core
+/// has forgotten them anyway.
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    map: HashMap<TxnId, Awaited, IdBuildHasher>,
+    /// No sweep before this (s): none can free anything until the oldest
+    /// entry expires.
+    next_sweep_s: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Awaited {
+    core: u8,
+    /// Worker seconds after which the sender's core has timed it out.
+    expires_s: u32,
+}
+
+impl HandedOver {
+    /// Transaction `txn` of `core` was queued here at `now_ms`; it times out
+    /// there `timeout_ms` later. Allocation-free once the map has grown.
+    pub fn insert(&mut self, txn: TxnId, core: u8, now_ms: u64, timeout_ms: u64) {
+        let now_s = (now_ms / 1000) as u32;
+        if self.map.len() >= HANDED_OVER_MAX {
+            if now_s < self.next_sweep_s {
+                return;
+            }
+            self.map.retain(|_, a| a.expires_s > now_s);
+            self.next_sweep_s = self.map.values().map(|a| a.expires_s).min().unwrap_or(0);
+            if self.map.len() >= HANDED_OVER_MAX {
+                return;
+            }
+        }
+        // Rounded up: swept no earlier than the sender's core forgets it.
+        let expires_s = (now_ms.saturating_add(timeout_ms) / 1000 + 1) as u32;
+        self.map.insert(txn, Awaited { core, expires_s });
+    }
+
+    /// `response` (a complete response frame, `MSRP <tid> <code> …`) is
+    /// on its way to its core: its transaction is answered.
+    pub fn answered(&mut self, response: &[u8]) {
+        if self.map.is_empty() {
+            return;
+        }
+        let at = b"MSRP ".len();
+        let tid = response
+            .get(at..at + TID_LEN)
+            .filter(|_| response.get(at + TID_LEN) == Some(&b' '))
+            .and_then(|t| TxnId::try_from(t).ok());
+        if let Some(t) = tid {
+            self.map.remove(&t);
+        }
+    }
+
+    /// The connection is lost: every unanswered transaction and its core.
+    pub fn take(&mut self) -> impl Iterator<Item = (u8, TxnId)> + '_ {
+        self.map.drain().map(|(t, a)| (a.core, t))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -313,5 +396,60 @@ mod tests {
         eprintln!("Option<Conn> = {conn} B, WsConn = {ws} B");
         assert!(conn <= 512, "Option<Conn> grew to {conn} B");
         assert!(ws <= 512, "WsConn grew to {ws} B");
+    }
+
+    fn tid(n: usize) -> TxnId {
+        let mut t = [b'0'; TID_LEN];
+        t[1] = b'1';
+        for (i, b) in format!("{n:016x}").bytes().enumerate() {
+            t[2 + i] = b;
+        }
+        t
+    }
+
+    fn response(t: &TxnId, code: u16) -> Vec<u8> {
+        let t = std::str::from_utf8(t).expect("ascii");
+        format!("MSRP {t} {code} OK\r\nTo-Path: msrp://a/x;tcp\r\n-------{t}$\r\n").into_bytes()
+    }
+
+    #[test]
+    fn handed_over_ends_on_response_and_is_taken_on_loss() {
+        let mut h = HandedOver::default();
+        for n in 0..3 {
+            h.insert(tid(n), 1, 1_000, 30_000);
+        }
+        h.answered(&response(&tid(1), 200));
+        // An error response ends it too (the origin reports that code).
+        h.answered(&response(&tid(2), 415));
+        // Not ours, or not a response: nothing happens.
+        h.answered(&response(&tid(9), 200));
+        h.answered(b"MSRP x");
+        assert_eq!(h.len(), 1);
+        let lost: Vec<_> = h.take().collect();
+        assert_eq!(lost, vec![(1, tid(0))]);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn handed_over_is_bounded_and_sweeps_expired_entries() {
+        let mut h = HandedOver::default();
+        // `partial` SENDs nobody answers fill it ...
+        for n in 0..HANDED_OVER_MAX + 10 {
+            h.insert(tid(n), 0, 1_000, 30_000);
+        }
+        assert_eq!(h.len(), HANDED_OVER_MAX);
+        let cap = h.map.capacity();
+        // ... the excess is not tracked until they expire ...
+        h.insert(tid(100_000), 0, 20_000, 30_000);
+        assert_eq!(h.len(), HANDED_OVER_MAX);
+        assert!(h.take().all(|(_, t)| t != tid(100_000)));
+        for n in 0..HANDED_OVER_MAX {
+            h.insert(tid(n), 0, 1_000, 30_000);
+        }
+        // ... and then make room, without growing the map.
+        h.insert(tid(100_001), 0, 33_000, 30_000);
+        assert_eq!(h.len(), 1);
+        assert!(h.map.capacity() <= cap, "the map grew");
+        assert_eq!(h.take().next(), Some((0, tid(100_001))));
     }
 }

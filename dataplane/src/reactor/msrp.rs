@@ -218,7 +218,11 @@ pub fn run_actions(
                 o.frames_out += 1;
             }
             Action::SendTo { conn, frame } => ctx.effects.push(Effect::SendTo { conn, frame }),
-            Action::ToCore { core, frame } => ctx.effects.push(Effect::ToCore { core, frame }),
+            Action::ToCore { core, frame } => {
+                // Answered: no longer failed if this connection is lost.
+                m.handed_over.answered(&frame);
+                ctx.effects.push(Effect::ToCore { core, frame });
+            }
             Action::ForwardHead { target, head, txn } => {
                 m.fwd = Some(Forward {
                     head_len: head.len(),

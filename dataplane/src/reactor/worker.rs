@@ -1061,6 +1061,18 @@ impl Worker {
                 if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
                     self.release_credit(&window, len);
                     self.fail_on(origin_core, txn, 481, now);
+                } else if let Some(t) = txn {
+                    // The origin cannot see this connection: remember the
+                    // transaction, so losing the connection fails it now.
+                    let timeout = self.relay.config().transaction_timeout_ms;
+                    let (_, generation, idx) = split_conn_id(conn);
+                    if let Some(m) = self
+                        .conns
+                        .get_mut(idx, generation)
+                        .and_then(|c| c.msrp_mut())
+                    {
+                        m.handed_over.insert(t, origin_core, now, timeout);
+                    }
                 }
             }
             Err(code) => {
@@ -1629,6 +1641,7 @@ impl Worker {
             // Its sessions die with it; transactions waiting on it fail.
             let id = m.conn.id;
             let waiting = std::mem::take(&mut m.waiting);
+            let mut handed_over = std::mem::take(&mut m.handed_over);
             if c.outbound {
                 self.outbound.retain(|_, v| v.0 != idx);
             }
@@ -1640,6 +1653,11 @@ impl Worker {
             for t in &waiting {
                 self.relay
                     .on_forward_failed(t, 408, &mut env, &mut self.msrp_actions);
+            }
+            // Other cores' transactions it never answered: their cores
+            // report them now (408, as for this core's own above).
+            for (core, t) in handed_over.take() {
+                self.fail_on(core, Some(t), 408, now);
             }
             glue::run_detached(
                 &mut self.msrp_actions,
