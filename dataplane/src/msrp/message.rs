@@ -297,13 +297,21 @@ pub fn write_relayed_head_ranged(
         out.extend_from_slice(u);
     }
     out.extend_from_slice(b"\r\n");
-    for h in head.idx.headers.iter().skip(2) {
-        if let (Some(r), HeaderName::ByteRange) = (byte_range, h.name) {
-            r.write_header(out);
-            continue;
+    let rest = head.idx.headers.get(2..).unwrap_or(&[]);
+    match (byte_range, contiguous(rest)) {
+        // The usual case: the header lines after From-Path, unchanged and
+        // back to back, go in one copy.
+        (None, Some(span)) => out.extend_from_slice(span.get(head.block)),
+        _ => {
+            for h in rest {
+                if let (Some(r), HeaderName::ByteRange) = (byte_range, h.name) {
+                    r.write_header(out);
+                    continue;
+                }
+                out.extend_from_slice(h.line.get(head.block));
+                out.extend_from_slice(b"\r\n");
+            }
         }
-        out.extend_from_slice(h.line.get(head.block));
-        out.extend_from_slice(b"\r\n");
     }
     if let Some(r) = byte_range
         && head.header(HeaderName::ByteRange).is_none()
@@ -315,6 +323,23 @@ pub fn write_relayed_head_ranged(
     }
     debug_assert!(out.len() > start);
     true
+}
+
+/// The span of `headers`' lines with their CRLFs when they follow each
+/// other with nothing between (always so in a well-formed head).
+fn contiguous(headers: &[super::parser::HeaderIdx]) -> Option<super::parser::Span> {
+    let first = headers.first()?;
+    let mut end = first.line.start;
+    for h in headers {
+        if h.line.start != end {
+            return None;
+        }
+        end = h.line.end + 2;
+    }
+    Some(super::parser::Span {
+        start: first.line.start,
+        end,
+    })
 }
 
 /// Writes a response head with new To-Path and From-Path values, the rest
@@ -369,8 +394,20 @@ pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Opt
         f
     };
     let from = head.to_uri(0)?;
-    let tid = head.tid();
-    let mut out = Vec::with_capacity(128 + to.len() + from.len());
+    Some(write_response(head.tid(), code, to, from, extra))
+}
+
+/// A response with transaction id `tid`, To-Path `to` and From-Path `from`
+/// (see [`build_response`]; the relay calls this directly when it already
+/// holds the paths).
+pub fn write_response(
+    tid: &[u8],
+    code: u16,
+    to: &[u8],
+    from: &[u8],
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + tid.len() * 2 + to.len() + from.len());
     out.extend_from_slice(b"MSRP ");
     out.extend_from_slice(tid);
     // " NNN reason" without the formatting machinery (hot: every SEND).
@@ -395,7 +432,7 @@ pub fn build_response(head: &Head<'_>, code: u16, extra: &[(&str, &str)]) -> Opt
         out.extend_from_slice(b"\r\n");
     }
     write_end_line(&mut out, tid, Flag::Last, false);
-    Some(out)
+    out
 }
 
 /// The first To-Path URI of a frame this relay wrote (a forwarded head

@@ -215,28 +215,42 @@ pub enum HeaderName {
 
 impl HeaderName {
     pub fn classify(name: &[u8]) -> HeaderName {
-        const NAMES: [(&[u8], HeaderName); 15] = [
-            (b"To-Path", HeaderName::ToPath),
-            (b"From-Path", HeaderName::FromPath),
-            (b"Message-ID", HeaderName::MessageId),
-            (b"Byte-Range", HeaderName::ByteRange),
-            (b"Failure-Report", HeaderName::FailureReport),
-            (b"Success-Report", HeaderName::SuccessReport),
-            (b"Status", HeaderName::Status),
-            (b"Content-Type", HeaderName::ContentType),
-            (b"Expires", HeaderName::Expires),
-            (b"Min-Expires", HeaderName::MinExpires),
-            (b"Max-Expires", HeaderName::MaxExpires),
-            (b"Use-Path", HeaderName::UsePath),
-            (b"Authorization", HeaderName::Authorization),
-            (b"WWW-Authenticate", HeaderName::WwwAuthenticate),
-            (b"Authentication-Info", HeaderName::AuthenticationInfo),
-        ];
-        // Names differ in length or first letter: compare only candidates.
-        NAMES
+        // By length first (one or two candidates), the exact spelling
+        // before the case-insensitive comparison (what clients send).
+        let candidates: &[(&[u8], HeaderName)] = match name.len() {
+            6 => &[(b"Status", HeaderName::Status)],
+            7 => &[
+                (b"To-Path", HeaderName::ToPath),
+                (b"Expires", HeaderName::Expires),
+            ],
+            8 => &[(b"Use-Path", HeaderName::UsePath)],
+            9 => &[(b"From-Path", HeaderName::FromPath)],
+            10 => &[
+                (b"Message-ID", HeaderName::MessageId),
+                (b"Byte-Range", HeaderName::ByteRange),
+            ],
+            11 => &[
+                (b"Min-Expires", HeaderName::MinExpires),
+                (b"Max-Expires", HeaderName::MaxExpires),
+            ],
+            12 => &[(b"Content-Type", HeaderName::ContentType)],
+            13 => &[(b"Authorization", HeaderName::Authorization)],
+            14 => &[
+                (b"Failure-Report", HeaderName::FailureReport),
+                (b"Success-Report", HeaderName::SuccessReport),
+            ],
+            16 => &[(b"WWW-Authenticate", HeaderName::WwwAuthenticate)],
+            19 => &[(b"Authentication-Info", HeaderName::AuthenticationInfo)],
+            _ => &[],
+        };
+        candidates
             .iter()
-            .filter(|(n, _)| n.len() == name.len())
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .find(|(n, _)| *n == name)
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            })
             .map_or(HeaderName::Other, |(_, h)| *h)
     }
 }
@@ -486,8 +500,20 @@ impl FrameParser {
             if rest.starts_with(end_line) {
                 break Some((pos, false));
             }
-            let Some(nl) = memchr::memchr(b'\n', rest) else {
-                break None;
+            // The line ends at its first CR, which must be followed by LF:
+            // a CR anywhere else is malformed (RFC 4975 §9 `utf8text`).
+            // Searching CR and LF together checks that for free.
+            let nl = match memchr::memchr2(b'\r', b'\n', rest) {
+                None => break None,
+                Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => i + 1,
+                Some(i) if rest.get(i) == Some(&b'\r') && i + 1 == rest.len() => break None,
+                Some(_) => {
+                    header_err.get_or_insert(Malformed::HeaderSyntax);
+                    match memchr::memchr(b'\n', rest) {
+                        Some(nl) => nl,
+                        None => break None,
+                    }
+                }
             };
             if nl == 1 && rest.first() == Some(&b'\r') {
                 break Some((pos + 2, true));
@@ -513,7 +539,12 @@ impl FrameParser {
         if let Err(m) = header_err.map_or_else(|| check_paths(&self.head), Err) {
             malformed.get_or_insert(m);
         }
-        if simdutf8::basic::from_utf8(data.get(..head_len).unwrap_or(&[])).is_err() {
+        let head_bytes = data.get(..head_len).unwrap_or(&[]);
+        // No NUL (RFC 4975 §9 `utf8text`): one pass over the whole head.
+        if memchr::memchr(0, head_bytes).is_some() {
+            malformed.get_or_insert(Malformed::HeaderSyntax);
+        }
+        if simdutf8::basic::from_utf8(head_bytes).is_err() {
             malformed.get_or_insert(Malformed::Encoding);
         }
         self.state = State::Body { at_start: true };
@@ -704,16 +735,6 @@ fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
     let mut ve = line.len();
     while ve > vs && line.get(ve - 1).is_some_and(|&b| b == b' ' || b == b'\t') {
         ve -= 1;
-    }
-    // No CR or NUL inside a value (the line holds no LF). Branch-free so it
-    // vectorizes.
-    let bad = line
-        .get(vs..)
-        .unwrap_or(&[])
-        .iter()
-        .fold(false, |acc, &b| acc | (b == b'\r') | (b == 0));
-    if bad {
-        return Err(Malformed::HeaderSyntax);
     }
     Ok((colon, vs, ve))
 }
@@ -968,6 +989,10 @@ Content-Type: text/plain\r\n\r\nline\r\n-------abcd\r\n-------abcde$\r\n-------a
             (b"MSRP abcd send\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
             (b"MSRP .bcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------.bcd$\r\n", Malformed::TransactionId),
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nNoColon\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
+            // A CR or a NUL inside a value, with and without a body.
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nX-A: a\rb\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nX-A: a\0b\r\n\r\nbody\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nContent-Type: text/plain\r\r\n\r\nbody\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
         ];
         for (f, want) in cases {
             let (evs, err) = run(f, 0, l);

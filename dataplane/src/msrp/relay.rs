@@ -38,7 +38,7 @@ use std::ops::Range;
 use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
 use super::message::{
     ByteRange, FailureReport, Head, Method, PathUris, ReportContext, build_response, restatus,
-    write_end_line, write_relayed_head, write_relayed_head_ranged,
+    write_end_line, write_relayed_head, write_relayed_head_ranged, write_response,
 };
 use super::parser::{
     Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, MAX_TID, ParserLimits,
@@ -210,6 +210,15 @@ pub struct Env<'a> {
     pub unix_secs: u64,
     /// Fills the buffer with cryptographically secure random bytes.
     pub rng: &'a mut dyn FnMut(&mut [u8]),
+}
+
+/// Where a request goes and what of it the relay's answers need.
+struct Route<'a> {
+    target: Target,
+    /// Our URIs at the front of To-Path (2 for a hairpin).
+    pops: usize,
+    to_first: &'a [u8],
+    from_first: &'a [u8],
 }
 
 /// What to do with the rest of the current frame.
@@ -658,13 +667,9 @@ impl RelayCore {
         let Some(first) = to.get(0).and_then(|u| MsrpUri::parse(u).ok()) else {
             return self.reject(head, 400, actions);
         };
-        if head
-            .from_first()
-            .and_then(|u| MsrpUri::parse(u).ok())
-            .is_none()
-        {
+        let Some(from_first) = head.from_first().filter(|u| MsrpUri::parse(u).is_ok()) else {
             return self.reject(head, 400, actions);
-        }
+        };
         // RFC 4975 §6.1 comparison against every authority of ours.
         if !self.cfg.local.is_empty() && !self.cfg.local.contains(&first) {
             return self.reject(head, 481, actions);
@@ -754,21 +759,31 @@ impl RelayCore {
                 (Target::Conn(c), 1)
             }
         };
-        self.forward(conn, head, method, failure, target, pops, env, actions)
+        let route = Route {
+            target,
+            pops,
+            to_first: to.get(0).unwrap_or(&[]),
+            from_first,
+        };
+        self.forward(conn, head, method, failure, route, env, actions)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         conn: &MsrpConn,
         head: &Head<'_>,
         method: Method,
         failure: FailureReport,
-        target: Target,
-        pops: usize,
+        route: Route<'_>,
         env: &mut Env<'_>,
         actions: &mut Vec<Action>,
     ) -> Current {
+        let Route {
+            target,
+            pops,
+            to_first,
+            from_first,
+        } = route;
         // REPORTs get no response: keep their id. Everything else gets our
         // own id on the next hop (responses are matched by it).
         let wants_response = match method {
@@ -805,7 +820,7 @@ impl RelayCore {
                 failure,
                 report: ReportContext::new(
                     head.from_path().unwrap_or(&[]),
-                    head.to_uri(0).unwrap_or(&[]),
+                    to_first,
                     head.message_id(),
                     head.header(HeaderName::ByteRange),
                 ),
@@ -838,9 +853,16 @@ impl RelayCore {
         // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
         // §6.4.1), sent once the chunk is complete; error responses also
         // for `partial` (RFC 4975 §7.1.1).
-        let err = wants_response
-            .then(|| build_response(head, 200, &[]))
-            .flatten();
+        let err = wants_response.then(|| {
+            // RFC 4975 §7.2: to the previous hop only for SEND (hop by
+            // hop), along the whole From-Path otherwise.
+            let to = if method == Method::Send {
+                from_first
+            } else {
+                head.from_path().unwrap_or(from_first)
+            };
+            write_response(head.tid(), 200, to, to_first, &[])
+        });
         let ok = method == Method::Send && failure == FailureReport::Yes;
         actions.push(Action::ForwardHead {
             target,

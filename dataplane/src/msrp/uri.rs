@@ -48,72 +48,104 @@ pub enum UriError {
     Transport,
 }
 
-/// Character classes of RFC 3986 as lookup tables (URIs are parsed
-/// several times per relayed frame).
+/// Character classes of RFC 3986 as one lookup table (URIs are parsed
+/// for every relayed frame).
 const UNRESERVED: u8 = 1;
 const SUB_DELIM: u8 = 2;
+/// reg-name characters: unreserved, sub-delims, "%" (RFC 3986 §3.2.2).
+const HOST: u8 = 4;
+/// userinfo characters: host characters and ":" (RFC 3986 §3.2.1).
+const USERINFO: u8 = 8;
+/// session-id = 1*( unreserved / "+" / "=" / "/" ) (RFC 4975 §9).
+const SESSION: u8 = 16;
+/// Not allowed in URI parameters: controls, space, DQUOTE, "<", ">".
+const PARAM_BAD: u8 = 32;
 const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
     while i < 256 {
         let b = i as u8;
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            t[i] |= UNRESERVED;
-        }
-        if matches!(
+        let unreserved = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        let sub_delim = matches!(
             b,
             b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
-        ) {
+        );
+        if unreserved {
+            t[i] |= UNRESERVED | SESSION;
+        }
+        if sub_delim {
             t[i] |= SUB_DELIM;
+        }
+        // ";" ends the authority before the host is looked at.
+        if (unreserved || sub_delim || b == b'%') && b != b';' {
+            t[i] |= HOST | USERINFO;
+        }
+        if b == b':' || b == b';' {
+            t[i] |= USERINFO;
+        }
+        if matches!(b, b'+' | b'=' | b'/') {
+            t[i] |= SESSION;
+        }
+        if b <= b' ' || b == 0x7f || b == b'"' || b == b'<' || b == b'>' {
+            t[i] |= PARAM_BAD;
         }
         i += 1;
     }
     t
 };
 
-fn is_unreserved(b: u8) -> bool {
-    CLASS[usize::from(b)] & UNRESERVED != 0
-}
-
-fn is_sub_delim(b: u8) -> bool {
-    CLASS[usize::from(b)] & SUB_DELIM != 0
-}
-
-fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
-    let head = s.get(..p.len())?;
-    head.eq_ignore_ascii_case(p)
-        .then(|| s.get(p.len()..).unwrap_or(&[]))
+fn all_in(s: &[u8], class: u8) -> bool {
+    s.iter().all(|&b| CLASS[usize::from(b)] & class != 0)
 }
 
 impl<'a> MsrpUri<'a> {
-    /// Parses one URI (no surrounding whitespace).
+    /// Parses one URI (no surrounding whitespace). One forward pass with
+    /// table lookups: a relayed frame has three URIs parsed, and this runs
+    /// for every frame.
     pub fn parse(raw: &'a [u8]) -> Result<MsrpUri<'a>, UriError> {
-        let (secure, rest) = if let Some(r) = strip_prefix_ci(raw, b"msrps://") {
-            (true, r)
-        } else if let Some(r) = strip_prefix_ci(raw, b"msrp://") {
-            (false, r)
+        let (secure, from) = if raw
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"msrp://"))
+        {
+            (false, 7)
+        } else if raw
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"msrps://"))
+        {
+            (true, 8)
         } else {
             return Err(UriError::Scheme);
         };
-        // authority ends at "/" or ";"
-        let auth_end = rest
-            .iter()
-            .position(|&b| b == b'/' || b == b';')
-            .ok_or(UriError::Transport)?;
-        let authority = rest.get(..auth_end).unwrap_or(&[]);
-        let (userinfo, hostport) = match memchr::memrchr(b'@', authority) {
-            Some(at) => (authority.get(..at), authority.get(at + 1..).unwrap_or(&[])),
-            None => (None, authority),
-        };
-        if let Some(u) = userinfo
-            && !u
-                .iter()
-                .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':' || b == b'%')
-        {
-            return Err(UriError::Authority);
+        // authority = [ userinfo "@" ] host [ ":" port ], ending at "/" or
+        // ";". Find its end and the last "@" in one pass.
+        let mut i = from;
+        let mut at = None;
+        loop {
+            match raw.get(i) {
+                None => return Err(UriError::Transport),
+                Some(b'/' | b';') => break,
+                Some(b'@') => at = Some(i),
+                Some(_) => {}
+            }
+            i += 1;
         }
+        let auth_end = i;
+        let (userinfo, host_start) = match at {
+            Some(a) => {
+                let u = raw.get(from..a).unwrap_or(&[]);
+                if !all_in(u, USERINFO) {
+                    return Err(UriError::Authority);
+                }
+                (Some(u), a + 1)
+            }
+            None => (None, from),
+        };
+        let hostport = raw.get(host_start..auth_end).unwrap_or(&[]);
         let (host, port_s) = if hostport.first() == Some(&b'[') {
-            let close = memchr::memchr(b']', hostport).ok_or(UriError::Authority)?;
+            let close = hostport
+                .iter()
+                .position(|&b| b == b']')
+                .ok_or(UriError::Authority)?;
             let host = hostport.get(..=close).unwrap_or(&[]);
             let inner = host.get(1..close).unwrap_or(&[]);
             if inner.is_empty()
@@ -129,17 +161,18 @@ impl<'a> MsrpUri<'a> {
                 Some(_) => return Err(UriError::Authority),
             }
         } else {
-            match memchr::memchr(b':', hostport) {
-                Some(c) => (hostport.get(..c).unwrap_or(&[]), hostport.get(c + 1..)),
+            // reg-name / IPv4: stops at the port's ":" (not a host char).
+            let h = hostport
+                .iter()
+                .position(|&b| CLASS[usize::from(b)] & HOST == 0)
+                .unwrap_or(hostport.len());
+            match hostport.get(h) {
                 None => (hostport, None),
+                Some(b':') => (hostport.get(..h).unwrap_or(&[]), hostport.get(h + 1..)),
+                Some(_) => return Err(UriError::Authority),
             }
         };
-        if host.is_empty()
-            || (host.first() != Some(&b'[')
-                && !host
-                    .iter()
-                    .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b'%'))
-        {
+        if host.is_empty() {
             return Err(UriError::Authority);
         }
         let port = match port_s {
@@ -152,32 +185,45 @@ impl<'a> MsrpUri<'a> {
                 Some(u16::try_from(v).map_err(|_| UriError::Port)?)
             }
         };
-        let mut rest = rest.get(auth_end..).unwrap_or(&[]);
+        // ["/" session-id] ";" transport *( ";" URI-parameter )
+        let mut i = auth_end;
         let mut session_id = None;
-        if rest.first() == Some(&b'/') {
-            let end = memchr::memchr(b';', rest).ok_or(UriError::Transport)?;
-            let sid = rest.get(1..end).unwrap_or(&[]);
-            if sid.is_empty()
-                || !sid
-                    .iter()
-                    .all(|&b| is_unreserved(b) || matches!(b, b'+' | b'=' | b'/'))
+        if raw.get(i) == Some(&b'/') {
+            let sid_start = i + 1;
+            i = sid_start;
+            while raw
+                .get(i)
+                .is_some_and(|&b| CLASS[usize::from(b)] & SESSION != 0)
             {
-                return Err(UriError::SessionId);
+                i += 1;
             }
-            session_id = Some(sid);
-            rest = rest.get(end..).unwrap_or(&[]);
+            match raw.get(i) {
+                Some(b';') if i > sid_start => {}
+                Some(b';') => return Err(UriError::SessionId),
+                // No ";" transport at all.
+                _ if !raw.get(i..).unwrap_or(&[]).contains(&b';') => {
+                    return Err(UriError::Transport);
+                }
+                _ => return Err(UriError::SessionId),
+            }
+            session_id = raw.get(sid_start..i);
         }
-        // ";" transport *( ";" URI-parameter )
-        let rest = rest.get(1..).ok_or(UriError::Transport)?;
-        let t_end = memchr::memchr(b';', rest).unwrap_or(rest.len());
-        let transport = rest.get(..t_end).unwrap_or(&[]);
-        if transport.is_empty() || !transport.iter().all(u8::is_ascii_alphanumeric) {
-            return Err(UriError::Transport);
+        // raw[i] is ";" here.
+        let t_start = i + 1;
+        let mut t_end = t_start;
+        while raw.get(t_end).is_some_and(u8::is_ascii_alphanumeric) {
+            t_end += 1;
         }
-        let params = rest.get(t_end + 1..).unwrap_or(&[]);
-        if params
-            .iter()
-            .any(|&b| b <= b' ' || b == 0x7f || b == b'"' || b == b'<' || b == b'>')
+        let transport = raw.get(t_start..t_end).unwrap_or(&[]);
+        let params = match raw.get(t_end) {
+            None => &[][..],
+            Some(b';') => raw.get(t_end + 1..).unwrap_or(&[]),
+            Some(_) => return Err(UriError::Transport),
+        };
+        if transport.is_empty()
+            || params
+                .iter()
+                .any(|&b| CLASS[usize::from(b)] & PARAM_BAD != 0)
         {
             return Err(UriError::Transport);
         }
