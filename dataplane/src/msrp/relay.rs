@@ -768,6 +768,7 @@ impl RelayCore {
         self.forward(conn, head, method, failure, route, env, actions)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         conn: &MsrpConn,
