@@ -125,11 +125,7 @@ impl<'a> Head<'a> {
 
     /// First header of that name.
     pub fn header(&self, name: HeaderName) -> Option<&'a [u8]> {
-        self.idx
-            .headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| h.value.get(self.block))
+        self.idx.find(name).map(|h| h.value.get(self.block))
     }
 
     pub fn header_str(&self, name: HeaderName) -> Option<&'a str> {

@@ -214,6 +214,9 @@ pub enum HeaderName {
 }
 
 impl HeaderName {
+    /// Number of names (`Other` included).
+    pub const COUNT: usize = HeaderName::Other as usize + 1;
+
     pub fn classify(name: &[u8]) -> HeaderName {
         // By length first (one or two candidates), the exact spelling
         // before the case-insensitive comparison (what clients send).
@@ -310,6 +313,9 @@ pub struct HeadIndex {
     pub tid: Span,
     pub kind: Option<StartKind>,
     pub headers: Vec<HeaderIdx>,
+    /// Position + 1 in `headers` of the first header of each known name
+    /// (0: absent), so a lookup by name costs no scan.
+    first: [u8; HeaderName::COUNT],
     /// The head ends with the empty line: a body follows.
     pub has_body: bool,
 }
@@ -323,6 +329,20 @@ enum State {
         at_start: bool,
     },
     Poisoned,
+}
+
+impl HeadIndex {
+    /// The first header named `name`.
+    pub fn find(&self, name: HeaderName) -> Option<&HeaderIdx> {
+        if name == HeaderName::Other || self.headers.len() > usize::from(u8::MAX) {
+            // Not recorded: unknown names, positions past 255.
+            return self.headers.iter().find(|h| h.name == name);
+        }
+        match self.first.get(name as usize) {
+            Some(&i) if i > 0 => self.headers.get(usize::from(i) - 1),
+            _ => None,
+        }
+    }
 }
 
 /// Streaming parser for one connection's MSRP byte stream.
@@ -471,10 +491,13 @@ impl FrameParser {
         self.head.tid = Span::new(5, 5 + tid_len);
         self.head.kind = None;
         self.head.headers.clear();
+        self.head.first = [0; HeaderName::COUNT];
         self.head.has_body = false;
 
         let mut malformed = None;
-        if !is_ident(tid) {
+        // Every character was checked above: only the length and the
+        // first character remain of `ident`.
+        if tid.len() < 4 || !tid.first().is_some_and(u8::is_ascii_alphanumeric) {
             malformed = Some(Malformed::TransactionId);
         }
         let rest_start = 5 + tid_len + 1;
@@ -643,8 +666,16 @@ fn index_header_line(
     let content_end = nl - 1;
     let line = rest.get(..content_end).unwrap_or(&[]);
     let (name_len, vstart, vend) = parse_header_line(line)?;
+    let name = HeaderName::classify(line.get(..name_len).unwrap_or(&[]));
+    if let Some(f) = head.first.get_mut(name as usize)
+        && *f == 0
+        && name != HeaderName::Other
+    {
+        // Past 255, `find` scans instead.
+        *f = u8::try_from(head.headers.len() + 1).unwrap_or(0);
+    }
     head.headers.push(HeaderIdx {
-        name: HeaderName::classify(line.get(..name_len).unwrap_or(&[])),
+        name,
         name_span: Span::new(pos, pos + name_len),
         value: Span::new(pos + vstart, pos + vend),
         line: Span::new(pos, pos + content_end),
@@ -668,15 +699,19 @@ fn check_paths(head: &HeadIndex) -> Result<(), Malformed> {
 
 /// RFC 4975 §9 `ident-char = ALPHANUM / "." / "-" / "+" / "%" / "="`.
 pub fn is_tid_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'%' | b'=')
+    TID_CHAR[usize::from(b)]
 }
 
-/// RFC 4975 §9 `ident = ALPHANUM 3*31ident-char` (4 to 32 characters).
-pub fn is_ident(s: &[u8]) -> bool {
-    (4..=MAX_TID).contains(&s.len())
-        && s.first().is_some_and(|b| b.is_ascii_alphanumeric())
-        && s.iter().all(|&b| is_tid_char(b))
-}
+const TID_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'%' | b'=');
+        i += 1;
+    }
+    t
+};
 
 /// `method / 3DIGIT [SP comment]` after the transaction id (`rest` is what
 /// follows the SP; `base` its offset in the head).

@@ -340,6 +340,8 @@ struct Authority {
     secure: Option<bool>,
     host: String,
     port: u16,
+    /// `host` as an address when it is an IP literal (parsed once).
+    ip: Option<std::net::IpAddr>,
 }
 
 /// Every authority this relay answers as: the bound addresses of all its
@@ -375,6 +377,7 @@ impl LocalAuthorities {
             secure,
             host: host.to_string(),
             port,
+            ip: strip_brackets(host).parse().ok(),
         };
         if !self.entries.contains(&a) {
             self.entries.push(a);
@@ -417,19 +420,22 @@ impl LocalAuthorities {
         let Some(port) = uri.port else {
             return false;
         };
+        let candidates = || {
+            self.entries
+                .iter()
+                .filter(move |a| a.port == port && a.secure.is_none_or(|s| s == uri.secure))
+        };
+        // The same spelling (the usual case: our own Use-Path coming back)
+        // needs no address parsing.
+        if candidates().any(|a| a.host.as_bytes().eq_ignore_ascii_case(uri.host)) {
+            return true;
+        }
         let uri_ip = std::str::from_utf8(uri.host)
             .ok()
             .and_then(|h| strip_brackets(h).parse::<std::net::IpAddr>().ok());
-        self.entries.iter().any(|a| {
-            a.port == port
-                && a.secure.is_none_or(|s| s == uri.secure)
-                && match (
-                    uri_ip,
-                    strip_brackets(&a.host).parse::<std::net::IpAddr>().ok(),
-                ) {
-                    (Some(x), Some(y)) => x == y,
-                    _ => host_eq(a.host.as_bytes(), uri.host),
-                }
+        candidates().any(|a| match (uri_ip, a.ip) {
+            (Some(x), Some(y)) => x == y,
+            _ => host_eq(a.host.as_bytes(), uri.host),
         })
     }
 }

@@ -81,6 +81,7 @@ pub struct Worker {
     relay: RelayCore,
     msrp_actions: Vec<Action>,
     msrp_effects: Vec<Effect>,
+    msrp_effects_spare: Vec<Effect>,
     /// Outbound MSRP connections by next-hop address (reused).
     outbound: HashMap<(SocketAddr, bool), (u32, u32)>,
     msrp_timer_ms: u64,
@@ -166,6 +167,7 @@ impl Worker {
             relay,
             msrp_actions: Vec::new(),
             msrp_effects: Vec::new(),
+            msrp_effects_spare: Vec::new(),
             outbound: HashMap::new(),
             msrp_timer_ms: now,
             msrp_sweep_ms: now,
@@ -218,7 +220,8 @@ impl Worker {
             }
             let now = self.shared.now_ms();
             self.stats.loop_iteration();
-            self.loop_unix_ms = self.shared.unix_ms();
+            // One clock read per loop.
+            self.loop_unix_ms = self.shared.mono_to_unix_ms(now);
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
             cqes.extend(
@@ -1155,15 +1158,19 @@ impl Worker {
 
     /// Carry out what the relay produced for other connections and cores.
     fn apply_msrp_effects(&mut self, now: u64) {
+        // Applying effects can produce more; the two lists swap so neither
+        // allocates once grown.
+        let mut list = std::mem::take(&mut self.msrp_effects_spare);
         loop {
-            let list = std::mem::take(&mut self.msrp_effects);
+            std::mem::swap(&mut list, &mut self.msrp_effects);
             if list.is_empty() {
                 break;
             }
-            for e in list {
+            for e in list.drain(..) {
                 self.apply_effect(e, now);
             }
         }
+        self.msrp_effects_spare = list;
         self.publish_msrp_sessions();
     }
 
