@@ -115,6 +115,10 @@ pub struct Conn {
     /// its chunks (MSRP flow control, [`super::flow`]).
     pub relay_paused: bool,
     pub connecting: bool,
+    /// The socket is also in the ring's fixed-file table, at the
+    /// connection's slot index: its recv and sends skip the per-request
+    /// file lookup and reference count.
+    pub fixed: bool,
     pub teardown: Teardown,
     /// Deadline registered in the timer wheel (0 = none).
     pub timer_at: u64,
@@ -168,6 +172,7 @@ impl Conn {
             paused: false,
             relay_paused: false,
             connecting: false,
+            fixed: false,
             teardown: Teardown::Open,
             timer_at: 0,
             accepted_ms: now_ms,
