@@ -134,6 +134,8 @@ pub struct Conn {
     pub bytes_out: u64,
     /// Queued in the worker's flush list.
     pub dirty: bool,
+    /// Traffic not yet published in the region's connection slot.
+    pub slot_stale: bool,
 }
 
 impl Conn {
@@ -184,6 +186,7 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             dirty: false,
+            slot_stale: false,
         }
     }
 

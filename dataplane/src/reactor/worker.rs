@@ -62,6 +62,8 @@ pub struct Worker {
     dirty: Vec<u32>,
     /// The dirty list being flushed (kept to reuse its allocation).
     flushing: Vec<u32>,
+    /// Connections whose region slot is stale, published on the tick.
+    slots_stale: Vec<(u32, u32)>,
     rearm: Vec<(u32, u32)>,
     pool: Vec<Vec<u8>>,
     /// Completion batching (0: wake on the first completion).
@@ -155,6 +157,7 @@ impl Worker {
             stats,
             dirty: Vec::new(),
             flushing: Vec::new(),
+            slots_stale: Vec::new(),
             rearm: Vec::new(),
             pool: Vec::new(),
             scratch: Vec::new(),
@@ -609,7 +612,15 @@ impl Worker {
         self.harvest(idx);
         if let Some(c) = self.conns.get_any(idx) {
             let d = next_deadline(c, &self.shared, now);
-            self.stats.slot_update(idx, c);
+            if c.teardown != Teardown::Open {
+                c.slot_stale = false;
+                self.stats.slot_update(idx, c);
+            } else if !c.slot_stale {
+                // Traffic reaches the slot on the next tick (dumps are at
+                // most a tick old), not in a seqlock write per message.
+                c.slot_stale = true;
+                self.slots_stale.push((idx, c.generation));
+            }
             if let Some(d) = d {
                 self.schedule(idx, d);
             }
@@ -693,6 +704,10 @@ impl Worker {
         let n = res as usize;
         c.inflight_sent += n;
         c.bytes_out += n as u64;
+        if !c.slot_stale {
+            c.slot_stale = true;
+            self.slots_stale.push((t.index, t.generation));
+        }
         let transport = c.transport;
         self.stats.bytes_out(transport, n as u64);
         if c.inflight_sent < c.inflight.len() {
@@ -785,6 +800,7 @@ impl Worker {
 
     fn on_tick(&mut self, now: u64) {
         self.stats.heartbeat(self.shared.unix_ms());
+        self.publish_slots();
         self.check_relay_paused();
         if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
             self.msrp_timer_ms = now;
@@ -862,6 +878,19 @@ impl Worker {
             self.after_input(idx, now);
         }
         self.drain_commands(now);
+    }
+
+    /// Write the traffic of connections that had some since the last tick
+    /// into their region slots.
+    fn publish_slots(&mut self) {
+        for (idx, g) in self.slots_stale.drain(..) {
+            if let Some(c) = self.conns.get_mut(idx, g)
+                && c.slot_stale
+            {
+                c.slot_stale = false;
+                self.stats.slot_update(idx, c);
+            }
+        }
     }
 
     /// Paused senders: forget those that resumed or closed, and resume
