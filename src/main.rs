@@ -65,6 +65,36 @@ extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::Relaxed);
 }
 
+/// How often the main thread also checks that the data plane still runs.
+const STOP_POLL: Duration = Duration::from_millis(250);
+
+/// Block SIGTERM and SIGINT in the calling thread (and the threads it
+/// starts afterwards); returns the set for [`wait_stop_signal`].
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it and
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Wait up to `timeout` for one of `set`'s (blocked) signals; `true` if one
+/// came.
+fn wait_stop_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` and `ts` are live for the call; no siginfo is asked for.
+    let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    r == libc::SIGTERM || r == libc::SIGINT
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -227,6 +257,10 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
+    // Blocked here, before any thread starts (they inherit the mask): the
+    // signals stay pending for the main thread's wait below, which then
+    // sleeps until one comes instead of waking 50 times a second.
+    let stop_signals = block_stop_signals();
 
     let config_path = config.map(Path::to_path_buf);
     let mgmt_settings = match cfg.mgmt.enabled {
@@ -259,7 +293,7 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
     };
     tracing::info!(workers, "rtedge running");
     loop {
-        if SIGNALLED.load(Ordering::Relaxed) {
+        if SIGNALLED.load(Ordering::Relaxed) || wait_stop_signal(&stop_signals, STOP_POLL) {
             tracing::info!("shutting down: closing WebSocket peers with 1001");
             dp.request_shutdown();
             break;
@@ -267,9 +301,26 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         if dp.is_finished() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
     dp.join().context("data plane")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocked_stop_signal_is_waited_for() {
+        // Only this test thread blocks SIGTERM, and the signal is sent to
+        // it alone, so the rest of the test process is not affected.
+        let set = block_stop_signals();
+        let t0 = std::time::Instant::now();
+        assert!(!wait_stop_signal(&set, Duration::from_millis(30)));
+        assert!(t0.elapsed() >= Duration::from_millis(25));
+        // SAFETY: signals this thread, where SIGTERM is blocked (pending).
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
+        assert!(wait_stop_signal(&set, Duration::from_secs(5)));
+    }
 }

@@ -198,6 +198,10 @@ pub struct Conn {
     /// its chunks (MSRP flow control, [`super::flow`]).
     pub relay_paused: bool,
     pub connecting: bool,
+    /// The socket is also in the ring's fixed-file table, at the
+    /// connection's slot index: its recv and sends skip the per-request
+    /// file lookup and reference count.
+    pub fixed: bool,
     pub teardown: Teardown,
     /// Deadline registered in the timer wheel (0 = none).
     pub timer_at: u64,
@@ -213,6 +217,8 @@ pub struct Conn {
     pub bytes_out: u64,
     /// Queued in the worker's flush list.
     pub dirty: bool,
+    /// Traffic not yet published in the region's connection slot.
+    pub slot_stale: bool,
 }
 
 impl Conn {
@@ -251,6 +257,7 @@ impl Conn {
             paused: false,
             relay_paused: false,
             connecting: false,
+            fixed: false,
             teardown: Teardown::Open,
             timer_at: 0,
             accepted_ms: now_ms,
@@ -262,6 +269,7 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             dirty: false,
+            slot_stale: false,
         }
     }
 

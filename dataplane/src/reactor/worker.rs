@@ -37,6 +37,9 @@ const MAX_TLS_PENDING: usize = 256 * 1024;
 const POOL_MAX: usize = 256;
 /// Buffers larger than this are freed rather than pooled.
 const POOL_BUF_MAX: usize = 256 * 1024;
+/// Size of the ring's fixed-file table, at most (kernel memory: 8 bytes a
+/// slot). Connections in slots beyond it use their plain descriptor.
+const FIXED_FILES_MAX: u32 = 1 << 16;
 
 pub struct Listener {
     pub socket: socket2::Socket,
@@ -49,12 +52,18 @@ pub struct Worker {
     core: u32,
     ring: IoUring,
     bufs: BufRing,
+    /// Slots of the ring's fixed-file table (0: none registered).
+    fixed_files: u32,
     shared: Arc<Shared>,
     listeners: Vec<Option<Listener>>,
     conns: ConnTable,
     wheel: TimerWheel,
     stats: WorkerStats,
     dirty: Vec<u32>,
+    /// The dirty list being flushed (kept to reuse its allocation).
+    flushing: Vec<u32>,
+    /// Connections whose region slot is stale, published on the tick.
+    slots_stale: Vec<(u32, u32)>,
     rearm: Vec<(u32, u32)>,
     pool: Vec<Vec<u8>>,
     /// Completion batching (0: wake on the first completion).
@@ -126,6 +135,7 @@ impl Worker {
         let rc = &shared.config.reactor;
         let ring = build_ring(rc.ring_entries)?;
         let bufs = BufRing::new(&ring, 0, rc.recv_buffers, rc.recv_buffer_size)?;
+        let fixed_files = register_file_table(&ring, rc.max_connections_per_worker);
         let ring_min_timeout = ring.params().is_feature_min_timeout();
         let now = shared.now_ms();
         let stats = WorkerStats::new(shared.region.clone(), core);
@@ -141,11 +151,14 @@ impl Worker {
             core,
             ring,
             bufs,
+            fixed_files,
             listeners: listeners.into_iter().map(Some).collect(),
             conns: ConnTable::new(),
             wheel: TimerWheel::new(TICK_MS, WHEEL_SLOTS, now),
             stats,
             dirty: Vec::new(),
+            flushing: Vec::new(),
+            slots_stale: Vec::new(),
             rearm: Vec::new(),
             pool: Vec::new(),
             scratch: Vec::new(),
@@ -307,10 +320,12 @@ impl Worker {
         };
         c.recv_armed = true;
         let ud = Token::new(Op::Recv, idx, c.generation).encode();
-        let sqe = opcode::RecvMulti::new(types::Fd(c.fd), bgid)
-            .build()
-            .user_data(ud);
-        self.push(sqe);
+        let sqe = if c.fixed {
+            opcode::RecvMulti::new(types::Fixed(idx), bgid).build()
+        } else {
+            opcode::RecvMulti::new(types::Fd(c.fd), bgid).build()
+        };
+        self.push(sqe.user_data(ud));
     }
 
     // ---- completions ----
@@ -412,6 +427,7 @@ impl Worker {
             ));
             self.stats.slot_ws_open(idx, SubProtocol::Msrp, "msrp");
         }
+        conn.fixed = self.register_fixed(idx, fd);
         self.conns.insert(idx, conn);
         self.arm_recv(idx);
         if !msrp || transport.is_tls() {
@@ -478,6 +494,11 @@ impl Worker {
             self.bufs.recycle(bid);
             return;
         }
+        if c.out.capacity() == 0 {
+            // Output is written into a pooled buffer, not a fresh allocation
+            // per message (flush hands it to the send; on_send pools it).
+            c.out = self.pool.pop().unwrap_or_default();
+        }
         if c.tls.is_some() {
             self.on_ciphertext(t.index, bid, n, now);
         } else {
@@ -485,11 +506,14 @@ impl Worker {
             // unmasked in place; only an incomplete tail is copied out.
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
-            let now_us = if matches!(c.proto, Proto::Msrp(_) | Proto::Ws(_)) {
-                self.shared.now_us()
-            } else {
-                0
+            // Only the MSRP relay stamps frames (relay latency): a plain
+            // WebSocket message does not pay for a clock read.
+            let stamps = match &c.proto {
+                Proto::Msrp(_) | Proto::Handshake => true,
+                Proto::Ws(ws) => ws.msrp.is_some(),
+                Proto::Raw => false,
             };
+            let now_us = if stamps { self.shared.now_us() } else { 0 };
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
@@ -591,7 +615,15 @@ impl Worker {
         self.harvest(idx);
         if let Some(c) = self.conns.get_any(idx) {
             let d = next_deadline(c, &self.shared, now);
-            self.stats.slot_update(idx, c);
+            if c.teardown != Teardown::Open {
+                c.slot_stale = false;
+                self.stats.slot_update(idx, c);
+            } else if !c.slot_stale {
+                // Traffic reaches the slot on the next tick (dumps are at
+                // most a tick old), not in a seqlock write per message.
+                c.slot_stale = true;
+                self.slots_stale.push((idx, c.generation));
+            }
             if let Some(d) = d {
                 self.schedule(idx, d);
             }
@@ -675,6 +707,10 @@ impl Worker {
         let n = res as usize;
         c.inflight_sent += n;
         c.bytes_out += n as u64;
+        if !c.slot_stale {
+            c.slot_stale = true;
+            self.slots_stale.push((t.index, t.generation));
+        }
         let transport = c.transport;
         self.stats.bytes_out(transport, n as u64);
         if c.inflight_sent < c.inflight.len() {
@@ -767,6 +803,7 @@ impl Worker {
 
     fn on_tick(&mut self, now: u64) {
         self.stats.heartbeat(self.shared.unix_ms());
+        self.publish_slots();
         self.check_relay_paused();
         if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
             self.msrp_timer_ms = now;
@@ -844,6 +881,19 @@ impl Worker {
             self.after_input(idx, now);
         }
         self.drain_commands(now);
+    }
+
+    /// Write the traffic of connections that had some since the last tick
+    /// into their region slots.
+    fn publish_slots(&mut self) {
+        for (idx, g) in self.slots_stale.drain(..) {
+            if let Some(c) = self.conns.get_mut(idx, g)
+                && c.slot_stale
+            {
+                c.slot_stale = false;
+                self.stats.slot_update(idx, c);
+            }
+        }
     }
 
     /// Paused senders: forget those that resumed or closed, and resume
@@ -1501,8 +1551,10 @@ impl Worker {
         if now.saturating_sub(self.draining_since.unwrap_or(now)) >= grace {
             for idx in self.conns.indices() {
                 if let Some(c) = self.conns.get_any(idx) {
+                    let fixed = c.fixed;
                     close_fd(c.fd);
                     self.stats.closed(c.transport);
+                    self.unregister_fixed(idx, fixed);
                 }
                 self.stats.slot_close(idx);
                 self.conns.remove(idx);
@@ -1524,15 +1576,19 @@ impl Worker {
     }
 
     fn flush_all(&mut self, now: u64) {
+        let mut list = std::mem::take(&mut self.flushing);
         while !self.dirty.is_empty() {
-            let list = std::mem::take(&mut self.dirty);
-            for idx in list {
+            // Swapped, not taken: neither list is reallocated per batch.
+            std::mem::swap(&mut list, &mut self.dirty);
+            for &idx in &list {
                 if let Some(c) = self.conns.get_any(idx) {
                     c.dirty = false;
                 }
                 self.flush(idx, now);
             }
+            list.clear();
         }
+        self.flushing = list;
     }
 
     fn flush(&mut self, idx: u32, now: u64) {
@@ -1578,21 +1634,21 @@ impl Worker {
             return;
         };
         if !c.sending && !c.connecting && c.has_output() {
-            let mut buf = self.pool.pop().unwrap_or_default();
-            let c = self.conns.get_any(idx).expect("live");
             if let Some(m) = c.msrp_mut() {
                 m.owed.output_taken();
             }
-            if let Some(tls) = c.tls.as_mut() {
+            let buf = if let Some(tls) = c.tls.as_mut() {
+                let mut buf = self.pool.pop().unwrap_or_default();
                 buf.extend_from_slice(&c.wire);
                 c.wire.clear();
                 tls.write(&c.out, &mut buf);
                 c.out.clear();
+                buf
             } else {
-                // Hand the whole corked output to the socket; the
-                // connection keeps an empty (pooled) buffer for more.
-                std::mem::swap(&mut buf, &mut c.out);
-            }
+                // Hand the whole corked output to the socket; more output
+                // takes a pooled buffer when it comes (on_recv).
+                std::mem::take(&mut c.out)
+            };
             c.inflight = buf;
             c.inflight_sent = 0;
             self.submit_send(idx);
@@ -1601,6 +1657,13 @@ impl Worker {
         let c = self.conns.get_any(idx).expect("live");
         if c.teardown != Teardown::Open && !c.sending {
             self.teardown(idx, now);
+            return;
+        }
+        if !c.sending && c.out.is_empty() && c.out.capacity() > 0 {
+            // Input that produced no output: an idle connection holds no
+            // output buffer.
+            let spare = std::mem::take(&mut c.out);
+            self.recycle_buf(spare);
         }
     }
 
@@ -1609,13 +1672,19 @@ impl Worker {
             return;
         };
         let rest = &c.inflight[c.inflight_sent..];
+        let (ptr, len) = (rest.as_ptr(), rest.len() as u32);
         let ud = Token::new(Op::Send, idx, c.generation).encode();
-        let sqe = opcode::Send::new(types::Fd(c.fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud);
+        let sqe = if c.fixed {
+            opcode::Send::new(types::Fixed(idx), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            opcode::Send::new(types::Fd(c.fd), ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        };
         c.sending = true;
-        self.push(sqe);
+        self.push(sqe.user_data(ud));
     }
 
     /// Close a connection whose output is flushed: cancel its recv, wait for
@@ -1638,6 +1707,7 @@ impl Worker {
             return;
         }
         let mut c = self.conns.remove(idx).expect("live");
+        self.unregister_fixed(idx, c.fixed);
         close_fd(c.fd);
         self.stats.slot_close(idx);
         if let Some(m) = c.msrp_mut() {
@@ -1691,6 +1761,26 @@ impl Worker {
         }
         for b in [c.out, c.wire, c.inflight, c.partial] {
             self.recycle_buf(b);
+        }
+    }
+
+    /// Put connection `idx`'s socket into the fixed-file table (a slot per
+    /// connection slot). `false`: not registered, it is used by descriptor.
+    fn register_fixed(&mut self, idx: u32, fd: RawFd) -> bool {
+        idx < self.fixed_files
+            && self
+                .ring
+                .submitter()
+                .register_files_update(idx, &[fd])
+                .is_ok()
+    }
+
+    /// Drop the fixed-file table's reference to connection `idx`'s socket
+    /// (otherwise closing the descriptor would not close the socket). Only
+    /// once nothing is in flight on it.
+    fn unregister_fixed(&mut self, idx: u32, fixed: bool) {
+        if fixed {
+            let _ = self.ring.submitter().register_files_update(idx, &[-1]);
         }
     }
 
@@ -1906,6 +1996,28 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
     }
 }
 
+/// A sparse fixed-file table for the connections' sockets, as large as the
+/// connection limit allows (up to [`FIXED_FILES_MAX`], never beyond the open
+/// files limit the kernel checks it against). Returns its size; 0 when the
+/// kernel refuses one (connections then use plain descriptors).
+fn register_file_table(ring: &IoUring, max_conns: u32) -> u32 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass.
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(u64::from(u32::MAX)) as u32
+    } else {
+        0
+    };
+    let n = max_conns.min(FIXED_FILES_MAX).min(nofile);
+    if n == 0 || ring.submitter().register_files_sparse(n).is_err() {
+        return 0;
+    }
+    n
+}
+
 fn close_fd(fd: RawFd) {
     // SAFETY: the caller owns `fd` and never uses it again.
     unsafe { libc::close(fd) };
@@ -1943,4 +2055,53 @@ fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     sockaddr_of(fd, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn file_table_is_sized_by_the_connection_limit() {
+        let ring = IoUring::new(8).expect("io_uring");
+        assert_eq!(register_file_table(&ring, 0), 0);
+        let ring = IoUring::new(8).expect("io_uring");
+        assert_eq!(register_file_table(&ring, 16), 16);
+        let ring = IoUring::new(8).expect("io_uring");
+        let n = register_file_table(&ring, u32::MAX);
+        assert!(n <= FIXED_FILES_MAX);
+    }
+
+    /// The table holds its own reference: closing the descriptor alone
+    /// leaves the socket open; clearing the slot closes it.
+    #[test]
+    fn clearing_the_slot_closes_the_socket() {
+        let ring = IoUring::new(8).expect("io_uring");
+        assert_eq!(register_file_table(&ring, 4), 4);
+        let (ours, mut peer) = UnixStream::pair().expect("pair");
+        peer.set_nonblocking(true).expect("nonblocking");
+        let fd = ours.into_raw_fd();
+        ring.submitter()
+            .register_files_update(3, &[fd])
+            .expect("register");
+        close_fd(fd);
+        let mut b = [0u8; 1];
+        let e = peer.read(&mut b).expect_err("still open");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        ring.submitter()
+            .register_files_update(3, &[-1])
+            .expect("unregister");
+        // The file is released once the kernel's deferred put has run.
+        let mut closed = false;
+        for _ in 0..100 {
+            if matches!(peer.read(&mut b), Ok(0)) {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(closed, "socket not closed after its slot was cleared");
+    }
 }
