@@ -275,7 +275,13 @@ pub fn write_relayed_head_ranged(
     out.extend_from_slice(b"MSRP ");
     out.extend_from_slice(new_tid);
     out.push(b' ');
-    let line_end = memchr::memchr(b'\r', head.block).unwrap_or(0);
+    // The first line ends where To-Path (the first header) starts.
+    let line_end = head
+        .idx
+        .headers
+        .first()
+        .map(|h| (h.line.start as usize).saturating_sub(2))
+        .unwrap_or_else(|| memchr::memchr(b'\r', head.block).unwrap_or(0));
     let after_tid = head.idx.tid.end as usize + 1;
     out.extend_from_slice(head.block.get(after_tid..line_end).unwrap_or(&[]));
     out.extend_from_slice(b"\r\nTo-Path:");

@@ -43,15 +43,23 @@ impl SessionId {
 
     /// Parses a session-id; `None` if it cannot be one of ours.
     pub fn parse(s: &[u8]) -> Option<SessionId> {
+        // One table lookup per character (every relayed frame parses one).
+        const B64URL: [bool; 256] = {
+            let mut t = [false; 256];
+            let mut i = 0;
+            while i < 256 {
+                let b = i as u8;
+                t[i] = b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+                i += 1;
+            }
+            t
+        };
         let arr: [u8; SESSION_ID_LEN] = s.try_into().ok()?;
-        let hex_ok = arr
+        let hex_ok = matches!(arr[0], b'0'..=b'9' | b'a'..=b'f')
+            && matches!(arr[1], b'0'..=b'9' | b'a'..=b'f');
+        let b64_ok = arr[2..]
             .iter()
-            .take(2)
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        let b64_ok = arr
-            .iter()
-            .skip(2)
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            .fold(true, |ok, &b| ok & B64URL[usize::from(b)]);
         (hex_ok && b64_ok).then_some(SessionId(arr))
     }
 

@@ -1814,15 +1814,53 @@ fn feed_plain(
             c.partial.extend_from_slice(&data[consumed..]);
         }
     } else {
-        c.partial.extend_from_slice(data);
+        // Complete what is held with as little of `data` as it takes: once
+        // the held bytes are consumed, whatever is left in the buffer is a
+        // copy of `data`'s bytes, so the rest is handled in place. (Copying
+        // every received buffer behind a held partial frame was the largest
+        // user-space copy of the MSRP relay: with pipelining nearly every
+        // read ends inside a frame.)
         let mut p = std::mem::take(&mut c.partial);
-        let consumed = process_plain(c, &mut p, now, shared, stats, c_idx, ctx);
-        p.drain(..consumed.min(p.len()));
-        if c.teardown == Teardown::Open && !p.is_empty() {
-            c.partial = p;
+        let mut held = p.len();
+        let mut off = 0;
+        let mut step = SPLICE_STEP;
+        loop {
+            let take = step.min(data.len() - off);
+            p.extend_from_slice(&data[off..off + take]);
+            off += take;
+            let consumed = process_plain(c, &mut p, now, shared, stats, c_idx, ctx).min(p.len());
+            if c.teardown != Teardown::Open {
+                return;
+            }
+            if consumed >= held {
+                // p[consumed..] is data[off - (p.len() - consumed)..off].
+                let resume = off - (p.len() - consumed);
+                p.clear();
+                c.partial = p;
+                let rest = &mut data[resume..];
+                if rest.is_empty() {
+                    return;
+                }
+                let n = process_plain(c, rest, now, shared, stats, c_idx, ctx);
+                if n < rest.len() && c.teardown == Teardown::Open {
+                    c.partial.extend_from_slice(&rest[n..]);
+                }
+                return;
+            }
+            p.drain(..consumed);
+            held -= consumed;
+            if off == data.len() {
+                c.partial = p;
+                return;
+            }
+            step = step.saturating_mul(2);
         }
     }
 }
+
+/// Bytes of a new read first appended behind a held partial frame (then
+/// twice as many each time more are needed).
+const SPLICE_STEP: usize = 1024;
 
 fn process_plain(
     c: &mut Conn,
