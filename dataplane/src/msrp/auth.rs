@@ -52,7 +52,7 @@ pub struct UsePath {
     pub secure: bool,
     /// `use_path_addr`, or the listener's address.
     pub host_port: String,
-    /// `tcp`, or `ws` for WebSocket clients (RFC 7977 §4).
+    /// `tcp`, or `ws` for WebSocket clients (RFC 7977 §5.2.1).
     pub transport: &'static str,
 }
 
@@ -321,7 +321,7 @@ pub(crate) mod tests {
         md5hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
     }
 
-    // RFC 4976 §7.1 first AUTH (no credentials).
+    // RFC 4976's example first AUTH (no credentials).
     const AUTH1: &[u8] = b"MSRP 49fh AUTH\r\n\
 To-Path: msrps://alice@intra.example.com;tcp\r\n\
 From-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n\

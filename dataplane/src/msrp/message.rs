@@ -1,6 +1,6 @@
 //! Views of a parsed head, and the frames the relay writes: rewritten heads
 //! for relaying (RFC 4976 §6.4), responses (RFC 4975 §7.2) and REPORTs
-//! (RFC 4975 §7.1.2, RFC 4976 §6.4.1).
+//! (RFC 4975 §7.1.2–§7.1.4, RFC 4976 §6.4.1).
 
 use super::parser::{Flag, HeadIndex, HeaderName, StartKind};
 use super::uri::path_uris;
@@ -32,8 +32,9 @@ pub struct ByteRange {
 }
 
 impl ByteRange {
-    /// Absent `Byte-Range` means the whole message in one chunk (RFC 4975
-    /// §7.1.1): `1-*/*`.
+    /// Absent `Byte-Range`: only a message's first chunk may omit it (RFC
+    /// 4975 §7.1.1), so it starts at 1; with `$` it is the whole message
+    /// (§7.3.1): `1-*/*`.
     pub const WHOLE: ByteRange = ByteRange {
         start: 1,
         end: None,
@@ -244,9 +245,9 @@ pub fn write_relayed_head(out: &mut Vec<u8>, head: &Head<'_>, new_tid: &[u8], po
     write_relayed_head_ranged(out, head, new_tid, pops, None)
 }
 
-/// [`write_relayed_head`] for a piece of a re-chunked SEND (RFC 4976
-/// §6.6): the same head with `Byte-Range` replaced by `byte_range` (added
-/// when the original had none).
+/// [`write_relayed_head`] for a piece of a re-chunked SEND (RFC 4975
+/// §7.1.1: a relay may split chunks): the same head with `Byte-Range`
+/// replaced by `byte_range` (added when the original had none).
 pub fn write_relayed_head_ranged(
     out: &mut Vec<u8>,
     head: &Head<'_>,
@@ -458,7 +459,7 @@ pub fn restatus(resp: &[u8], code: u16) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A failure REPORT (RFC 4975 §7.1.2, RFC 4976 §6.4.1) for the request
+/// A failure REPORT (RFC 4975 §7.1.2–§7.1.4, RFC 4976 §6.4.1) for the request
 /// `head` as we received it: To-Path is its From-Path (the way back), From-
 /// Path is `our_uri`, same Message-ID and Byte-Range, `Status: 000 code`.
 pub fn build_failure_report(
@@ -583,7 +584,7 @@ pub(crate) mod tests {
         (frame[..len].to_vec(), p.head().clone())
     }
 
-    // RFC 4976 §7.1-style SEND through a relay.
+    // RFC 4976-style SEND through a relay.
     const SEND: &[u8] = b"MSRP 6aef SEND\r\n\
 To-Path: msrps://relay.example.com:9000/jui787s2f;tcp msrps://bob.example.net:8145/foo;tcp\r\n\
 From-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n\

@@ -41,7 +41,8 @@ use std::sync::LazyLock;
 static END_PREFIX: LazyLock<memmem::Finder<'static>> =
     LazyLock::new(|| memmem::Finder::new(b"\r\n-------"));
 
-/// RFC 7230 `tchar` (MSRP header names, RFC 4975 §9 `hname`).
+/// RFC 7230 `tchar` (MSRP header names, RFC 4975 §9 `hname`; its `token`
+/// also allows `{` and `}`).
 const TCHAR: [bool; 256] = {
     let mut t = [false; 256];
     let mut i = 0;
@@ -192,7 +193,7 @@ pub enum Event {
     End { len: usize, flag: Flag },
 }
 
-/// Known header names (RFC 4975 §9, RFC 4976 §7/§9).
+/// Known header names (RFC 4975 §9, RFC 4976 §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderName {
     ToPath,
@@ -373,7 +374,7 @@ impl FrameParser {
         self.limits
     }
 
-    /// Between frames (a WebSocket message must end here, RFC 7977 §5.3:
+    /// Between frames (a WebSocket message must end here, RFC 7977 §5.1:
     /// one chunk per message).
     pub fn at_boundary(&self) -> bool {
         matches!(self.state, State::Idle)
@@ -683,8 +684,9 @@ fn index_header_line(
     Ok(())
 }
 
-/// RFC 4975 §9: `headers = To-Path CRLF From-Path CRLF *( header CRLF )`,
-/// each of the two exactly once.
+/// RFC 4975 §9: `headers = To-Path CRLF From-Path CRLF 1*( header CRLF )`,
+/// each of the two exactly once (further headers are not required: the
+/// RFC's own responses carry none).
 fn check_paths(head: &HeadIndex) -> Result<(), Malformed> {
     let hs = &head.headers;
     let count = |n: HeaderName| hs.iter().filter(|h| h.name == n).count();
@@ -829,7 +831,7 @@ mod tests {
             .collect()
     }
 
-    // RFC 4975 §4 / §7.1 example SEND and its response.
+    // RFC 4975 §4 (Figure 2) example SEND and its response.
     pub(crate) const SEND: &[u8] = b"MSRP a786hjs2 SEND\r\n\
 To-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
 From-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\

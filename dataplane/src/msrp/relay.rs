@@ -57,7 +57,7 @@ pub struct RelayConfig {
     /// Forwarded transactions tracked per core at most.
     pub max_pending: usize,
     /// Largest body a forwarded chunk carries on the next hop: a SEND with
-    /// more is re-chunked (RFC 4976 §6.6), so memory per connection stays
+    /// more is re-chunked (RFC 4975 §7.1.1), so memory per connection stays
     /// bounded whatever the sender's chunk size. 0 disables re-chunking.
     pub rechunk_size: usize,
     /// Largest body of a chunk that cannot be re-chunked (not a SEND, or
@@ -194,7 +194,7 @@ pub enum Stat {
         code: u16,
     },
     Malformed,
-    /// A forwarded SEND was cut into one more chunk (RFC 4976 §6.6).
+    /// A forwarded SEND was cut into one more chunk (RFC 4975 §7.1.1).
     Rechunked,
     /// A SIP message arrived on an MSRP port.
     SipRefused,
@@ -254,8 +254,8 @@ enum Current {
 }
 
 /// What it takes to continue a SEND in a new chunk on the next hop (RFC
-/// 4976 §6.6; RFC 4975 §7.1: the piece before ends with `+`, the next has
-/// a new transaction id, the same Message-ID and the Byte-Range moved on).
+/// 4975 §7.1, §7.1.1: the piece before ends with `+`, the next has a new
+/// transaction id, the same Message-ID and the Byte-Range moved on).
 #[derive(Debug)]
 struct Split {
     /// The head as received: each piece's head is written from it.
@@ -278,7 +278,7 @@ pub struct MsrpConn {
     use_path: UsePath,
     peer_addr: String,
     cur: Current,
-    /// One frame per message (RFC 7977 §5.3).
+    /// One frame per message (RFC 7977 §5.1).
     websocket: bool,
     /// The first line was looked at for SIP (a TCP port may carry both).
     first_line_seen: bool,
@@ -336,8 +336,9 @@ pub struct RelayCore {
     pub sessions: SessionMap,
     pending: PendingMap,
     /// Pending SENDs with `Failure-Report: partial`, oldest first: no 200
-    /// ever ends them (silence is success, RFC 4975 §7.1.1), so they expire
-    /// without a REPORT and make room first when the table is full.
+    /// ever ends them (RFC 4975 §7.1.4; silence is success, §7.1.1), so
+    /// they expire without a REPORT and make room first when the table is
+    /// full.
     partial: std::collections::VecDeque<TxnId>,
 }
 
@@ -389,7 +390,8 @@ impl RelayCore {
     }
 
     /// A fresh transaction id owned by this core: 2 hex digits of core and
-    /// 64 random bits in hex (RFC 4975 §9 `ident`).
+    /// 64 random bits in hex (RFC 4975 §7.1: at least 64 bits of
+    /// randomness; §9 `ident`).
     fn new_tid(&self, env: &mut Env<'_>) -> TxnId {
         let mut r = [0u8; 8];
         (env.rng)(&mut r);
@@ -554,7 +556,7 @@ impl RelayCore {
                         Current::None | Current::Discard => {}
                     }
                     if conn.websocket && pos < data.len() {
-                        // RFC 7977 §5.3: exactly one chunk per message.
+                        // RFC 7977 §5.1: exactly one chunk per message.
                         actions.push(Action::Close {
                             reason: "more than one MSRP chunk in a WebSocket message",
                         });
@@ -613,7 +615,7 @@ impl RelayCore {
         }
     }
 
-    /// A whole WebSocket message (RFC 7977 §5.3: one MSRP chunk, so it
+    /// A whole WebSocket message (RFC 7977 §5.1: one MSRP chunk, so it
     /// must end exactly at a frame boundary).
     pub fn on_ws_message(
         &mut self,
@@ -638,7 +640,7 @@ impl RelayCore {
         actions.push(Action::Stat(Stat::Rejected { code }));
         let method = head.method();
         // REPORTs are never answered; SEND with Failure-Report "no" gets
-        // no response (RFC 4975 §7.1.1, §7.1.2).
+        // no response (RFC 4975 §7.1.2, §7.1.4).
         let silent = method == Some(Method::Report)
             || (method == Some(Method::Send) && head.failure_report() == Some(FailureReport::No));
         if !silent && let Some(r) = build_response(head, code, &[]) {
@@ -730,7 +732,7 @@ impl RelayCore {
                     None if next_ours => return self.reject(head, 481, actions),
                     _ => {
                         if next.is_ws() || next.is_invalid_host() {
-                            // RFC 7977 §5.2: not resolvable; only reachable
+                            // RFC 7977 §5.1, App. A: not resolvable; only reachable
                             // through a session of the relay it AUTHed to.
                             return self.reject(head, 481, actions);
                         }
@@ -853,7 +855,7 @@ impl RelayCore {
         });
         // Hop-by-hop 200 for SEND when Failure-Report is yes (RFC 4976
         // §6.4.1), sent once the chunk is complete; error responses also
-        // for `partial` (RFC 4975 §7.1.1).
+        // for `partial` (RFC 4975 §7.1.4, §7.2).
         let err = wants_response.then(|| {
             // RFC 4975 §7.2: to the previous hop only for SEND (hop by
             // hop), along the whole From-Path otherwise.
@@ -881,7 +883,7 @@ impl RelayCore {
     }
 
     /// The Byte-Range of a chunk the relay may split: a SEND with a body
-    /// and a Message-ID (the receiver reassembles by it, RFC 4975 §7.1)
+    /// and a Message-ID (the receiver reassembles by it, RFC 4975 §7.3.1)
     /// whose announced size is unknown or over `rechunk_size`.
     fn splittable(
         &self,
@@ -904,7 +906,7 @@ impl RelayCore {
     }
 
     /// Body bytes `pos..pos+len` of the frame being forwarded: forwarded,
-    /// cut into pieces of at most `rechunk_size` (RFC 4976 §6.6), or — for
+    /// cut into pieces of at most `rechunk_size` (RFC 4975 §7.1.1), or — for
     /// a chunk that cannot be split — refused with 413 once over
     /// `max_unsplit`, so no chunk is ever held whole beyond those bounds.
     fn forward_body(
@@ -928,7 +930,7 @@ impl RelayCore {
         let Some(s) = split.as_mut() else {
             if body.saturating_add(len) > self.cfg.max_unsplit {
                 // Too large to hold and not ours to split: refuse it
-                // (RFC 4975 §7.2: 413, stop sending this message).
+                // (RFC 4975 §10.5: 413, stop sending this message).
                 actions.push(Action::ForwardAbort);
                 actions.push(Action::Stat(Stat::Rejected { code: 413 }));
                 self.pending.remove(tid.as_slice());
@@ -1147,7 +1149,7 @@ impl RelayCore {
     }
 
     /// The reactor could not deliver transaction `txn` (next hop
-    /// unreachable: 408 per RFC 4975 §7.1.1 or 403 when refused).
+    /// unreachable: 408 per RFC 4975 §10.4 or 403 when refused).
     pub fn on_forward_failed(
         &mut self,
         txn: &[u8],
@@ -1191,7 +1193,7 @@ impl RelayCore {
         Ok(conn)
     }
 
-    /// Timer: transaction timeouts (REPORT 408, RFC 4975 §7.1.1) and the
+    /// Timer: transaction timeouts (REPORT 408, RFC 4975 §7.1.1, §10.4) and the
     /// session sweep (`timer_interval`).
     pub fn on_tick(&mut self, env: &mut Env<'_>, sweep_sessions: bool, actions: &mut Vec<Action>) {
         let now = env.now_ms;

@@ -1,4 +1,4 @@
-//! MSRP URIs (RFC 4975 §6, §9; RFC 7977 §4 adds the `ws` transport).
+//! MSRP URIs (RFC 4975 §6, §9; RFC 7977 §5.2.1 adds the `ws` transport).
 //!
 //! ```text
 //! MSRP-URI   = msrp-scheme "://" authority ["/" session-id] ";" transport *( ";" URI-parameter )
@@ -261,12 +261,12 @@ impl<'a> MsrpUri<'a> {
         self.secure == other.secure && host_eq(self.host, other.host) && self.port == other.port
     }
 
-    /// WebSocket transport (RFC 7977 §4).
+    /// WebSocket transport (RFC 7977 §5.2.1).
     pub fn is_ws(&self) -> bool {
         self.transport.eq_ignore_ascii_case(b"ws")
     }
 
-    /// RFC 7977 §5.2 clients use unresolvable `.invalid` hosts.
+    /// RFC 7977 (Appendix A) clients use unresolvable `.invalid` hosts.
     pub fn is_invalid_host(&self) -> bool {
         let h = self.host;
         h.len() >= 8
@@ -500,7 +500,7 @@ mod tests {
 
     #[test]
     fn parse_rfc_examples() {
-        // RFC 4975 §6 / §7.1 and RFC 4976 §7 URIs.
+        // RFC 4975 §4 and RFC 4976 (AUTH example) URIs, then RFC 7977 forms.
         let a = u("msrp://atlanta.example.com:7654/jshA7weztas;tcp");
         assert!(!a.secure);
         assert_eq!(a.host, b"atlanta.example.com");

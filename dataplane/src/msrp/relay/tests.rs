@@ -1,5 +1,5 @@
 //! Relay engine tests: frames written as text from RFC 4975 §7.1 and
-//! RFC 4976 §7, driven through [`RelayCore`] as the reactor would.
+//! RFC 4976's examples, driven through [`RelayCore`] as the reactor would.
 
 use super::*;
 use crate::msrp::auth::tests::{auth2, nonce_of, policy, store};
@@ -638,10 +638,11 @@ fn header<'a>(frame: &'a str, name: &str) -> &'a str {
     &frame[i..i + frame[i..].find("\r\n").unwrap()]
 }
 
-/// RFC 4976 §6.6: a SEND chunk larger than `rechunk_size` leaves as several
-/// chunks — same Message-ID, Byte-Range moved on, a new transaction id
-/// each, `+` on all but the last, which keeps the sender's flag; the
-/// sender's hop-by-hop 200 comes once, after its whole chunk.
+/// RFC 4975 §7.1.1 (relays may re-chunk): a SEND chunk larger than
+/// `rechunk_size` leaves as several chunks — same Message-ID, Byte-Range
+/// moved on, a new transaction id each, `+` on all but the last, which
+/// keeps the sender's flag; the sender's hop-by-hop 200 comes once, after
+/// its whole chunk.
 #[test]
 fn large_send_is_rechunked() {
     let mut w = World::new();
