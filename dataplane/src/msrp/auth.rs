@@ -1,8 +1,9 @@
 //! MSRP `AUTH` handling at the relay (RFC 4976 §4–§6).
 //!
 //! Digest per RFC 2617 with method `AUTH` and the right-most To-Path URI as
-//! digest-uri (RFC 4976 §5.1; the MSRP `Authorization` header has no `uri`
-//! parameter, RFC 4976 §9). Outcomes:
+//! digest-uri (RFC 4976 §5.1). Clients differ on sending a `uri` parameter
+//! (RFC 7977's example sends one); it is accepted when absent and never
+//! relied upon. Outcomes:
 //! - no `Authorization` → 401 with `WWW-Authenticate: Digest realm, nonce,
 //!   qop="auth"`; an expired nonce or a replayed nonce count → 401 with
 //!   `stale=true` (RFC 2617 §3.2.1);
@@ -188,8 +189,8 @@ pub fn handle_auth(
     let Ok(authz) = std::str::from_utf8(authz) else {
         return fail(conn, 400, true);
     };
-    // RFC 4976 §9: no `uri` parameter; the digest-uri is the right-most
-    // To-Path URI (§5.1). A `uri` sent anyway is ignored.
+    // The digest-uri is the right-most To-Path URI (RFC 4976 §5.1): a
+    // `uri` parameter may be absent, and one sent is ignored.
     let owned;
     let mut creds = match parse_digest_authorization(authz) {
         Ok(c) => c,

@@ -127,6 +127,13 @@ pub fn is_ident(s: &[u8]) -> bool {
 /// CRLF and the seven dashes that start an end-line.
 const END_PREFIX: &[u8] = b"\r\n-------";
 
+/// The empty line after the headers (built once: a one-shot
+/// `memmem::find` builds its searcher on every call).
+fn blank_line_finder() -> &'static memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memmem::Finder::new(b"\r\n\r\n"))
+}
+
 fn end_finder() -> &'static memmem::Finder<'static> {
     static F: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
     F.get_or_init(|| memmem::Finder::new(END_PREFIX))
@@ -213,7 +220,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Chunk<'_>, usize)>, Parse
     // Headers run up to an empty line (content-stuff follows) or to the
     // end-line (no body).
     let region = &buf[eol + 1..at + 2];
-    let (headers, body) = match memmem::find(&buf[eol - 1..at + 2], b"\r\n\r\n") {
+    let (headers, body) = match blank_line_finder().find(&buf[eol - 1..at + 2]) {
         Some(p) => {
             let hdr_end = eol - 1 + p + 2;
             let body_start = (hdr_end + 2).min(at);
