@@ -521,7 +521,9 @@ impl FrameParser {
         let mut header_err = None;
         let head_end = loop {
             let rest = window.get(pos..).unwrap_or(&[]);
-            if rest.starts_with(end_line) {
+            // Header lines start with a letter: only a line starting with a
+            // dash can be the end-line.
+            if rest.first() == Some(&b'-') && rest.starts_with(end_line) {
                 break Some((pos, false));
             }
             // The line ends at its first CR, which must be followed by LF:
