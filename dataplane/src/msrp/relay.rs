@@ -802,11 +802,18 @@ impl RelayCore {
         // The reactor appends the body and end-line to this buffer: size it
         // for them when Byte-Range tells the chunk's size (no realloc).
         let byte_range = head.byte_range();
+        let split_range = self.splittable(head, method, byte_range);
+        // A chunk that will be re-chunked carries at most `rechunk_size` per
+        // piece: reserve no more (an oversized, mostly untouched buffer per
+        // queued piece would spread the heap's resident pages).
+        let most = if split_range.is_some() {
+            self.cfg.rechunk_size
+        } else {
+            self.cfg.rechunk_size.max(self.cfg.max_unsplit)
+        };
         let body = byte_range
             .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
-            .map_or(0, |n| {
-                (n as usize).min(self.cfg.rechunk_size.max(self.cfg.max_unsplit))
-            });
+            .map_or(0, |n| (n as usize).min(most));
         let mut out =
             Vec::with_capacity(head.block.len() + 64 + body + super::parser::MAX_END_LINE);
         if !write_relayed_head(&mut out, head, tid.as_slice(), pops) {
@@ -837,7 +844,7 @@ impl RelayCore {
         } else {
             None
         };
-        let split = self.splittable(head, method, byte_range).map(|range| {
+        let split = split_range.map(|range| {
             Box::new(Split {
                 block: head.block.to_vec(),
                 idx: head.idx.clone(),
@@ -966,7 +973,8 @@ impl RelayCore {
             let new_tid = self.new_tid(env);
             let idx = s.idx.clone();
             let head = Head::new(&s.block, &idx);
-            let mut out = Vec::with_capacity(s.block.len() + 64);
+            let mut out =
+                Vec::with_capacity(s.block.len() + 64 + limit + super::parser::MAX_END_LINE);
             if !write_relayed_head_ranged(&mut out, &head, &new_tid, s.pops, Some(&s.range)) {
                 // Wrote it once for the first piece; cannot fail now.
                 conn.cur = Current::Discard;

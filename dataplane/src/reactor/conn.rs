@@ -186,9 +186,19 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// Records rustls produced on its own (handshake, alerts).
     pub wire: Vec<u8>,
-    /// The buffer owned by the in-flight send, and how much of it has gone.
+    /// Complete MSRP frames queued ahead of `out` (plain TCP only): a
+    /// forwarded chunk behind earlier output is queued as its own buffer
+    /// instead of being copied after it, and everything leaves in one
+    /// writev. `out` always holds the newest bytes.
+    pub chain: Vec<Vec<u8>>,
+    /// The buffer owned by the in-flight send, and how much of it has gone
+    /// (of `inflight_chain` when that is not empty: a writev).
     pub inflight: Vec<u8>,
+    pub inflight_chain: Vec<Vec<u8>>,
     pub inflight_sent: usize,
+    /// The in-flight writev's iovecs: the kernel reads them until it
+    /// completes.
+    pub iov: Vec<libc::iovec>,
     pub sending: bool,
     pub recv_armed: bool,
     pub cancel_sent: bool,
@@ -249,8 +259,11 @@ impl Conn {
             tls_pending: Vec::new(),
             out: Vec::new(),
             wire: Vec::new(),
+            chain: Vec::new(),
             inflight: Vec::new(),
+            inflight_chain: Vec::new(),
             inflight_sent: 0,
+            iov: Vec::new(),
             sending: false,
             recv_armed: false,
             cancel_sent: false,
@@ -277,12 +290,44 @@ impl Conn {
     /// handshake is in progress (rustls would have to buffer it).
     pub fn has_output(&self) -> bool {
         !self.wire.is_empty()
+            || !self.chain.is_empty()
             || (!self.out.is_empty() && !self.tls.as_ref().is_some_and(|t| t.is_handshaking()))
     }
 
     /// Bytes produced for this peer and not yet acknowledged by the kernel.
     pub fn pending_output(&self) -> usize {
-        self.out.len() + self.wire.len() + self.inflight.len().saturating_sub(self.inflight_sent)
+        let chained: usize = self.chain.iter().map(Vec::len).sum();
+        self.out.len()
+            + self.wire.len()
+            + chained
+            + self.inflight_len().saturating_sub(self.inflight_sent)
+    }
+
+    /// Bytes the in-flight send carries in all.
+    pub fn inflight_len(&self) -> usize {
+        if self.inflight_chain.is_empty() {
+            self.inflight.len()
+        } else {
+            self.inflight_chain.iter().map(Vec::len).sum()
+        }
+    }
+
+    /// The in-flight writev's iovecs for what has not gone yet.
+    pub fn fill_iov(&mut self) {
+        self.iov.clear();
+        let mut skip = self.inflight_sent;
+        for b in &self.inflight_chain {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            let rest = &b[skip..];
+            skip = 0;
+            self.iov.push(libc::iovec {
+                iov_base: rest.as_ptr() as *mut libc::c_void,
+                iov_len: rest.len(),
+            });
+        }
     }
 
     /// Reading is paused, for either reason.

@@ -155,6 +155,9 @@ fn write_frame(out: &mut Vec<u8>, msrp: &[u8], websocket: bool, stats: &mut Work
     }
 }
 
+/// Frames at least this large are never copied behind earlier output.
+const CHAIN_MIN: usize = 1024;
+
 /// Queue a complete frame on connection `c`. `false` when it cannot take
 /// it (closing, not an MSRP connection). A forwarded chunk comes with its
 /// sender's window: `c` owes that credit until the chunk is written.
@@ -177,11 +180,19 @@ pub fn queue_frame(
             stats.messages_out(crate::config::SubProtocol::Msrp, 1);
         }
         Proto::Msrp(_) => {
-            if c.out.is_empty() {
+            if c.out.is_empty() && c.chain.is_empty() {
                 // Take the frame's buffer as the output: no copy.
                 c.out = frame;
-            } else {
+            } else if c.tls.is_some() || frame.len() < CHAIN_MIN {
+                // TLS encrypts `out` as one plaintext; small frames cost
+                // less to copy than an iovec.
                 c.out.extend_from_slice(&frame);
+            } else {
+                // Behind earlier output: its own buffer in the writev.
+                if !c.out.is_empty() {
+                    c.chain.push(std::mem::take(&mut c.out));
+                }
+                c.chain.push(frame);
             }
         }
         _ => return false,

@@ -36,10 +36,43 @@ const MAX_TLS_PENDING: usize = 256 * 1024;
 /// Output buffers kept for reuse per worker.
 const POOL_MAX: usize = 256;
 /// Buffers larger than this are freed rather than pooled.
-const POOL_BUF_MAX: usize = 256 * 1024;
+const POOL_BUF_MAX: usize = 64 * 1024;
+/// Bytes of pooled buffers per worker, at most: the pool holds touched
+/// memory, so it must not keep what a burst of large output needed.
+const POOL_BYTES_MAX: usize = 1024 * 1024;
 /// Size of the ring's fixed-file table, at most (kernel memory: 8 bytes a
 /// slot). Connections in slots beyond it use their plain descriptor.
 const FIXED_FILES_MAX: u32 = 1 << 16;
+
+/// Output buffers kept for reuse, bounded in count and in bytes (pooled
+/// buffers are touched memory).
+#[derive(Default)]
+struct BufPool {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl BufPool {
+    /// A pooled (empty) buffer, or a new one.
+    fn take(&mut self) -> Vec<u8> {
+        let b = self.bufs.pop().unwrap_or_default();
+        self.bytes = self.bytes.saturating_sub(b.capacity());
+        b
+    }
+
+    fn put(&mut self, mut b: Vec<u8>) {
+        if b.capacity() == 0
+            || b.capacity() > POOL_BUF_MAX
+            || self.bufs.len() >= POOL_MAX
+            || self.bytes + b.capacity() > POOL_BYTES_MAX
+        {
+            return;
+        }
+        b.clear();
+        self.bytes += b.capacity();
+        self.bufs.push(b);
+    }
+}
 
 pub struct Listener {
     pub socket: socket2::Socket,
@@ -65,7 +98,7 @@ pub struct Worker {
     /// Connections whose region slot is stale, published on the tick.
     slots_stale: Vec<(u32, u32)>,
     rearm: Vec<(u32, u32)>,
-    pool: Vec<Vec<u8>>,
+    pool: BufPool,
     /// Completion batching (0: wake on the first completion).
     batch_wait_us: u32,
     batch_size: usize,
@@ -160,7 +193,7 @@ impl Worker {
             flushing: Vec::new(),
             slots_stale: Vec::new(),
             rearm: Vec::new(),
-            pool: Vec::new(),
+            pool: BufPool::default(),
             scratch: Vec::new(),
             cqes: Vec::with_capacity(256),
             batch_wait_us: if ring_min_timeout {
@@ -204,6 +237,8 @@ impl Worker {
         }
         self.arm_tick();
         self.arm_inbox();
+        // Alive from the start: readiness must not wait for the first tick.
+        self.stats.heartbeat(self.shared.unix_ms());
         loop {
             let inbox = &self.shared.inboxes[self.core as usize];
             inbox.prepare_sleep();
@@ -497,7 +532,7 @@ impl Worker {
         if c.out.capacity() == 0 {
             // Output is written into a pooled buffer, not a fresh allocation
             // per message (flush hands it to the send; on_send pools it).
-            c.out = self.pool.pop().unwrap_or_default();
+            c.out = self.pool.take();
         }
         if c.tls.is_some() {
             self.on_ciphertext(t.index, bid, n, now);
@@ -700,7 +735,11 @@ impl Worker {
         if res < 0 {
             c.teardown = Teardown::Abort;
             let buf = std::mem::take(&mut c.inflight);
+            let chain = std::mem::take(&mut c.inflight_chain);
             self.recycle_buf(buf);
+            for b in chain {
+                self.recycle_buf(b);
+            }
             self.mark_dirty(t.index);
             return;
         }
@@ -713,13 +752,15 @@ impl Worker {
         }
         let transport = c.transport;
         self.stats.bytes_out(transport, n as u64);
-        if c.inflight_sent < c.inflight.len() {
-            // Short send: the rest of the same buffer goes next.
+        if c.inflight_sent < c.inflight_len() {
+            // Short send: the rest of the same buffers goes next.
             self.submit_send(t.index);
             return;
         }
         let c = self.conns.get_any(t.index).expect("live");
         let buf = std::mem::take(&mut c.inflight);
+        let chain = std::mem::take(&mut c.inflight_chain);
+        c.iov.clear();
         c.inflight_sent = 0;
         // Nothing more to send: the connection gives its (pooled) output
         // buffers back, so an idle connection holds none.
@@ -751,6 +792,9 @@ impl Worker {
         self.wake_senders(&mut wake);
         self.wake_list = wake;
         self.recycle_buf(buf);
+        for b in chain {
+            self.recycle_buf(b);
+        }
         self.recycle_buf(spare_out);
         self.recycle_buf(spare_wire);
         let _ = now;
@@ -1598,6 +1642,7 @@ impl Worker {
         if c.teardown == Teardown::Abort {
             c.out.clear();
             c.wire.clear();
+            c.chain.clear();
         }
         let was_paused = c.read_paused();
         let output_full =
@@ -1638,12 +1683,21 @@ impl Worker {
                 m.owed.output_taken();
             }
             let buf = if let Some(tls) = c.tls.as_mut() {
-                let mut buf = self.pool.pop().unwrap_or_default();
+                let mut buf = self.pool.take();
                 buf.extend_from_slice(&c.wire);
                 c.wire.clear();
                 tls.write(&c.out, &mut buf);
                 c.out.clear();
                 buf
+            } else if !c.chain.is_empty() {
+                // Frames queued as their own buffers, then `out`: one
+                // writev, no copy.
+                let mut chain = std::mem::take(&mut c.chain);
+                if !c.out.is_empty() {
+                    chain.push(std::mem::take(&mut c.out));
+                }
+                c.inflight_chain = chain;
+                Vec::new()
             } else {
                 // Hand the whole corked output to the socket; more output
                 // takes a pooled buffer when it comes (on_recv).
@@ -1671,9 +1725,23 @@ impl Worker {
         let Some(c) = self.conns.get_any(idx) else {
             return;
         };
+        let ud = Token::new(Op::Send, idx, c.generation).encode();
+        if !c.inflight_chain.is_empty() {
+            c.fill_iov();
+            let (iov, n) = (c.iov.as_ptr(), c.iov.len() as u32);
+            // A writev (not sendmsg with MSG_NOSIGNAL): Rust programs ignore
+            // SIGPIPE, so a closed peer is just -EPIPE here.
+            let sqe = if c.fixed {
+                opcode::Writev::new(types::Fixed(idx), iov, n).build()
+            } else {
+                opcode::Writev::new(types::Fd(c.fd), iov, n).build()
+            };
+            c.sending = true;
+            self.push(sqe.user_data(ud));
+            return;
+        }
         let rest = &c.inflight[c.inflight_sent..];
         let (ptr, len) = (rest.as_ptr(), rest.len() as u32);
-        let ud = Token::new(Op::Send, idx, c.generation).encode();
         let sqe = if c.fixed {
             opcode::Send::new(types::Fixed(idx), ptr, len)
                 .flags(libc::MSG_NOSIGNAL)
@@ -1759,7 +1827,11 @@ impl Worker {
             self.stats
                 .event_closed(&c, ws.sub_protocol, ws.close_code, reason, unix);
         }
-        for b in [c.out, c.wire, c.inflight, c.partial] {
+        for b in [c.out, c.wire, c.inflight, c.partial]
+            .into_iter()
+            .chain(c.chain)
+            .chain(c.inflight_chain)
+        {
             self.recycle_buf(b);
         }
     }
@@ -1784,12 +1856,8 @@ impl Worker {
         }
     }
 
-    fn recycle_buf(&mut self, mut b: Vec<u8>) {
-        if b.capacity() == 0 || b.capacity() > POOL_BUF_MAX || self.pool.len() >= POOL_MAX {
-            return;
-        }
-        b.clear();
-        self.pool.push(b);
+    fn recycle_buf(&mut self, b: Vec<u8>) {
+        self.pool.put(b);
     }
 }
 
