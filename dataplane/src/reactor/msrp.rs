@@ -10,7 +10,9 @@
 //! end-line) and queues it whole to the target, so a target never sees
 //! two chunks interleaved; the owned frame moves to another core through
 //! its inbox without a further copy, and is swapped (not copied) into an
-//! idle target's output buffer. The engine bounds a frame's size: larger
+//! idle target's output buffer; behind earlier output, a chunk of at least
+//! 1 KiB on a plain TCP target is queued as its own buffer and leaves in the
+//! same writev (not copied either). The engine bounds a frame's size: larger
 //! SEND chunks are re-chunked (RFC 4976 §6.6), other large chunks refused
 //! (413). Each forwarded frame is charged to its sender's flow window
 //! ([`super::flow`]) until its target has written it.
