@@ -393,6 +393,19 @@ async fn lost_destination_is_a_408_report() {
     assert_eq!(srv.counter(Counter::MsrpFailureReports), 2);
 }
 
+/// A relay with two workers (transaction timeout 300 s, so only a lost
+/// connection can explain a REPORT), alice and bob AUTHed on different
+/// cores, and the To-Path from alice to bob through both relay URIs.
+async fn cross_core_pair() -> (common::Server, Client, Client, [String; 3]) {
+    let srv = relay_config(2).msrp("transaction_timeout = 300").start();
+    let addr = srv.addrs[0];
+    let a = authed(addr, "a", "alice", "wonderland").await;
+    let a_core = a.session()[..2].to_string();
+    let b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    (srv, a, b, to)
+}
+
 /// The receiver is on another core than the sender (the SENDs cross cores
 /// through its core's inbox) and its connection is lost while the SENDs it
 /// read await their responses: the receiver's core tells the sender's core
@@ -401,12 +414,7 @@ async fn lost_destination_is_a_408_report() {
 /// timeout (300 s here, so only the loss can explain a REPORT).
 #[tokio::test]
 async fn lost_destination_on_another_core_is_a_408_report_at_once() {
-    let srv = relay_config(2).msrp("transaction_timeout = 300").start();
-    let addr = srv.addrs[0];
-    let mut a = authed(addr, "a", "alice", "wonderland").await;
-    let a_core = a.session()[..2].to_string();
-    let mut b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
-    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let (srv, mut a, mut b, to) = cross_core_pair().await;
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     let handoffs = srv.counter(Counter::MsrpHandoffs);
     // `no` first: a REPORT for it would come before the others.
@@ -466,12 +474,7 @@ async fn lost_destination_on_another_core_is_a_408_report_at_once() {
 /// harmless, and the relay goes on relaying.
 #[tokio::test]
 async fn lost_sender_on_another_core_leaves_nothing_behind() {
-    let srv = relay_config(2).msrp("transaction_timeout = 300").start();
-    let addr = srv.addrs[0];
-    let mut a = authed(addr, "a", "alice", "wonderland").await;
-    let a_core = a.session()[..2].to_string();
-    let mut b = client_not_on(addr, "b", "bob", "builder", &a_core).await;
-    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let (srv, mut a, mut b, to) = cross_core_pair().await;
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     for tid in ["slost1", "slost2", "slost3"] {
         a.send(&send_fr(&a, tid, &to, &format!("m-{tid}"), "yes"))
@@ -491,9 +494,9 @@ async fn lost_sender_on_another_core_leaves_nothing_behind() {
     // ... and the receiver's loss with two still unanswered.
     drop(b);
     // The relay still relays, across cores, both ways.
-    let mut c = authed(addr, "c", "alice", "wonderland").await;
+    let mut c = authed(srv.addrs[0], "c", "alice", "wonderland").await;
     let c_core = c.session()[..2].to_string();
-    let mut d = client_not_on(addr, "d", "bob", "builder", &c_core).await;
+    let mut d = client_not_on(srv.addrs[0], "d", "bob", "builder", &c_core).await;
     let to = [c.relay_uri.clone(), d.relay_uri.clone(), d.uri.clone()];
     let to: Vec<&str> = to.iter().map(String::as_str).collect();
     c.send(&send_fr(&c, "after1", &to, "m-after", "yes")).await;

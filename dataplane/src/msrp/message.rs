@@ -202,10 +202,6 @@ impl<'a> Head<'a> {
     pub fn from_first(&self) -> Option<&'a [u8]> {
         path_uris(self.from_path()?).next()
     }
-
-    pub fn from_last(&self) -> Option<&'a [u8]> {
-        path_uris(self.from_path()?).last()
-    }
 }
 
 /// The first URIs of a path and how many it has, from one scan of the
@@ -343,14 +339,6 @@ fn contiguous(headers: &[super::parser::HeaderIdx]) -> Option<super::parser::Spa
         start: first.line.start,
         end,
     })
-}
-
-/// Writes a response head with new To-Path and From-Path values, the rest
-/// unchanged, and the original `tid` restored (end-to-end responses to
-/// non-SEND requests, RFC 4976 §6.4.3... the relay pops its URI from the
-/// response's To-Path and pushes it onto From-Path like for requests).
-pub fn write_relayed_response(out: &mut Vec<u8>, head: &Head<'_>, orig_tid: &[u8]) -> bool {
-    write_relayed_head(out, head, orig_tid, 1)
 }
 
 /// The end-line (RFC 4975 §9 `end-line`), with the CRLF that ends the body
