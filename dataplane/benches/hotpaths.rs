@@ -323,7 +323,12 @@ fn msrp_group(c: &mut Criterion) {
                     );
                 }
             }
-            actions.clear();
+            // As the reactor does: written frames go back to the engine.
+            for a in actions.drain(..) {
+                if let Action::ForwardHead { head: f, .. } | Action::Reply(f) = a {
+                    core.recycle(f);
+                }
+            }
             core.on_bytes(&mut receiver, &responses, &mut env, &mut actions);
             assert_eq!(core.pending_transactions(), 0);
         })

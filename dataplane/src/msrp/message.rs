@@ -264,8 +264,10 @@ pub fn write_relayed_head_ranged(
             None => return false,
         }
     }
-    let mut to_uris = to_uris.peekable();
-    if pops > popped.len() || to_uris.peek().is_none() {
+    // The To-Path URIs left, copied as they are (RFC 4976 §6.4 changes
+    // only the front of the paths).
+    let to_rest = trim_end(to_uris.rest());
+    if pops > popped.len() || to_rest.is_empty() {
         return false;
     }
     let start = out.len();
@@ -281,19 +283,17 @@ pub fn write_relayed_head_ranged(
         .unwrap_or_else(|| memchr::memchr(b'\r', head.block).unwrap_or(0));
     let after_tid = head.idx.tid.end as usize + 1;
     out.extend_from_slice(head.block.get(after_tid..line_end).unwrap_or(&[]));
-    out.extend_from_slice(b"\r\nTo-Path:");
-    for u in to_uris {
-        out.push(b' ');
-        out.extend_from_slice(u);
-    }
+    out.extend_from_slice(b"\r\nTo-Path: ");
+    out.extend_from_slice(to_rest);
     out.extend_from_slice(b"\r\nFrom-Path:");
     for u in popped.iter().take(pops).rev() {
         out.push(b' ');
         out.extend_from_slice(u);
     }
-    for u in path_uris(from) {
+    let from_all = trim_end(path_uris(from).rest());
+    if !from_all.is_empty() {
         out.push(b' ');
-        out.extend_from_slice(u);
+        out.extend_from_slice(from_all);
     }
     out.extend_from_slice(b"\r\n");
     let rest = head.idx.headers.get(2..).unwrap_or(&[]);
@@ -322,6 +322,15 @@ pub fn write_relayed_head_ranged(
     }
     debug_assert!(out.len() > start);
     true
+}
+
+/// `v` without trailing spaces and tabs.
+fn trim_end(v: &[u8]) -> &[u8] {
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |i| i + 1);
+    &v[..end]
 }
 
 /// The span of `headers`' lines with their CRLFs when they follow each
@@ -398,7 +407,21 @@ pub fn write_response(
     from: &[u8],
     extra: &[(&str, &str)],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + tid.len() * 2 + to.len() + from.len());
+    let mut out = Vec::new();
+    write_response_into(&mut out, tid, code, to, from, extra);
+    out
+}
+
+/// [`write_response`] appended to `out`.
+pub fn write_response_into(
+    out: &mut Vec<u8>,
+    tid: &[u8],
+    code: u16,
+    to: &[u8],
+    from: &[u8],
+    extra: &[(&str, &str)],
+) {
+    out.reserve(64 + tid.len() * 2 + to.len() + from.len());
     out.extend_from_slice(b"MSRP ");
     out.extend_from_slice(tid);
     // " NNN reason" without the formatting machinery (hot: every SEND).
@@ -422,8 +445,7 @@ pub fn write_response(
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    write_end_line(&mut out, tid, Flag::Last, false);
-    out
+    write_end_line(out, tid, Flag::Last, false);
 }
 
 /// The first To-Path URI of a frame this relay wrote (a forwarded head
@@ -485,13 +507,25 @@ impl ReportContext {
         message_id: Option<&[u8]>,
         byte_range: Option<&[u8]>,
     ) -> ReportContext {
+        Self::new_in(Vec::new(), to_path, our_uri, message_id, byte_range)
+    }
+
+    /// [`ReportContext::new`] in a buffer the caller had (emptied first).
+    pub fn new_in(
+        mut buf: Vec<u8>,
+        to_path: &[u8],
+        our_uri: &[u8],
+        message_id: Option<&[u8]>,
+        byte_range: Option<&[u8]>,
+    ) -> ReportContext {
         let parts = [
             to_path,
             our_uri,
             message_id.unwrap_or(&[]),
             byte_range.unwrap_or(&[]),
         ];
-        let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        buf.clear();
+        buf.reserve(parts.iter().map(|p| p.len()).sum());
         let mut ends = [0u32; 4];
         for (e, p) in ends.iter_mut().zip(parts) {
             buf.extend_from_slice(p);
@@ -503,6 +537,11 @@ impl ReportContext {
             has_message_id: message_id.is_some(),
             has_byte_range: byte_range.is_some(),
         }
+    }
+
+    /// The buffer, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     fn part(&self, i: usize) -> &[u8] {

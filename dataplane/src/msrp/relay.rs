@@ -38,7 +38,7 @@ use std::ops::Range;
 use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
 use super::message::{
     ByteRange, FailureReport, Head, Method, PathUris, ReportContext, build_response, restatus,
-    write_end_line, write_relayed_head, write_relayed_head_ranged, write_response,
+    write_end_line, write_relayed_head, write_relayed_head_ranged, write_response_into,
 };
 use super::parser::{
     Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, MAX_TID, ParserLimits,
@@ -340,7 +340,17 @@ pub struct RelayCore {
     /// they expire without a REPORT and make room first when the table is
     /// full.
     partial: std::collections::VecDeque<TxnId>,
+    /// Emptied frame buffers handed back ([`RelayCore::recycle`]): the head
+    /// of a forwarded chunk, the hop-by-hop 200 and the failure-report
+    /// context of every SEND are written into these instead of fresh
+    /// allocations.
+    spare: Vec<Vec<u8>>,
 }
+
+/// Spare buffers kept, at most (a batch of 32 SENDs from each of a few
+/// connections uses three each), and the largest kept.
+const SPARE_MAX: usize = 256;
+const SPARE_BUF_MAX: usize = 16 * 1024;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Length of this relay's transaction ids: 2 hex digits of core, 16 of
@@ -378,7 +388,34 @@ impl RelayCore {
             sessions: SessionMap::new(core, session_capacity),
             pending: PendingMap::default(),
             partial: std::collections::VecDeque::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// Take back a frame buffer this engine produced (or any other), once
+    /// its bytes are written: the engine writes its next frames into it.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_MAX && (1..=SPARE_BUF_MAX).contains(&buf.capacity()) {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// Whether [`RelayCore::recycle`] would keep another buffer.
+    pub fn wants_buffers(&self) -> bool {
+        self.spare.len() < SPARE_MAX
+    }
+
+    /// An empty buffer of at least `cap` bytes: a recycled one when there is.
+    fn buffer(&mut self, cap: usize) -> Vec<u8> {
+        // The newest large enough (no realloc), else any.
+        let fit = self.spare.iter().rposition(|b| b.capacity() >= cap);
+        let mut b = match fit {
+            Some(i) => self.spare.swap_remove(i),
+            None => self.spare.pop().unwrap_or_default(),
+        };
+        b.reserve(cap);
+        b
     }
 
     pub fn config(&self) -> &RelayConfig {
@@ -547,10 +584,11 @@ impl RelayCore {
                             }
                         }
                         Current::SendResponse { tid, code } => {
-                            if let Some(p) = self.pending.remove(tid.as_slice())
-                                && code != 200
-                            {
-                                self.failure_report(&p, code, env, actions);
+                            if let Some(p) = self.pending.remove(tid.as_slice()) {
+                                if code != 200 {
+                                    self.failure_report(&p, code, env, actions);
+                                }
+                                self.recycle(p.report.into_buffer());
                             }
                         }
                         Current::None | Current::Discard => {}
@@ -814,9 +852,11 @@ impl RelayCore {
         let body = byte_range
             .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
             .map_or(0, |n| (n as usize).min(most));
+        // At least 1 KiB: a recycled buffer then fits any small chunk.
         let mut out =
-            Vec::with_capacity(head.block.len() + 64 + body + super::parser::MAX_END_LINE);
+            self.buffer((head.block.len() + 64 + body + super::parser::MAX_END_LINE).max(1024));
         if !write_relayed_head(&mut out, head, tid.as_slice(), pops) {
+            self.recycle(out);
             return self.reject(head, 400, actions);
         }
         let pending = if wants_response {
@@ -828,7 +868,8 @@ impl RelayCore {
                 origin_conn: conn.id,
                 method,
                 failure,
-                report: ReportContext::new(
+                report: ReportContext::new_in(
+                    self.buffer(0),
                     head.from_path().unwrap_or(&[]),
                     to_first,
                     head.message_id(),
@@ -871,7 +912,9 @@ impl RelayCore {
             } else {
                 head.from_path().unwrap_or(from_first)
             };
-            write_response(head.tid(), 200, to, to_first, &[])
+            let mut r = self.buffer(256);
+            write_response_into(&mut r, head.tid(), 200, to, to_first, &[]);
+            r
         });
         let ok = method == Method::Send && failure == FailureReport::Yes;
         actions.push(Action::ForwardHead {

@@ -478,10 +478,44 @@ fn host_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The URIs of a To-Path / From-Path / Use-Path value (`URI *( SP URI )`),
 /// in order. Extra whitespace is tolerated.
-pub fn path_uris(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|s| !s.is_empty())
+pub fn path_uris(value: &[u8]) -> PathUriIter<'_> {
+    PathUriIter { rest: value }
+}
+
+/// Iterator of [`path_uris`]: the separators are found with memchr (a
+/// byte-at-a-time split was a tenth of the relay's work per SEND).
+#[derive(Debug, Clone)]
+pub struct PathUriIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> PathUriIter<'a> {
+    /// What follows the URIs taken so far, from the next URI on (empty
+    /// when none is left): the rest of the path, to copy in one piece.
+    pub fn rest(&self) -> &'a [u8] {
+        let skip = self
+            .rest
+            .iter()
+            .position(|&b| b != b' ' && b != b'\t')
+            .unwrap_or(self.rest.len());
+        &self.rest[skip..]
+    }
+}
+
+impl<'a> Iterator for PathUriIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let rest = self.rest();
+        if rest.is_empty() {
+            self.rest = rest;
+            return None;
+        }
+        let end = memchr::memchr2(b' ', b'\t', rest).unwrap_or(rest.len());
+        let (uri, after) = rest.split_at(end);
+        self.rest = after;
+        Some(uri)
+    }
 }
 
 /// Parses every URI of a path; `None` if one is invalid or there is none.
@@ -496,6 +530,21 @@ mod tests {
 
     fn u(s: &str) -> MsrpUri<'_> {
         MsrpUri::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn path_uris_split_on_any_whitespace_and_give_the_rest() {
+        let v = b"msrp://a:1/x;tcp \t msrp://b:2/y;tcp\tmsrp://c:3/z;ws  ";
+        let mut it = path_uris(v);
+        assert_eq!(it.next(), Some(&b"msrp://a:1/x;tcp"[..]));
+        assert_eq!(it.rest(), b"msrp://b:2/y;tcp\tmsrp://c:3/z;ws  ");
+        assert_eq!(
+            it.collect::<Vec<_>>(),
+            [&b"msrp://b:2/y;tcp"[..], b"msrp://c:3/z;ws"]
+        );
+        assert_eq!(path_uris(b"  ").count(), 0);
+        assert_eq!(path_uris(b"").rest(), b"");
+        assert_eq!(path_uris(b" u").last(), Some(&b"u"[..]));
     }
 
     #[test]

@@ -225,6 +225,7 @@ pub fn run_actions(
             Action::Reply(r) => {
                 write_frame(out, &r, websocket, stats);
                 o.frames_out += 1;
+                ctx.relay.recycle(r);
             }
             Action::SendTo { conn, frame } if conn == m.conn.id => {
                 write_frame(out, &frame, websocket, stats);

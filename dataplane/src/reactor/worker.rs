@@ -1857,7 +1857,13 @@ impl Worker {
     }
 
     fn recycle_buf(&mut self, b: Vec<u8>) {
-        self.pool.put(b);
+        // The relay engine first: it writes each forwarded head and
+        // hop-by-hop response into a buffer (no malloc per SEND).
+        if self.relay.wants_buffers() {
+            self.relay.recycle(b);
+        } else {
+            self.pool.put(b);
+        }
     }
 }
 

@@ -247,6 +247,54 @@ fn hairpin_send_between_two_local_clients() {
     }
 }
 
+#[test]
+fn frames_are_written_into_recycled_buffers() {
+    let mut w = World::new();
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    // Buffers handed back are what the next SEND's forwarded head and
+    // hop-by-hop 200 are written into (no allocation per SEND).
+    let given: Vec<Vec<u8>> = (0..4).map(|_| Vec::with_capacity(4096)).collect();
+    let ptrs: Vec<*const u8> = given.iter().map(|v| v.as_ptr()).collect();
+    for v in given {
+        w.core.recycle(v);
+    }
+    let f = send("6aef", &format!("{ua} {ub} {BOB}"), ALICE, "", "Hi, Bob!");
+    let acts = w.feed(&mut a, &f);
+    let head = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::ForwardHead { head, .. } => Some(head),
+            _ => None,
+        })
+        .expect("forwarded");
+    assert!(ptrs.contains(&head.as_ptr()));
+    let reply = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Reply(r) => Some(r),
+            _ => None,
+        })
+        .expect("200");
+    assert!(ptrs.contains(&reply.as_ptr()));
+    // Oversized or empty buffers are not kept.
+    let mut w = World::new();
+    let big = Vec::with_capacity(1 << 20);
+    let big_ptr = big.as_ptr();
+    w.core.recycle(big);
+    w.core.recycle(Vec::new());
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ua = w.login(&mut a);
+    let ub = w.login(&mut b);
+    let f = send("6aef", &format!("{ua} {ub} {BOB}"), ALICE, "", "Hi, Bob!");
+    let acts = w.feed(&mut a, &f);
+    assert!(acts.iter().all(|a| match a {
+        Action::ForwardHead { head, .. } | Action::Reply(head) => head.as_ptr() != big_ptr,
+        _ => true,
+    }));
+}
+
 /// Two listeners of one relay (TCP and WebSocket, different ports): a URI
 /// of either is "ours" (RFC 4975 §6.1 against every local authority), so
 /// the hairpin works without `use_path_addr`; a first URI naming someone
