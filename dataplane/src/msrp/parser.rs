@@ -503,8 +503,18 @@ impl FrameParser {
         }
         let rest_start = 5 + tid_len + 1;
         let kind = parse_start(first.get(tid_len + 1..), rest_start);
-        if kind == StartKind::Unknown {
-            malformed.get_or_insert(Malformed::StartLine);
+        match kind {
+            StartKind::Unknown => {
+                malformed.get_or_insert(Malformed::StartLine);
+            }
+            // The id and a method were checked character by character; a
+            // status comment is free text without CR (RFC 4975 §9
+            // `utf8text`): a stray CR there would end the line for a
+            // lenient next hop.
+            StartKind::Response { comment, .. } if comment.get(data).contains(&b'\r') => {
+                malformed.get_or_insert(Malformed::StartLine);
+            }
+            _ => {}
         }
         self.head.kind = Some(kind);
 
@@ -567,6 +577,7 @@ impl FrameParser {
         }
         let head_bytes = data.get(..head_len).unwrap_or(&[]);
         // No NUL (RFC 4975 §9 `utf8text`): one pass over the whole head.
+        // (The header lines' CRs were checked as they were found.)
         if memchr::memchr(0, head_bytes).is_some() {
             malformed.get_or_insert(Malformed::HeaderSyntax);
         }
@@ -1028,6 +1039,9 @@ Content-Type: text/plain\r\n\r\nline\r\n-------abcd\r\n-------abcde$\r\n-------a
             (b"MSRP abcd send\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
             (b"MSRP .bcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------.bcd$\r\n", Malformed::TransactionId),
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nNoColon\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
+            // A CR or a NUL in the first line (a status comment too).
+            (b"MSRP abcd SEND\0\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
+            (b"MSRP abcd 200 O\rK\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
             // A CR or a NUL inside a value, with and without a body.
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nX-A: a\rb\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nX-A: a\0b\r\n\r\nbody\r\n-------abcd$\r\n", Malformed::HeaderSyntax),
