@@ -3,6 +3,7 @@
 //!
 //! - [`parser`]: streaming zero-copy frame parser (RFC 4975 §7, §9).
 //! - [`uri`]: MSRP URIs and their comparison (RFC 4975 §6, §6.1).
+//! - [`uri_cache`]: per-core memo of parsed URIs (a session repeats its paths).
 //! - [`message`]: head accessors, relay rewriting, responses and REPORTs.
 //! - [`auth`]: AUTH at the relay (RFC 4976 §4–§6, RFC 2617 digest).
 //! - [`session_map`]: per-core session map (Kamailio's cmap).
@@ -16,3 +17,4 @@ pub mod parser;
 pub mod relay;
 pub mod session_map;
 pub mod uri;
+pub mod uri_cache;

@@ -45,6 +45,7 @@ use super::parser::{
 };
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
 use super::uri::{LocalAuthorities, MsrpUri, PeerUri};
+use super::uri_cache::UriCache;
 use crate::auth::{CredentialStore, NonceManager};
 
 /// Engine settings.
@@ -345,6 +346,7 @@ pub struct RelayCore {
     /// context of every SEND are written into these instead of fresh
     /// allocations.
     spare: Vec<Vec<u8>>,
+    uris: UriCache,
 }
 
 /// Spare buffers kept, at most (a batch of 32 SENDs from each of a few
@@ -389,6 +391,7 @@ impl RelayCore {
             pending: PendingMap::default(),
             partial: std::collections::VecDeque::new(),
             spare: Vec::new(),
+            uris: UriCache::default(),
         }
     }
 
@@ -703,15 +706,21 @@ impl RelayCore {
         if method == Method::Auth && to.len == 1 {
             return self.on_auth(conn, head, env, actions);
         }
-        // RFC 4976 §6.2: the first To-Path URI must be ours.
-        let Some(first) = to.get(0).and_then(|u| MsrpUri::parse(u).ok()) else {
+        // RFC 4976 §6.2: the first To-Path URI must be ours. (URIs come
+        // from the per-core memo: a session repeats its paths.)
+        let local = &self.cfg.local;
+        let Some((first, first_ours)) = to.get(0).and_then(|u| self.uris.parse(u, local).ok())
+        else {
             return self.reject(head, 400, actions);
         };
-        let Some(from_first) = head.from_first().filter(|u| MsrpUri::parse(u).is_ok()) else {
+        let Some(from_first) = head
+            .from_first()
+            .filter(|u| self.uris.parse(u, local).is_ok())
+        else {
             return self.reject(head, 400, actions);
         };
         // RFC 4975 §6.1 comparison against every authority of ours.
-        if !self.cfg.local.is_empty() && !self.cfg.local.contains(&first) {
+        if !local.is_empty() && !first_ours {
             return self.reject(head, 481, actions);
         }
         let Some(sid) = first.session_id.and_then(SessionId::parse) else {
@@ -721,7 +730,7 @@ impl RelayCore {
             // Nowhere to relay (RFC 4976 §6.2).
             return self.reject(head, 481, actions);
         }
-        let next = to.get(1).and_then(|u| MsrpUri::parse(u).ok());
+        let next = to.get(1).and_then(|u| self.uris.parse(u, local).ok());
         let (target, pops) = match self.sessions.lookup(&sid, env.now_ms) {
             Err(Miss::NoSession) => return self.reject(head, 481, actions),
             Err(Miss::OtherCore(core)) => {
@@ -734,10 +743,10 @@ impl RelayCore {
             }
             Ok(e) if e.conn == conn.id => {
                 // From our client: on to the next hop.
-                let Some(next) = next else {
+                let Some((next, next_local)) = next else {
                     return self.reject(head, 400, actions);
                 };
-                let next_ours = self.cfg.local.contains(&next) || next.same_authority(&first);
+                let next_ours = next_local || next.same_authority(&first);
                 match next.session_id.and_then(SessionId::parse) {
                     // Hairpin through a second URI of ours (any of our
                     // listeners: TCP ↔ WebSocket across listeners).
@@ -790,7 +799,7 @@ impl RelayCore {
             Ok(e) => {
                 // Toward our client, and only to it (RFC 4976 §6.2, §9).
                 let c = e.conn;
-                if to.len != 2 || !next.is_some_and(|n| e.peer_uri.same_authority(&n)) {
+                if to.len != 2 || !next.is_some_and(|(n, _)| e.peer_uri.same_authority(&n)) {
                     return self.reject(head, 403, actions);
                 }
                 if !self.sessions.bind(&sid, conn.id) {
