@@ -346,6 +346,8 @@ pub struct RelayCore {
     /// context of every SEND are written into these instead of fresh
     /// allocations.
     spare: Vec<Vec<u8>>,
+    /// Their capacity in all (they are touched memory: bounded).
+    spare_bytes: usize,
     uris: UriCache,
 }
 
@@ -353,6 +355,7 @@ pub struct RelayCore {
 /// connections uses three each), and the largest kept.
 const SPARE_MAX: usize = 256;
 const SPARE_BUF_MAX: usize = 16 * 1024;
+const SPARE_BYTES_MAX: usize = 512 * 1024;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Length of this relay's transaction ids: 2 hex digits of core, 16 of
@@ -391,6 +394,7 @@ impl RelayCore {
             pending: PendingMap::default(),
             partial: std::collections::VecDeque::new(),
             spare: Vec::new(),
+            spare_bytes: 0,
             uris: UriCache::default(),
         }
     }
@@ -398,8 +402,13 @@ impl RelayCore {
     /// Take back a frame buffer this engine produced (or any other), once
     /// its bytes are written: the engine writes its next frames into it.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_MAX && (1..=SPARE_BUF_MAX).contains(&buf.capacity()) {
+        let cap = buf.capacity();
+        if self.spare.len() < SPARE_MAX
+            && (1..=SPARE_BUF_MAX).contains(&cap)
+            && self.spare_bytes + cap <= SPARE_BYTES_MAX
+        {
             buf.clear();
+            self.spare_bytes += cap;
             self.spare.push(buf);
         }
     }
@@ -411,14 +420,16 @@ impl RelayCore {
 
     /// An empty buffer of at least `cap` bytes: a recycled one when there is.
     fn buffer(&mut self, cap: usize) -> Vec<u8> {
-        // The newest large enough (no realloc), else any.
-        let fit = self.spare.iter().rposition(|b| b.capacity() >= cap);
-        let mut b = match fit {
-            Some(i) => self.spare.swap_remove(i),
-            None => self.spare.pop().unwrap_or_default(),
-        };
-        b.reserve(cap);
-        b
+        // The newest large enough, else a new one (growing a small one
+        // would copy nothing but still cost a realloc).
+        match self.spare.iter().rposition(|b| b.capacity() >= cap) {
+            Some(i) => {
+                let b = self.spare.swap_remove(i);
+                self.spare_bytes -= b.capacity();
+                b
+            }
+            None => Vec::with_capacity(cap),
+        }
     }
 
     pub fn config(&self) -> &RelayConfig {

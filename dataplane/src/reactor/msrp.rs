@@ -162,12 +162,15 @@ const CHAIN_MIN: usize = 1024;
 
 /// Queue a complete frame on connection `c`. `false` when it cannot take
 /// it (closing, not an MSRP connection). A forwarded chunk comes with its
-/// sender's window: `c` owes that credit until the chunk is written.
+/// sender's window: `c` owes that credit until the chunk is written. An
+/// emptied buffer the frame displaced goes to `spare` (for reuse, not
+/// freed).
 pub fn queue_frame(
     c: &mut Conn,
     frame: Vec<u8>,
     window: Option<Arc<FlowWindow>>,
     stats: &mut WorkerStats,
+    spare: &mut Vec<Vec<u8>>,
 ) -> bool {
     if c.teardown != Teardown::Open {
         return false;
@@ -180,15 +183,20 @@ pub fn queue_frame(
             }
             write_frame(&mut c.out, &frame, true, stats);
             stats.messages_out(crate::config::SubProtocol::Msrp, 1);
+            spare.push(frame);
         }
         Proto::Msrp(_) => {
             if c.out.is_empty() && c.chain.is_empty() {
                 // Take the frame's buffer as the output: no copy.
-                c.out = frame;
+                let displaced = std::mem::replace(&mut c.out, frame);
+                if displaced.capacity() > 0 {
+                    spare.push(displaced);
+                }
             } else if c.tls.is_some() || frame.len() < CHAIN_MIN {
                 // TLS encrypts `out` as one plaintext; small frames cost
                 // less to copy than an iovec.
                 c.out.extend_from_slice(&frame);
+                spare.push(frame);
             } else {
                 // Behind earlier output: its own buffer in the writev.
                 if !c.out.is_empty() {

@@ -35,6 +35,11 @@ const WHEEL_SLOTS: usize = 4096;
 const MAX_TLS_PENDING: usize = 256 * 1024;
 /// Output buffers kept for reuse per worker.
 const POOL_MAX: usize = 256;
+/// Pooled buffers kept for connections' output before any goes to the
+/// relay engine.
+const POOL_RESERVE: usize = 32;
+/// Capacity of an output buffer made when the pool is empty.
+const NEW_BUF: usize = 4096;
 /// Buffers larger than this are freed rather than pooled.
 const POOL_BUF_MAX: usize = 64 * 1024;
 /// Bytes of pooled buffers per worker, at most: the pool holds touched
@@ -53,9 +58,13 @@ struct BufPool {
 }
 
 impl BufPool {
-    /// A pooled (empty) buffer, or a new one.
+    /// A pooled (empty) buffer, or a new one (sized so that a batch of
+    /// small frames does not grow it by reallocation).
     fn take(&mut self) -> Vec<u8> {
-        let b = self.bufs.pop().unwrap_or_default();
+        let b = self
+            .bufs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(NEW_BUF));
         self.bytes = self.bytes.saturating_sub(b.capacity());
         b
     }
@@ -142,6 +151,8 @@ pub struct Worker {
     relay_paused: Vec<(u32, u32)>,
     /// Senders to wake (reused).
     wake_list: Vec<u64>,
+    /// Emptied buffers a queued frame took the place of (for reuse).
+    displaced: Vec<Vec<u8>>,
     /// Resolved next-hop names: address and until when it is used.
     dns_cache: HashMap<(String, u16), (SocketAddr, u64)>,
     /// Frames waiting for a next hop's name to resolve.
@@ -224,6 +235,7 @@ impl Worker {
             relay_window_low: shared.config.msrp.relay_window / 2,
             relay_paused: Vec::new(),
             wake_list: Vec::new(),
+            displaced: Vec::new(),
             dns_cache: HashMap::new(),
             dns_waiting: HashMap::new(),
             shared,
@@ -1198,7 +1210,9 @@ impl Worker {
             Some((w, t)) => (Some(w), Some(t)),
             None => (None, None),
         };
-        if !glue::queue_frame(c, frame, window, &mut self.stats) {
+        let queued = glue::queue_frame(c, frame, window, &mut self.stats, &mut self.displaced);
+        self.recycle_displaced();
+        if !queued {
             return false;
         }
         if let Some(t) = in_us {
@@ -1486,7 +1500,15 @@ impl Worker {
             return false;
         };
         let connecting = c.connecting;
-        if !glue::queue_frame(c, frame, Some(window.clone()), &mut self.stats) {
+        let queued = glue::queue_frame(
+            c,
+            frame,
+            Some(window.clone()),
+            &mut self.stats,
+            &mut self.displaced,
+        );
+        if !queued {
+            self.recycle_displaced();
             self.fail_on(me, txn, 408, now);
             return false;
         }
@@ -1500,6 +1522,7 @@ impl Worker {
         {
             m.waiting.push(t);
         }
+        self.recycle_displaced();
         self.stats
             .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
         self.mark_dirty(idx);
@@ -1856,13 +1879,21 @@ impl Worker {
         }
     }
 
+    fn recycle_displaced(&mut self) {
+        while let Some(b) = self.displaced.pop() {
+            self.recycle_buf(b);
+        }
+    }
+
     fn recycle_buf(&mut self, b: Vec<u8>) {
-        // The relay engine first: it writes each forwarded head and
-        // hop-by-hop response into a buffer (no malloc per SEND).
-        if self.relay.wants_buffers() {
-            self.relay.recycle(b);
-        } else {
+        // Both the output pool and the relay engine (which writes each
+        // forwarded head and hop-by-hop response into a buffer) reuse
+        // buffers; the pool, which keeps connections' output from growing
+        // from nothing, is served first.
+        if self.pool.bufs.len() < POOL_RESERVE || !self.relay.wants_buffers() {
             self.pool.put(b);
+        } else {
+            self.relay.recycle(b);
         }
     }
 }
