@@ -239,11 +239,16 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<(Chunk<'_>, usize)>, Parse
         }
         None => (region, None),
     };
-    if headers
-        .split(|&b| b == b'\n')
-        .any(|l| !l.is_empty() && !l.contains(&b':'))
-    {
-        return Err(ParseError::BadHeader);
+    // Every header line has a colon (memchr per line: a byte-at-a-time
+    // split was the loadgen's largest cost per chunk).
+    let mut start = 0;
+    while start < headers.len() {
+        let end = memchr::memchr(b'\n', &headers[start..]).map_or(headers.len(), |i| start + i);
+        let line = &headers[start..end];
+        if !line.is_empty() && memchr::memchr(b':', line).is_none() {
+            return Err(ParseError::BadHeader);
+        }
+        start = end + 1;
     }
     Ok(Some((
         Chunk {
