@@ -5,17 +5,32 @@
 //! applies once the input is handled.
 //!
 //! Forwarded chunks: the engine hands the rewritten head, body ranges of
-//! the very bytes it was given and the end-line. The reactor assembles
-//! them into one owned frame per chunk (head + a copy of the body +
-//! end-line) and queues it whole to the target, so a target never sees
-//! two chunks interleaved; the owned frame moves to another core through
-//! its inbox without a further copy, and is swapped (not copied) into an
-//! idle target's output buffer; behind earlier output, a chunk of at least
-//! 1 KiB on a plain TCP target is queued as its own buffer and leaves in the
-//! same writev (not copied either). The engine bounds a frame's size: larger
-//! SEND chunks are re-chunked (RFC 4976 §6.6), other large chunks refused
-//! (413). Each forwarded frame is charged to its sender's flow window
-//! ([`super::flow`]) until its target has written it.
+//! the very bytes it was given and the end-line; a target never sees two
+//! chunks interleaved (a chunk is queued whole once its end-line is seen).
+//!
+//! - The common relay case — a chunk whose body lies in one piece in the
+//!   provided buffer being read (not in a held partial frame), for a plain
+//!   TCP MSRP connection of this core that keeps up with its output — is
+//!   not copied at all: the target queues the head, the body *by reference*
+//!   ([`Piece::Ring`]) and the end-line, and they leave in one writev with
+//!   whatever is queued around them. The provided buffer is held
+//!   ([`super::bufring`]) until every piece referring to it is sent or
+//!   dropped; a worker holds at most a quarter of its buffers. A send that
+//!   goes short, or makes no progress for 100 ms (the peer stopped
+//!   reading: it is cancelled), copies the bodies out and releases them, so
+//!   a slow peer pins no receive buffer.
+//! - Otherwise (another core, TLS or WebSocket on either side, a next hop,
+//!   a body split across reads, a slow target, the hold cap reached) the
+//!   chunk is assembled into one owned frame (head + a copy of the body +
+//!   end-line), which moves to another core through its inbox without a
+//!   further copy and is swapped (not copied) into an idle target's output
+//!   buffer; behind earlier output, a frame of at least 1 KiB on a plain TCP
+//!   target is queued as its own buffer and leaves in the same writev.
+//!
+//! The engine bounds a frame's size: larger SEND chunks are re-chunked (RFC
+//! 4976 §6.6), other large chunks refused (413). Each forwarded frame is
+//! charged (its full length, however it is queued) to its sender's flow
+//! window ([`super::flow`]) until its target has written it.
 
 use super::conn::{Conn, Forward, MsrpState, Piece, Proto, Teardown};
 use super::flow::FlowWindow;
