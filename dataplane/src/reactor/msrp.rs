@@ -8,19 +8,20 @@
 //! the very bytes it was given and the end-line; a target never sees two
 //! chunks interleaved (a chunk is queued whole once its end-line is seen).
 //!
-//! - The common relay case — a chunk whose body lies in one piece in the
-//!   provided buffer being read (not in a held partial frame), for a plain
-//!   TCP MSRP connection of this core that keeps up with its output — is
-//!   not copied at all: the target queues the head, the body *by reference*
-//!   ([`Piece::Ring`]) and the end-line, and they leave in one writev with
-//!   whatever is queued around them. The provided buffer is held
+//! - The common relay case — a chunk whose body (≥ 1 KiB) lies in one piece
+//!   in the provided buffer being read (not in a held partial frame), for a
+//!   plain TCP MSRP connection of this core that keeps up with its output —
+//!   has its body sent without a copy: the target queues the head, the body
+//!   *by reference* ([`Piece::Ring`]) and the end-line, and they leave in
+//!   one writev with whatever is queued around them. The provided buffer is held
 //!   ([`super::bufring`]) until every piece referring to it is sent or
 //!   dropped; a worker holds at most a quarter of its buffers. A send that
 //!   goes short, or makes no progress for 100 ms (the peer stopped
 //!   reading: it is cancelled), copies the bodies out and releases them, so
 //!   a slow peer pins no receive buffer.
 //! - Otherwise (another core, TLS or WebSocket on either side, a next hop,
-//!   a body split across reads, a slow target, the hold cap reached) the
+//!   a small body, a body split across reads, a slow target, the hold cap
+//!   reached) the
 //!   chunk is assembled into one owned frame (head + a copy of the body +
 //!   end-line), which moves to another core through its inbox without a
 //!   further copy and is swapped (not copied) into an idle target's output
@@ -35,6 +36,7 @@
 use super::conn::{Conn, Forward, MsrpState, Piece, Proto, Teardown};
 use super::flow::FlowWindow;
 use super::stats::WorkerStats;
+use super::worker::BufPool;
 use super::{Shared, worker};
 use crate::msrp::auth::UsePath;
 use crate::msrp::relay::{Action, EndLine, Env, MsrpConn, RelayCore, Target, TxnId};
@@ -277,6 +279,10 @@ pub fn queue_frame(
     true
 }
 
+/// Bodies shorter than this are copied: an iovec of their own (and a held
+/// buffer) costs more than the copy.
+const RING_MIN: usize = 1024;
+
 /// Output beyond which a target is slow: chunks for it are copied rather
 /// than pin provided buffers (the kernel reads a queued body only once the
 /// output ahead of it has gone).
@@ -293,30 +299,32 @@ pub fn takes_ring(c: &Conn) -> bool {
         && c.pending_output() < RING_PENDING_MAX
 }
 
-/// Queue a forwarded chunk on `c` (which [`takes_ring`]) as its head, its
-/// body by reference (the piece keeps `body`'s hold) and its end-line, in
-/// the same writev as what is queued before it. `fresh` gives a buffer for
-/// the end-line when `c` has none.
-pub fn queue_ring(
+/// Queue a forwarded chunk on `c` (which [`takes_ring`]) in the same writev
+/// as what is queued before it: its head behind the queued bytes (a head
+/// is a few hundred bytes: cheaper copied than an iovec of its own), its
+/// body by reference (the piece keeps `body`'s hold), its end-line first in
+/// the bytes queued after it.
+pub(super) fn queue_ring(
     c: &mut Conn,
     head: Vec<u8>,
     body: RingBody,
     window: Arc<FlowWindow>,
-    fresh: impl FnOnce() -> Vec<u8>,
+    pool: &mut BufPool,
 ) {
     let len = head.len() + body.len();
-    if !c.out.is_empty() {
-        c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
+    if c.out.is_empty() {
+        pool.put(std::mem::replace(&mut c.out, head));
+    } else {
+        c.out.extend_from_slice(&head);
+        pool.put(head);
     }
-    c.chain.push(Piece::Owned(head));
+    c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
     c.chain.push(Piece::Ring {
         bid: body.bid,
         off: body.off,
         len: body.len,
     });
-    if c.out.capacity() == 0 {
-        c.out = fresh();
-    }
+    c.out = pool.take();
     c.out.extend_from_slice(body.end.as_slice());
     if let Some(m) = c.msrp_mut() {
         m.owed.push(window, len);
@@ -399,7 +407,7 @@ pub fn run_actions(
                     m.window
                         .charge(f.frame.len() + held + end_line.as_slice().len());
                     let ring = match (pending, ring_off, ctx.ring.as_mut()) {
-                        (Some(p), Some(off), Some(r)) => {
+                        (Some(p), Some(off), Some(r)) if p.len() >= RING_MIN => {
                             r.holds += 1;
                             Some(RingBody {
                                 bid: r.bid,

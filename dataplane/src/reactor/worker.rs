@@ -47,20 +47,20 @@ const FIXED_FILES_MAX: u32 = 1 << 16;
 /// Output buffers kept for reuse, bounded in count and in bytes (pooled
 /// buffers are touched memory).
 #[derive(Default)]
-struct BufPool {
+pub(super) struct BufPool {
     bufs: Vec<Vec<u8>>,
     bytes: usize,
 }
 
 impl BufPool {
     /// A pooled (empty) buffer, or a new one.
-    fn take(&mut self) -> Vec<u8> {
+    pub(super) fn take(&mut self) -> Vec<u8> {
         let b = self.bufs.pop().unwrap_or_default();
         self.bytes = self.bytes.saturating_sub(b.capacity());
         b
     }
 
-    fn put(&mut self, mut b: Vec<u8>) {
+    pub(super) fn put(&mut self, mut b: Vec<u8>) {
         if b.capacity() == 0
             || b.capacity() > POOL_BUF_MAX
             || self.bufs.len() >= POOL_MAX
@@ -1338,8 +1338,7 @@ impl Worker {
                     // The common relay case: a plain TCP target on this
                     // core takes the body where it was received.
                     let c = self.conns.get_any(idx).expect("live");
-                    let pool = &mut self.pool;
-                    glue::queue_ring(c, frame, r, window, || pool.take());
+                    glue::queue_ring(c, frame, r, window, &mut self.pool);
                     self.stats.msrp_zero_copy(u64::from(r.len));
                     self.stats
                         .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
