@@ -2,8 +2,11 @@
 //! single chunk and a 10 MiB message in chunks relay with bounded server
 //! memory (re-chunked, RFC 4976 §6.6), and a receiver that stops reading
 //! slows its sender instead of making the relay buffer or drop (nothing is
-//! lost when it resumes). The client writes frames as text from the RFC
-//! 4975 §9 grammar and reads them with its own streaming parser.
+//! lost when it resumes). Small chunks relayed plain TCP to plain TCP go
+//! out from the receive buffer they arrived in, and a stalled receiver pins
+//! no more than a bounded share of those buffers. The client writes frames
+//! as text from the RFC 4975 §9 grammar and reads them with its own
+//! streaming parser.
 
 mod common;
 
@@ -380,4 +383,202 @@ async fn stall_and_resume(srv: &Server, a: Client, mut b: Client) {
     let _awr = writer.await.expect("writer");
     let ok = ard.read().await;
     assert_eq!((ok.tid.as_str(), ok.status()), ("flow1", Some(200)));
+}
+
+// ------------------------------------------------ bodies from the receive buffer
+
+/// The relay's hold cap with `recv_buffers = 32`: a quarter of the ring.
+const HOLD_CAP: i64 = 32 / 4;
+
+/// A 4 KiB (whole-message) SEND without responses (`Failure-Report: no`,
+/// RFC 4975 §7.1.2), so a receiver that stops reading stalls only its
+/// sender's chunks.
+fn small_send(i: usize, to: &[&str], from: &str, body: &[u8]) -> Vec<u8> {
+    let tid = format!("z{i:06}x");
+    let mut f = format!(
+        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: mz{i}\r\nByte-Range: 1-{1}/{1}\r\nFailure-Report: no\r\nContent-Type: application/octet-stream\r\n\r\n",
+        to.join(" "),
+        body.len()
+    )
+    .into_bytes();
+    f.extend_from_slice(body);
+    f.extend(end_line(&tid, '$'));
+    f
+}
+
+/// Writes `bodies` as 4 KiB SENDs from `from` along `to`, a few per
+/// write, in a task; `written` counts the bytes taken.
+fn push_sends(
+    mut w: OwnedWriteHalf,
+    to: Vec<String>,
+    from: String,
+    bodies: Vec<Vec<u8>>,
+    written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<OwnedWriteHalf> {
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let frames: Vec<Vec<u8>> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| small_send(i, &to, &from, body))
+        .collect();
+    tokio::spawn(async move {
+        for batch in frames.chunks(4) {
+            let wire = batch.concat();
+            w.write_all(&wire).await.expect("write");
+            written.fetch_add(wire.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        w
+    })
+}
+
+/// The path from `a` through the relay to `b`.
+fn path(a: &Client, b: &Client) -> Vec<String> {
+    vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()]
+}
+
+/// Reads the SENDs of [`push_sends`] in order and checks every body.
+async fn expect_sends(rd: &mut Reader, bodies: &[Vec<u8>], mut each: impl FnMut()) {
+    for (i, body) in bodies.iter().enumerate() {
+        let f = rd.read().await;
+        assert_eq!(f.method(), Some("SEND"), "{f:?}");
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == *body, "message {i}: the body arrived altered");
+        assert_eq!(f.flag, b'$');
+        each();
+    }
+}
+
+fn bodies(seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.bytes(4096)).collect()
+}
+
+/// Plain TCP to plain TCP on one worker, the common relay case: chunk
+/// bodies go out from the buffer they were received in (counted), intact,
+/// and every held buffer goes back.
+#[tokio::test]
+async fn small_sends_relay_from_the_receive_buffer() {
+    let srv = ServerConfig::new()
+        .workers(1)
+        .listen_msrp()
+        .msrp_users(REALM, USERS)
+        .reactor("recv_buffers = 256")
+        .start();
+    let addr = srv.addrs[0];
+    let a = authed(addr, "alice", "alice", "wonderland").await;
+    let mut b = authed(addr, "bob", "bob", "builder").await;
+    let n = 400;
+    let sent = bodies(7, n);
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let bytes0 = srv.counter(Counter::MsrpZeroCopyBytes);
+    let a_uri = a.uri.clone();
+    // Four at a time, each batch read before the next is written: the
+    // receiver keeps up (a target that lags gets copies).
+    let to = path(&a, &b);
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let Client { mut wr, .. } = a;
+    let mut most = 0;
+    for (k, batch) in sent.chunks(4).enumerate() {
+        let wire: Vec<u8> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(j, body)| small_send(k * 4 + j, &to, &a_uri, body))
+            .collect();
+        within("msrp write", wr.write_all(&wire))
+            .await
+            .expect("write");
+        for (j, body) in batch.iter().enumerate() {
+            let f = b.rd.read().await;
+            assert_eq!(f.method(), Some("SEND"), "{f:?}");
+            let i = k * 4 + j;
+            assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+            assert!(f.body == *body, "message {i}: the body arrived altered");
+        }
+        most = most.max(srv.gauge(Counter::RecvBuffersHeld));
+    }
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    let bytes = srv.counter(Counter::MsrpZeroCopyBytes) - bytes0;
+    eprintln!("{chunks} of {n} chunks without a copy, at most {most} buffers held");
+    // A chunk split across two reads is copied; most are not.
+    assert!(
+        chunks >= n as u64 / 4,
+        "{chunks} of {n} chunks sent without a copy"
+    );
+    assert_eq!(bytes, chunks * 4096);
+    assert!(most <= 256 / 4, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
+/// One receiver stops reading while its sender pushes 4 KiB chunks: the
+/// relay holds no more than its share of receive buffers for it, and none
+/// once it is seen not to read (its bodies are copied out), another
+/// pair on the same worker keeps relaying (from the receive buffer), and
+/// when the receiver resumes everything arrives intact.
+#[tokio::test]
+async fn stalled_receiver_pins_no_more_than_a_share_of_receive_buffers() {
+    let srv = relay(&[]);
+    let addr = srv.addrs[0];
+    let a1 = authed(addr, "alice1", "alice", "wonderland").await;
+    let mut b1 = authed(addr, "bob1", "bob", "builder").await;
+    let a2 = authed(addr, "alice2", "alice", "wonderland").await;
+    let mut b2 = authed(addr, "bob2", "bob", "builder").await;
+    // 16 MiB: more than the sockets and the relay's window take.
+    let stalled = bodies(11, 4096);
+    let total: usize = stalled.len() * (4096 + 200);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (to, from) = (path(&a1, &b1), a1.uri.clone());
+    let writer1 = push_sends(a1.wr, to, from, stalled.clone(), written.clone());
+    let mut most = 0;
+    // b1 reads nothing: wait until its sender's progress stops.
+    let mut last = usize::MAX;
+    let mut still = 0;
+    let give_up = Instant::now() + IO_TIMEOUT;
+    while still < 3 {
+        assert!(Instant::now() < give_up, "the sender never stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        most = most.max(srv.gauge(Counter::RecvBuffersHeld));
+        let now = written.load(std::sync::atomic::Ordering::SeqCst);
+        if now == last {
+            still += 1;
+        } else {
+            still = 0;
+            last = now;
+        }
+    }
+    assert!(
+        last < total,
+        "all was taken while the receiver read nothing"
+    );
+    // Its bodies were copied out of the receive buffers: it pins none.
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // The other pair relays normally meanwhile, bodies from the buffer.
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let other = bodies(12, 300);
+    let w2 = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (to, from) = (path(&a2, &b2), a2.uri.clone());
+    let writer2 = push_sends(a2.wr, to, from, other.clone(), w2);
+    within(
+        "the other pair's SENDs",
+        expect_sends(&mut b2.rd, &other, || {
+            most = most.max(srv.gauge(Counter::RecvBuffersHeld))
+        }),
+    )
+    .await;
+    let _w2 = writer2.await.expect("writer");
+    assert!(
+        srv.counter(Counter::MsrpZeroCopyChunks) > chunks0,
+        "the other pair's chunks were all copied"
+    );
+    assert!(most <= HOLD_CAP, "{most} receive buffers held");
+    // b1 resumes: everything, in order, intact.
+    within(
+        "the stalled pair's SENDs after resuming",
+        expect_sends(&mut b1.rd, &stalled, || {
+            most = most.max(srv.gauge(Counter::RecvBuffersHeld))
+        }),
+    )
+    .await;
+    let _w1 = writer1.await.expect("writer");
+    assert!(most <= HOLD_CAP, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }

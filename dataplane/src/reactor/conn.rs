@@ -1,6 +1,7 @@
 //! One connection as a worker holds it: socket, transport state, the protocol
 //! engine in use, and the buffers that must outlive in-flight operations.
 
+use super::bufring::BufRing;
 use super::flow::{FlowWindow, OwedQueue};
 use crate::config::{SubProtocol, Transport};
 use crate::msrp::id_hash::IdBuildHasher;
@@ -62,6 +63,41 @@ pub struct Forward {
     pub head_len: usize,
     pub frame: Vec<u8>,
     pub txn: Option<TxnId>,
+    /// Body bytes of the input being handled, not copied (yet): the whole
+    /// body so far when nothing of it is in `frame`. Copied into `frame`
+    /// before that input goes away, unless the chunk ends first.
+    pub pending: Option<std::ops::Range<usize>>,
+}
+
+/// A piece of queued output (plain TCP only).
+pub enum Piece {
+    Owned(Vec<u8>),
+    /// A forwarded chunk's body where it was received: `len` bytes at `off`
+    /// of provided buffer `bid`, which the piece holds
+    /// ([`super::bufring::BufRing::hold`]). Whoever drops the piece
+    /// releases the hold, exactly once.
+    Ring {
+        bid: u16,
+        off: u32,
+        len: u32,
+    },
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Owned(b) => b.len(),
+            Piece::Ring { len, .. } => *len as usize,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_ring(&self) -> bool {
+        matches!(self, Piece::Ring { .. })
+    }
 }
 
 impl MsrpState {
@@ -188,13 +224,14 @@ pub struct Conn {
     pub wire: Vec<u8>,
     /// Complete MSRP frames queued ahead of `out` (plain TCP only): a
     /// forwarded chunk behind earlier output is queued as its own buffer
-    /// instead of being copied after it, and everything leaves in one
+    /// instead of being copied after it, a chunk's body may stay in the
+    /// provided buffer it was received in, and everything leaves in one
     /// writev. `out` always holds the newest bytes.
-    pub chain: Vec<Vec<u8>>,
+    pub chain: Vec<Piece>,
     /// The buffer owned by the in-flight send, and how much of it has gone
     /// (of `inflight_chain` when that is not empty: a writev).
     pub inflight: Vec<u8>,
-    pub inflight_chain: Vec<Vec<u8>>,
+    pub inflight_chain: Vec<Piece>,
     pub inflight_sent: usize,
     /// The in-flight writev's iovecs: the kernel reads them until it
     /// completes.
@@ -227,6 +264,9 @@ pub struct Conn {
     pub bytes_out: u64,
     /// Queued in the worker's flush list.
     pub dirty: bool,
+    /// In the worker's list of connections whose output holds provided
+    /// buffers (watched for a peer that stopped reading).
+    pub pin_watch: bool,
     /// Traffic not yet published in the region's connection slot.
     pub slot_stale: bool,
 }
@@ -282,6 +322,7 @@ impl Conn {
             bytes_in: 0,
             bytes_out: 0,
             dirty: false,
+            pin_watch: false,
             slot_stale: false,
         }
     }
@@ -296,7 +337,7 @@ impl Conn {
 
     /// Bytes produced for this peer and not yet acknowledged by the kernel.
     pub fn pending_output(&self) -> usize {
-        let chained: usize = self.chain.iter().map(Vec::len).sum();
+        let chained: usize = self.chain.iter().map(Piece::len).sum();
         self.out.len()
             + self.wire.len()
             + chained
@@ -308,12 +349,13 @@ impl Conn {
         if self.inflight_chain.is_empty() {
             self.inflight.len()
         } else {
-            self.inflight_chain.iter().map(Vec::len).sum()
+            self.inflight_chain.iter().map(Piece::len).sum()
         }
     }
 
-    /// The in-flight writev's iovecs for what has not gone yet.
-    pub fn fill_iov(&mut self) {
+    /// The in-flight writev's iovecs for what has not gone yet; ring
+    /// pieces point into `ring`'s (held) buffers.
+    pub fn fill_iov(&mut self, ring: &BufRing) {
         self.iov.clear();
         let mut skip = self.inflight_sent;
         for b in &self.inflight_chain {
@@ -321,12 +363,15 @@ impl Conn {
                 skip -= b.len();
                 continue;
             }
-            let rest = &b[skip..];
-            skip = 0;
+            let (p, len) = match b {
+                Piece::Owned(v) => (v.as_ptr(), v.len()),
+                Piece::Ring { bid, off, len } => ring.held_ptr(*bid, *off, *len),
+            };
             self.iov.push(libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
+                iov_base: p.wrapping_add(skip) as *mut libc::c_void,
+                iov_len: len - skip,
             });
+            skip = 0;
         }
     }
 

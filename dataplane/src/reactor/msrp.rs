@@ -5,24 +5,41 @@
 //! applies once the input is handled.
 //!
 //! Forwarded chunks: the engine hands the rewritten head, body ranges of
-//! the very bytes it was given and the end-line. The reactor assembles
-//! them into one owned frame per chunk (head + a copy of the body +
-//! end-line) and queues it whole to the target, so a target never sees
-//! two chunks interleaved; the owned frame moves to another core through
-//! its inbox without a further copy, and is swapped (not copied) into an
-//! idle target's output buffer; behind earlier output, a chunk of at least
-//! 1 KiB on a plain TCP target is queued as its own buffer and leaves in the
-//! same writev (not copied either). The engine bounds a frame's size: larger
-//! SEND chunks are re-chunked (RFC 4976 §6.6), other large chunks refused
-//! (413). Each forwarded frame is charged to its sender's flow window
-//! ([`super::flow`]) until its target has written it.
+//! the very bytes it was given and the end-line; a target never sees two
+//! chunks interleaved (a chunk is queued whole once its end-line is seen).
+//!
+//! - The common relay case — a chunk whose body (≥ 1 KiB) lies in one piece
+//!   in the provided buffer being read (not in a held partial frame), for a
+//!   plain TCP MSRP connection of this core that keeps up with its output —
+//!   has its body sent without a copy: the target queues the head, the body
+//!   *by reference* ([`Piece::Ring`]) and the end-line, and they leave in
+//!   one writev with whatever is queued around them. The provided buffer is held
+//!   ([`super::bufring`]) until every piece referring to it is sent or
+//!   dropped; a worker holds at most a quarter of its buffers. A send that
+//!   goes short, or makes no progress for 100 ms (the peer stopped
+//!   reading: it is cancelled), copies the bodies out and releases them, so
+//!   a slow peer pins no receive buffer.
+//! - Otherwise (another core, TLS or WebSocket on either side, a next hop,
+//!   a small body, a body split across reads, a slow target, the hold cap
+//!   reached) the
+//!   chunk is assembled into one owned frame (head + a copy of the body +
+//!   end-line), which moves to another core through its inbox without a
+//!   further copy and is swapped (not copied) into an idle target's output
+//!   buffer; behind earlier output, a frame of at least 1 KiB on a plain TCP
+//!   target is queued as its own buffer and leaves in the same writev.
+//!
+//! The engine bounds a frame's size: larger SEND chunks are re-chunked (RFC
+//! 4976 §6.6), other large chunks refused (413). Each forwarded frame is
+//! charged (its full length, however it is queued) to its sender's flow
+//! window ([`super::flow`]) until its target has written it.
 
-use super::conn::{Conn, Forward, MsrpState, Proto, Teardown};
+use super::conn::{Conn, Forward, MsrpState, Piece, Proto, Teardown};
 use super::flow::FlowWindow;
 use super::stats::WorkerStats;
+use super::worker::BufPool;
 use super::{Shared, worker};
 use crate::msrp::auth::UsePath;
-use crate::msrp::relay::{Action, Env, MsrpConn, RelayCore, Target, TxnId};
+use crate::msrp::relay::{Action, EndLine, Env, MsrpConn, RelayCore, Target, TxnId};
 use crate::ws::frame::{self, OpCode};
 use crate::ws::session::State;
 use std::net::SocketAddr;
@@ -30,13 +47,15 @@ use std::sync::Arc;
 
 /// Work for connections other than the one being read, or other cores.
 pub enum Effect {
-    /// A forwarded chunk, complete.
+    /// A forwarded chunk, complete: `frame`, or `frame` (the head) then
+    /// `ring` (the body where it was received, and the end-line).
     Deliver {
         target: Target,
         frame: Vec<u8>,
+        ring: Option<RingBody>,
         txn: Option<TxnId>,
         from_conn: u64,
-        /// The sender's window, charged with `frame.len()`.
+        /// The sender's window, charged with the chunk's length.
         window: Arc<FlowWindow>,
         /// Monotonic µs when the chunk's last byte was read.
         in_us: u64,
@@ -54,6 +73,58 @@ pub struct MsrpCtx<'a> {
     pub effects: &'a mut Vec<Effect>,
     /// Monotonic µs of the completion being handled.
     pub now_us: u64,
+    /// The provided buffer being read, when forwarded bodies may stay in
+    /// it (plain TCP MSRP input, and the worker may hold another buffer).
+    pub ring: Option<RingInput>,
+}
+
+/// A forwarded chunk's body left in the provided buffer it was received
+/// in: `len` bytes at `off` of buffer `bid` (one hold on it), then `end`.
+#[derive(Clone, Copy)]
+pub struct RingBody {
+    pub bid: u16,
+    pub off: u32,
+    pub len: u32,
+    pub end: EndLine,
+}
+
+impl RingBody {
+    /// Bytes after the head: body and end-line.
+    pub fn len(&self) -> usize {
+        self.len as usize + self.end.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The provided buffer an input is read from, and the holds forwarded
+/// bodies took on it (the worker takes them before the reader is done).
+pub struct RingInput {
+    pub bid: u16,
+    addr: usize,
+    len: usize,
+    pub holds: u32,
+}
+
+impl RingInput {
+    /// `data` is the start of buffer `bid` as received.
+    pub fn new(bid: u16, data: &[u8]) -> RingInput {
+        RingInput {
+            bid,
+            addr: data.as_ptr() as usize,
+            len: data.len(),
+            holds: 0,
+        }
+    }
+
+    /// Where `data` starts in the buffer, if it lies in it (not in a held
+    /// partial frame).
+    fn offset_of(&self, data: &[u8]) -> Option<usize> {
+        let a = data.as_ptr() as usize;
+        (a >= self.addr && a + data.len() <= self.addr + self.len).then(|| a - self.addr)
+    }
 }
 
 /// What carrying out the actions of one input produced for its connection.
@@ -200,9 +271,9 @@ pub fn queue_frame(
             } else {
                 // Behind earlier output: its own buffer in the writev.
                 if !c.out.is_empty() {
-                    c.chain.push(std::mem::take(&mut c.out));
+                    c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
                 }
-                c.chain.push(frame);
+                c.chain.push(Piece::Owned(frame));
             }
         }
         _ => return false,
@@ -214,6 +285,59 @@ pub fn queue_frame(
     }
     c.frames_out += 1;
     true
+}
+
+/// Bodies shorter than this are copied: an iovec of their own (and a held
+/// buffer) costs more than the copy.
+const RING_MIN: usize = 1024;
+
+/// Output beyond which a target is slow: chunks for it are copied rather
+/// than pin provided buffers (the kernel reads a queued body only once the
+/// output ahead of it has gone).
+const RING_PENDING_MAX: usize = 256 * 1024;
+
+/// Whether connection `c` may take a chunk whose body stays in a provided
+/// buffer: plain TCP MSRP, open and keeping up with its output.
+pub fn takes_ring(c: &Conn) -> bool {
+    c.teardown == Teardown::Open
+        && c.tls.is_none()
+        && matches!(c.proto, Proto::Msrp(_))
+        && !c.paused
+        && !c.connecting
+        && c.pending_output() < RING_PENDING_MAX
+}
+
+/// Queue a forwarded chunk on `c` (which [`takes_ring`]) in the same writev
+/// as what is queued before it: its head behind the queued bytes (a head
+/// is a few hundred bytes: cheaper copied than an iovec of its own), its
+/// body by reference (the piece keeps `body`'s hold), its end-line first in
+/// the bytes queued after it.
+pub(super) fn queue_ring(
+    c: &mut Conn,
+    head: Vec<u8>,
+    body: RingBody,
+    window: Arc<FlowWindow>,
+    pool: &mut BufPool,
+) {
+    let len = head.len() + body.len();
+    if c.out.is_empty() {
+        pool.put(std::mem::replace(&mut c.out, head));
+    } else {
+        c.out.extend_from_slice(&head);
+        pool.put(head);
+    }
+    c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
+    c.chain.push(Piece::Ring {
+        bid: body.bid,
+        off: body.off,
+        len: body.len,
+    });
+    c.out = pool.take();
+    c.out.extend_from_slice(body.end.as_slice());
+    if let Some(m) = c.msrp_mut() {
+        m.owed.push(window, len);
+    }
+    c.frames_out += 1;
 }
 
 /// Carry out the engine's actions after it read `data` from connection
@@ -228,6 +352,12 @@ pub fn run_actions(
     stats: &mut WorkerStats,
 ) -> Outcome {
     let mut o = Outcome::default();
+    // Forwarded bodies may stay where they lie: in the provided buffer
+    // being read (a plain TCP input, not a held partial frame).
+    let ring_off = match &ctx.ring {
+        Some(r) if !websocket => r.offset_of(data),
+        _ => None,
+    };
     for a in ctx.actions.drain(..) {
         match a {
             Action::Reply(r) => {
@@ -251,23 +381,62 @@ pub fn run_actions(
                     target,
                     frame: head,
                     txn,
+                    pending: None,
                 });
             }
             Action::ForwardBody { range } => {
-                if let (Some(f), Some(b)) = (m.fwd.as_mut(), data.get(range)) {
-                    f.frame.extend_from_slice(b);
+                if let Some(f) = m.fwd.as_mut()
+                    && data.get(range.clone()).is_some()
+                {
+                    match &mut f.pending {
+                        // The body goes on where it lies: still one range.
+                        Some(p) if p.end == range.start => p.end = range.end,
+                        None if ring_off.is_some()
+                            && f.frame.len() == f.head_len
+                            && !range.is_empty() =>
+                        {
+                            f.pending = Some(range);
+                        }
+                        _ => {
+                            if let Some(p) = f.pending.take() {
+                                f.frame.extend_from_slice(&data[p]);
+                            }
+                            f.frame.extend_from_slice(&data[range]);
+                        }
+                    }
                 }
             }
             Action::ForwardAbort => m.fwd = None,
             Action::ForwardEnd { end_line } => {
                 if let Some(mut f) = m.fwd.take() {
-                    let body = f.frame.len().saturating_sub(f.head_len) as u64;
-                    stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body);
-                    f.frame.extend_from_slice(end_line.as_slice());
-                    m.window.charge(f.frame.len());
+                    let pending = f.pending.take();
+                    let held = pending.as_ref().map_or(0, |p| p.len());
+                    let body = f.frame.len().saturating_sub(f.head_len) + held;
+                    stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body as u64);
+                    m.window
+                        .charge(f.frame.len() + held + end_line.as_slice().len());
+                    let ring = match (pending, ring_off, ctx.ring.as_mut()) {
+                        (Some(p), Some(off), Some(r)) if p.len() >= RING_MIN => {
+                            r.holds += 1;
+                            Some(RingBody {
+                                bid: r.bid,
+                                off: (off + p.start) as u32,
+                                len: p.len() as u32,
+                                end: end_line,
+                            })
+                        }
+                        (p, _, _) => {
+                            if let Some(p) = p {
+                                f.frame.extend_from_slice(&data[p]);
+                            }
+                            f.frame.extend_from_slice(end_line.as_slice());
+                            None
+                        }
+                    };
                     ctx.effects.push(Effect::Deliver {
                         target: f.target,
                         frame: f.frame,
+                        ring,
                         txn: f.txn,
                         from_conn: m.conn.id,
                         window: m.window.clone(),
@@ -283,6 +452,13 @@ pub fn run_actions(
                 stats.msrp(s);
             }
         }
+    }
+    // A chunk that goes on in the next input: its body so far is copied
+    // before this input's buffer goes back.
+    if let Some(f) = m.fwd.as_mut()
+        && let Some(p) = f.pending.take()
+    {
+        f.frame.extend_from_slice(&data[p]);
     }
     o
 }

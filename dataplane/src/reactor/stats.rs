@@ -367,6 +367,19 @@ impl WorkerStats {
         self.core().inc(Counter::MsrpHandoffs);
     }
 
+    /// A forwarded chunk was queued with its `body` bytes left in the
+    /// provided buffer they were received in (no copy).
+    pub fn msrp_zero_copy(&mut self, body: u64) {
+        let c = self.core();
+        c.inc(Counter::MsrpZeroCopyChunks);
+        c.add(Counter::MsrpZeroCopyBytes, body);
+    }
+
+    /// Provided receive buffers held by queued output now.
+    pub fn recv_buffers_held(&mut self, n: usize) {
+        self.core().set(Counter::RecvBuffersHeld, n as u64);
+    }
+
     /// An MSRP sender stopped being read (flow control).
     pub fn msrp_sender_pause(&mut self) {
         self.core().inc(Counter::MsrpSenderPauses);

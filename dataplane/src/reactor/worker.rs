@@ -7,9 +7,9 @@
 //! batch was handled gets exactly one send of everything it produced (corked).
 
 use super::bufring::BufRing;
-use super::conn::{Conn, ConnTable, Proto, Teardown, WsConn};
+use super::conn::{Conn, ConnTable, Piece, Proto, Teardown, WsConn};
 use super::flow::FlowWindow;
-use super::msrp::{self as glue, Effect, MsrpCtx};
+use super::msrp::{self as glue, Effect, MsrpCtx, RingBody, RingInput};
 use super::stats::WorkerStats;
 use super::timer::TimerWheel;
 use super::token::{Op, Token};
@@ -52,7 +52,7 @@ const FIXED_FILES_MAX: u32 = 1 << 16;
 /// Output buffers kept for reuse, bounded in count and in bytes (pooled
 /// buffers are touched memory).
 #[derive(Default)]
-struct BufPool {
+pub(super) struct BufPool {
     bufs: Vec<Vec<u8>>,
     bytes: usize,
 }
@@ -60,7 +60,7 @@ struct BufPool {
 impl BufPool {
     /// A pooled (empty) buffer, or a new one (sized so that a batch of
     /// small frames does not grow it by reallocation).
-    fn take(&mut self) -> Vec<u8> {
+    pub(super) fn take(&mut self) -> Vec<u8> {
         let b = self
             .bufs
             .pop()
@@ -69,7 +69,7 @@ impl BufPool {
         b
     }
 
-    fn put(&mut self, mut b: Vec<u8>) {
+    pub(super) fn put(&mut self, mut b: Vec<u8>) {
         if b.capacity() == 0
             || b.capacity() > POOL_BUF_MAX
             || self.bufs.len() >= POOL_MAX
@@ -157,6 +157,9 @@ pub struct Worker {
     dns_cache: HashMap<(String, u16), (SocketAddr, u64)>,
     /// Frames waiting for a next hop's name to resolve.
     dns_waiting: HashMap<(String, u16), Vec<WaitingFrame>>,
+    /// Connections whose output holds provided buffers: slot, generation,
+    /// bytes sent and wall-clock ms when that last changed.
+    pinned: Vec<(u32, u32, u64, u64)>,
 }
 
 /// A forwarded frame waiting for its next hop's address.
@@ -167,6 +170,11 @@ struct WaitingFrame {
     window: Arc<FlowWindow>,
     in_us: u64,
 }
+
+/// A send that holds provided buffers and has not progressed for this long
+/// is cancelled, its bodies copied and sent again: a peer that stopped
+/// reading pins no receive buffer for longer.
+const PIN_MAX_MS: u64 = 100;
 
 /// Frames that may wait for one name (then 408 failure REPORTs).
 const DNS_QUEUE_MAX: usize = 4096;
@@ -238,6 +246,7 @@ impl Worker {
             displaced: Vec::new(),
             dns_cache: HashMap::new(),
             dns_waiting: HashMap::new(),
+            pinned: Vec::new(),
             shared,
         })
     }
@@ -551,6 +560,7 @@ impl Worker {
         } else {
             // Plaintext straight from the provided buffer: frames are
             // unmasked in place; only an incomplete tail is copied out.
+            let can_hold = self.bufs.can_hold();
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
             // Only the MSRP relay stamps frames (relay latency): a plain
@@ -561,11 +571,16 @@ impl Worker {
                 Proto::Raw => false,
             };
             let now_us = if stamps { self.shared.now_us() } else { 0 };
+            // MSRP over plain TCP: forwarded bodies may stay in this buffer
+            // (held until their targets have sent them).
+            let ring =
+                (can_hold && matches!(c.proto, Proto::Msrp(_))).then(|| RingInput::new(bid, data));
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
                 effects: &mut self.msrp_effects,
                 now_us,
+                ring,
             };
             feed_plain(
                 c,
@@ -576,6 +591,11 @@ impl Worker {
                 t.index,
                 &mut ctx,
             );
+            let holds = ctx.ring.map_or(0, |r| r.holds);
+            if holds > 0 {
+                self.bufs.hold(bid, holds);
+                self.stats.recv_buffers_held(self.bufs.held());
+            }
             self.bufs.recycle(bid);
         }
         self.apply_msrp_effects(now);
@@ -630,6 +650,7 @@ impl Worker {
                         actions: &mut self.msrp_actions,
                         effects: &mut self.msrp_effects,
                         now_us: self.shared.now_us(),
+                        ring: None,
                     };
                     feed_plain(
                         c,
@@ -744,14 +765,21 @@ impl Worker {
             return;
         };
         c.sending = false;
+        if res == -libc::ECANCELED && c.teardown != Teardown::Abort {
+            // Cancelled by `check_pinned` (perhaps meant for an earlier
+            // send): nothing was written. Bodies in provided buffers are
+            // copied out, then the same bytes go again.
+            self.unpin_output(t.index);
+            self.submit_send(t.index);
+            return;
+        }
         if res < 0 {
             c.teardown = Teardown::Abort;
             let buf = std::mem::take(&mut c.inflight);
             let chain = std::mem::take(&mut c.inflight_chain);
+            c.inflight_sent = 0;
             self.recycle_buf(buf);
-            for b in chain {
-                self.recycle_buf(b);
-            }
+            self.drop_pieces(chain);
             self.mark_dirty(t.index);
             return;
         }
@@ -765,7 +793,12 @@ impl Worker {
         let transport = c.transport;
         self.stats.bytes_out(transport, n as u64);
         if c.inflight_sent < c.inflight_len() {
-            // Short send: the rest of the same buffers goes next.
+            // Short send: the rest of the same buffers goes next. The peer
+            // is not keeping up: bodies still in provided buffers are
+            // copied out, so it pins none while it lags.
+            if c.inflight_chain.iter().chain(&c.chain).any(Piece::is_ring) {
+                self.unpin_output(t.index);
+            }
             self.submit_send(t.index);
             return;
         }
@@ -804,9 +837,7 @@ impl Worker {
         self.wake_senders(&mut wake);
         self.wake_list = wake;
         self.recycle_buf(buf);
-        for b in chain {
-            self.recycle_buf(b);
-        }
+        self.drop_pieces(chain);
         self.recycle_buf(spare_out);
         self.recycle_buf(spare_wire);
         let _ = now;
@@ -861,6 +892,7 @@ impl Worker {
         self.stats.heartbeat(self.shared.unix_ms());
         self.publish_slots();
         self.check_relay_paused();
+        self.check_pinned();
         if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
             self.msrp_timer_ms = now;
             let sweep = now.saturating_sub(self.msrp_sweep_ms)
@@ -1308,48 +1340,82 @@ impl Worker {
             Effect::Deliver {
                 target,
                 frame,
+                ring,
                 txn,
                 from_conn,
                 window,
                 in_us,
-            } => match target {
-                Target::Conn(conn) => {
-                    let len = frame.len();
-                    if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
-                        self.release_credit(&window, len);
-                        self.fail_on(me, txn, 481, now);
-                    }
+            } => {
+                if let (Some(r), Target::Conn(conn)) = (ring, &target)
+                    && let Some(idx) = self.ring_target(*conn)
+                {
+                    // The common relay case: a plain TCP target on this
+                    // core takes the body where it was received.
+                    let c = self.conns.get_any(idx).expect("live");
+                    glue::queue_ring(c, frame, r, window, &mut self.pool);
+                    self.stats.msrp_zero_copy(u64::from(r.len));
+                    self.stats
+                        .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
+                    self.mark_dirty(idx);
+                    return;
                 }
-                Target::Core { core, session } => {
-                    let len = frame.len();
-                    let msg = InboxMsg::MsrpForward {
-                        session,
-                        from_conn,
-                        origin_core: me,
-                        frame,
-                        txn,
-                        window,
-                        in_us,
-                    };
-                    let sent = match self.shared.inboxes.get(usize::from(core)) {
-                        Some(inbox) => inbox.send(msg),
-                        None => Err(msg),
-                    };
-                    if let Err(InboxMsg::MsrpForward { txn, window, .. }) = sent {
-                        self.release_credit(&window, len);
-                        self.fail_on(me, txn, 408, now);
-                    }
+                // Anywhere else (another core, TLS, WebSocket, a next hop,
+                // a slow target): one owned frame.
+                let frame = self.materialize(frame, ring);
+                self.deliver(target, frame, txn, from_conn, window, in_us, now);
+            }
+        }
+    }
+
+    /// A forwarded chunk, whole, to its target.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        target: Target,
+        frame: Vec<u8>,
+        txn: Option<TxnId>,
+        from_conn: u64,
+        window: Arc<FlowWindow>,
+        in_us: u64,
+        now: u64,
+    ) {
+        let me = self.core as u8;
+        match target {
+            Target::Conn(conn) => {
+                let len = frame.len();
+                if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
+                    self.release_credit(&window, len);
+                    self.fail_on(me, txn, 481, now);
                 }
-                Target::NextHop {
-                    secure, host, port, ..
-                } => {
-                    let len = frame.len();
-                    if !self.forward_next_hop(secure, &host, port, frame, txn, &window, in_us, now)
-                    {
-                        self.release_credit(&window, len);
-                    }
+            }
+            Target::Core { core, session } => {
+                let len = frame.len();
+                let msg = InboxMsg::MsrpForward {
+                    session,
+                    from_conn,
+                    origin_core: me,
+                    frame,
+                    txn,
+                    window,
+                    in_us,
+                };
+                let sent = match self.shared.inboxes.get(usize::from(core)) {
+                    Some(inbox) => inbox.send(msg),
+                    None => Err(msg),
+                };
+                if let Err(InboxMsg::MsrpForward { txn, window, .. }) = sent {
+                    self.release_credit(&window, len);
+                    self.fail_on(me, txn, 408, now);
                 }
-            },
+            }
+            Target::NextHop {
+                secure, host, port, ..
+            } => {
+                let len = frame.len();
+                if !self.forward_next_hop(secure, &host, port, frame, txn, &window, in_us, now) {
+                    self.release_credit(&window, len);
+                }
+            }
         }
     }
 
@@ -1665,8 +1731,14 @@ impl Worker {
         if c.teardown == Teardown::Abort {
             c.out.clear();
             c.wire.clear();
-            c.chain.clear();
+            if !c.chain.is_empty() {
+                let chain = std::mem::take(&mut c.chain);
+                self.drop_pieces(chain);
+            }
         }
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
         let was_paused = c.read_paused();
         let output_full =
             !c.paused && c.teardown == Teardown::Open && c.pending_output() > self.output_high;
@@ -1717,7 +1789,7 @@ impl Worker {
                 // writev, no copy.
                 let mut chain = std::mem::take(&mut c.chain);
                 if !c.out.is_empty() {
-                    chain.push(std::mem::take(&mut c.out));
+                    chain.push(Piece::Owned(std::mem::take(&mut c.out)));
                 }
                 c.inflight_chain = chain;
                 Vec::new()
@@ -1750,7 +1822,12 @@ impl Worker {
         };
         let ud = Token::new(Op::Send, idx, c.generation).encode();
         if !c.inflight_chain.is_empty() {
-            c.fill_iov();
+            c.fill_iov(&self.bufs);
+            if !c.pin_watch && c.inflight_chain.iter().any(Piece::is_ring) {
+                c.pin_watch = true;
+                self.pinned
+                    .push((idx, c.generation, c.bytes_out, self.loop_unix_ms));
+            }
             let (iov, n) = (c.iov.as_ptr(), c.iov.len() as u32);
             // A writev (not sendmsg with MSG_NOSIGNAL): Rust programs ignore
             // SIGPIPE, so a closed peer is just -EPIPE here.
@@ -1850,13 +1927,13 @@ impl Worker {
             self.stats
                 .event_closed(&c, ws.sub_protocol, ws.close_code, reason, unix);
         }
-        for b in [c.out, c.wire, c.inflight, c.partial]
-            .into_iter()
-            .chain(c.chain)
-            .chain(c.inflight_chain)
-        {
+        for b in [c.out, c.wire, c.inflight, c.partial] {
             self.recycle_buf(b);
         }
+        // Nothing is in flight (teardown waits for the send): the kernel
+        // reads none of these buffers any more.
+        self.drop_pieces(c.chain);
+        self.drop_pieces(c.inflight_chain);
     }
 
     /// Put connection `idx`'s socket into the fixed-file table (a slot per
@@ -1895,6 +1972,139 @@ impl Worker {
         } else {
             self.relay.recycle(b);
         }
+    }
+
+    /// Output pieces that will not be (or have been) sent: buffers to the
+    /// pool, holds on provided buffers released.
+    fn drop_pieces(&mut self, pieces: Vec<Piece>) {
+        let mut released = false;
+        for p in pieces {
+            match p {
+                Piece::Owned(b) => self.recycle_buf(b),
+                Piece::Ring { bid, .. } => {
+                    self.bufs.release(bid);
+                    released = true;
+                }
+            }
+        }
+        if released {
+            self.stats.recv_buffers_held(self.bufs.held());
+        }
+    }
+
+    /// A chunk whose body stayed in a provided buffer, made whole (head,
+    /// a copy of the body, end-line) for a target that cannot take it by
+    /// reference; the hold is released.
+    fn materialize(&mut self, mut frame: Vec<u8>, ring: Option<RingBody>) -> Vec<u8> {
+        if let Some(r) = ring {
+            frame.extend_from_slice(self.bufs.held_bytes(r.bid, r.off, r.len));
+            frame.extend_from_slice(r.end.as_slice());
+            self.bufs.release(r.bid);
+            self.stats.recv_buffers_held(self.bufs.held());
+        }
+        frame
+    }
+
+    /// Connection `id` of this core, if it may take a chunk whose body
+    /// stays in a provided buffer.
+    fn ring_target(&mut self, id: u64) -> Option<u32> {
+        let (core, generation, idx) = split_conn_id(id);
+        let c = self.conns.get_mut(idx, generation)?;
+        (core == self.core && glue::takes_ring(c)).then_some(idx)
+    }
+
+    /// Connections whose output has held provided buffers for a while
+    /// without a byte going out: their peer stopped reading. A send in
+    /// flight is cancelled (its completion copies the bodies out and sends
+    /// again); bodies queued behind it are copied out now.
+    fn check_pinned(&mut self) {
+        let now = self.loop_unix_ms;
+        let mut i = 0;
+        while i < self.pinned.len() {
+            let (idx, generation, sent, since) = self.pinned[i];
+            let Some(c) = self.conns.get_mut(idx, generation) else {
+                self.pinned.swap_remove(i);
+                continue;
+            };
+            let in_flight = c.inflight_chain.iter().any(Piece::is_ring);
+            if !in_flight && !c.chain.iter().any(Piece::is_ring) {
+                c.pin_watch = false;
+                self.pinned.swap_remove(i);
+                continue;
+            }
+            i += 1;
+            if c.bytes_out != sent || !c.sending {
+                self.pinned[i - 1] = (idx, generation, c.bytes_out, now);
+                continue;
+            }
+            if now.saturating_sub(since) < PIN_MAX_MS {
+                continue;
+            }
+            self.pinned[i - 1].3 = now;
+            if in_flight {
+                let target = Token::new(Op::Send, idx, generation).encode();
+                let ud = Token::new(Op::Cancel, idx, generation).encode();
+                self.push(opcode::AsyncCancel::new(target).build().user_data(ud));
+            } else {
+                self.unpin_output(idx);
+            }
+        }
+    }
+
+    /// Copy the bodies connection `idx`'s output still has in provided
+    /// buffers (in the writev that just went short or was cancelled, when
+    /// no send is in flight, and queued) into owned buffers and release
+    /// their holds: a peer that does not keep up pins no provided buffer.
+    fn unpin_output(&mut self, idx: u32) {
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        let (bufs, pool) = (&mut self.bufs, &mut self.pool);
+        fn copy(bufs: &mut BufRing, pool: &mut BufPool, bid: u16, off: u32, len: u32) -> Piece {
+            let mut b = pool.take();
+            b.extend_from_slice(bufs.held_bytes(bid, off, len));
+            bufs.release(bid);
+            Piece::Owned(b)
+        }
+        if !c.sending && c.inflight_chain.iter().any(Piece::is_ring) {
+            // What has gone is dropped; the rest is kept, ring pieces as
+            // copies of their unsent bytes.
+            let mut sent = c.inflight_sent;
+            let old = std::mem::take(&mut c.inflight_chain);
+            let mut kept = Vec::with_capacity(old.len());
+            let mut gone = Vec::new();
+            for p in old {
+                if kept.is_empty() && sent >= p.len() {
+                    sent -= p.len();
+                    gone.push(p);
+                    continue;
+                }
+                match p {
+                    Piece::Ring { bid, off, len } => {
+                        let from = if kept.is_empty() { sent as u32 } else { 0 };
+                        if kept.is_empty() {
+                            sent = 0;
+                        }
+                        kept.push(copy(bufs, pool, bid, off + from, len - from));
+                    }
+                    owned => kept.push(owned),
+                }
+            }
+            c.inflight_chain = kept;
+            c.inflight_sent = sent;
+            for p in gone {
+                match p {
+                    Piece::Owned(b) => pool.put(b),
+                    Piece::Ring { bid, .. } => bufs.release(bid),
+                }
+            }
+        }
+        for p in c.chain.iter_mut() {
+            if let Piece::Ring { bid, off, len } = *p {
+                *p = copy(bufs, pool, bid, off, len);
+            }
+        }
+        self.stats.recv_buffers_held(self.bufs.held());
     }
 }
 

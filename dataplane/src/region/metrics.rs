@@ -255,6 +255,12 @@ define_counters! {
         "Times an MSRP connection stopped being read because the connections it relays to had not taken its chunks (backpressure).";
     WsSessionsClosed(SubProtocol) => Counter, "ws_sessions_closed_total",
         "WebSocket sessions closed, by sub-protocol.";
+    MsrpZeroCopyChunks => Counter, "msrp_zero_copy_chunks_total",
+        "Forwarded MSRP chunks whose body was sent from the receive buffer it arrived in (no copy).";
+    MsrpZeroCopyBytes => Counter, "msrp_zero_copy_bytes_total",
+        "MSRP body bytes forwarded from the receive buffer they arrived in (no copy).";
+    RecvBuffersHeld => Gauge, "recv_buffers_held",
+        "Provided receive buffers held by queued output (forwarded MSRP bodies not yet sent).";
 }
 
 /// The counter family descriptors, in layout order.

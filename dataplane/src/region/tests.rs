@@ -119,7 +119,7 @@ fn descriptors_are_consistent() {
     }
     let c = Counter::InboxMessages;
     assert_eq!(c.index(), c.descriptor().base);
-    let c = Counter::WsSessionsClosed(SubProtocol::ALL[SubProtocol::ALL.len() - 1]);
+    let c = Counter::RecvBuffersHeld;
     assert_eq!(c.index(), COUNTER_COUNT - 1);
     assert_eq!(
         Counter::MsrpResponses(MsrpStatus::NoSession)
@@ -903,6 +903,9 @@ fn all_counters() -> Vec<Counter> {
             .iter()
             .map(|&t| Counter::WsSessionsClosed(t)),
     );
+    v.push(Counter::MsrpZeroCopyChunks);
+    v.push(Counter::MsrpZeroCopyBytes);
+    v.push(Counter::RecvBuffersHeld);
     v
 }
 
