@@ -534,6 +534,11 @@ impl FrameParser {
             // Header lines start with a letter: only a line starting with a
             // dash can be the end-line.
             if rest.first() == Some(&b'-') && rest.starts_with(end_line) {
+                if rest.len() < end_line.len() + 3 {
+                    // The flag and CRLF are not in yet: a head is not
+                    // reported (and acted on) before its frame is whole.
+                    break None;
+                }
                 break Some((pos, false));
             }
             // The line ends at its first CR, which must be followed by LF:
@@ -954,6 +959,17 @@ From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
                 }
             ));
         }
+    }
+
+    #[test]
+    fn a_bodiless_head_waits_for_its_whole_end_line() {
+        let f = b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n";
+        for cut in f.len() - 3..f.len() {
+            let mut p = FrameParser::new(ParserLimits::default());
+            assert_eq!(p.advance(&f[..cut]), Ok(None), "cut {cut}");
+        }
+        let mut p = FrameParser::new(ParserLimits::default());
+        assert!(matches!(p.advance(f), Ok(Some(Event::Head { .. }))));
     }
 
     #[test]
