@@ -14,6 +14,7 @@ use common::msrp::{Frame, REALM, USERS, auth_frame, authorization, param, parse}
 use common::{IO_TIMEOUT, Rng, Server, ServerConfig, tcp, within};
 use dataplane::region::Counter;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -353,20 +354,7 @@ async fn stall_and_resume(srv: &Server, a: Client, mut b: Client) {
         awr
     });
     // Wait until the sender's progress stops (B reads nothing).
-    let mut last = usize::MAX;
-    let mut still = 0;
-    let give_up = Instant::now() + IO_TIMEOUT;
-    while still < 3 {
-        assert!(Instant::now() < give_up, "the sender never stalled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = written.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last {
-            still += 1;
-        } else {
-            still = 0;
-            last = now;
-        }
-    }
+    let last = until_stalled(&written, Duration::from_millis(200), || {}).await;
     assert!(
         last < head_len + total,
         "all {last} bytes were taken while the receiver read nothing"
@@ -393,6 +381,28 @@ const HOLD_CAP: i64 = 32 / 4;
 /// A 4 KiB (whole-message) SEND without responses (`Failure-Report: no`,
 /// RFC 4975 §7.1.2), so a receiver that stops reading stalls only its
 /// sender's chunks.
+/// Polls `written` (bytes a writer task got into its socket) every `poll`
+/// until it has not moved for three polls in a row, calling `each` at every
+/// poll; returns the count it stopped at.
+async fn until_stalled(written: &AtomicUsize, poll: Duration, mut each: impl FnMut()) -> usize {
+    let mut last = usize::MAX;
+    let mut still = 0;
+    let give_up = Instant::now() + IO_TIMEOUT;
+    while still < 3 {
+        assert!(Instant::now() < give_up, "the sender never stalled");
+        tokio::time::sleep(poll).await;
+        each();
+        let now = written.load(Ordering::SeqCst);
+        if now == last {
+            still += 1;
+        } else {
+            still = 0;
+            last = now;
+        }
+    }
+    last
+}
+
 fn small_send(i: usize, to: &[&str], from: &str, body: &[u8]) -> Vec<u8> {
     let tid = format!("z{i:06}x");
     let mut f = format!(
@@ -530,21 +540,10 @@ async fn stalled_receiver_pins_no_more_than_a_share_of_receive_buffers() {
     let writer1 = push_sends(a1.wr, to, from, stalled.clone(), written.clone());
     let mut most = 0;
     // b1 reads nothing: wait until its sender's progress stops.
-    let mut last = usize::MAX;
-    let mut still = 0;
-    let give_up = Instant::now() + IO_TIMEOUT;
-    while still < 3 {
-        assert!(Instant::now() < give_up, "the sender never stalled");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let last = until_stalled(&written, Duration::from_millis(100), || {
         most = most.max(srv.gauge(Counter::RecvBuffersHeld));
-        let now = written.load(std::sync::atomic::Ordering::SeqCst);
-        if now == last {
-            still += 1;
-        } else {
-            still = 0;
-            last = now;
-        }
-    }
+    })
+    .await;
     assert!(
         last < total,
         "all was taken while the receiver read nothing"
