@@ -356,9 +356,20 @@ pub struct FrameParser {
     needle: [u8; 2 + 7 + MAX_TID],
     needle_len: usize,
     frames: u64,
+    /// The bytes being fed are known to be UTF-8 (see
+    /// [`FrameParser::set_input_is_utf8`]).
+    input_is_utf8: bool,
 }
 
 impl FrameParser {
+    /// Whether the bytes fed next are already known to be valid UTF-8 (a
+    /// WebSocket text message, validated whole by RFC 6455 §8.1): a head
+    /// then needs no second check (a head ends at a CRLF, so it is a valid
+    /// prefix).
+    pub fn set_input_is_utf8(&mut self, yes: bool) {
+        self.input_is_utf8 = yes;
+    }
+
     pub fn new(limits: ParserLimits) -> FrameParser {
         FrameParser {
             limits,
@@ -367,6 +378,7 @@ impl FrameParser {
             needle: [0; 2 + 7 + MAX_TID],
             needle_len: 0,
             frames: 0,
+            input_is_utf8: false,
         }
     }
 
@@ -586,7 +598,7 @@ impl FrameParser {
         if memchr::memchr(0, head_bytes).is_some() {
             malformed.get_or_insert(Malformed::HeaderSyntax);
         }
-        if simdutf8::basic::from_utf8(head_bytes).is_err() {
+        if !self.input_is_utf8 && simdutf8::basic::from_utf8(head_bytes).is_err() {
             malformed.get_or_insert(Malformed::Encoding);
         }
         self.state = State::Body { at_start: true };
@@ -959,6 +971,30 @@ From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
                 }
             ));
         }
+    }
+
+    #[test]
+    fn head_utf8_is_checked_unless_the_input_is_known_utf8() {
+        let f = b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nX-A: \xff\r\n-------abcd$\r\n";
+        let mut p = FrameParser::new(ParserLimits::default());
+        assert!(matches!(
+            p.advance(f),
+            Ok(Some(Event::Head {
+                malformed: Some(Malformed::Encoding),
+                ..
+            }))
+        ));
+        // Told the input is UTF-8 (a validated WebSocket text message),
+        // it does not check a second time.
+        let mut p = FrameParser::new(ParserLimits::default());
+        p.set_input_is_utf8(true);
+        assert!(matches!(
+            p.advance(f),
+            Ok(Some(Event::Head {
+                malformed: None,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -669,14 +669,19 @@ impl RelayCore {
 
     /// A whole WebSocket message (RFC 7977 §5.1: one MSRP chunk, so it
     /// must end exactly at a frame boundary).
+    /// `text`: it came as a text message, which the WebSocket layer has
+    /// validated as UTF-8 (RFC 6455 §8.1): the parser does not check again.
     pub fn on_ws_message(
         &mut self,
         conn: &mut MsrpConn,
         msg: &[u8],
+        text: bool,
         env: &mut Env<'_>,
         actions: &mut Vec<Action>,
     ) {
+        conn.parser.set_input_is_utf8(text);
         let n = self.on_bytes(conn, msg, env, actions);
+        conn.parser.set_input_is_utf8(false);
         if matches!(actions.last(), Some(Action::Close { .. })) {
             return;
         }

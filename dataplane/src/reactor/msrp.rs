@@ -211,7 +211,7 @@ pub fn new_state(
 /// One MSRP frame on a WebSocket: one message (RFC 7977 §5.3), text when
 /// it is UTF-8 (RFC 6455 requires it of text messages), else binary.
 pub fn write_ws(out: &mut Vec<u8>, msrp: &[u8]) -> bool {
-    let text = std::str::from_utf8(msrp).is_ok();
+    let text = simdutf8::basic::from_utf8(msrp).is_ok();
     frame::write_frame(out, if text { OpCode::Text } else { OpCode::Binary }, msrp);
     text
 }

@@ -115,6 +115,8 @@ pub struct Worker {
     cqes: Vec<(u64, i32, u32)>,
     /// Wall clock read once per loop iteration.
     loop_unix_ms: u64,
+    /// The loop's monotonic clock reading, µs.
+    loop_us: u64,
     /// Scratch for decrypted TLS plaintext.
     scratch: Vec<u8>,
     tick_ts: types::Timespec,
@@ -153,6 +155,8 @@ pub struct Worker {
     wake_list: Vec<u64>,
     /// Emptied buffers a queued frame took the place of (for reuse).
     displaced: Vec<Vec<u8>>,
+    /// When each chunk queued in this loop was read (µs).
+    relayed_in_us: Vec<u64>,
     /// Resolved next-hop names: address and until when it is used.
     dns_cache: HashMap<(String, u16), (SocketAddr, u64)>,
     /// Frames waiting for a next hop's name to resolve.
@@ -222,6 +226,7 @@ impl Worker {
             },
             batch_size: rc.batch_size.max(1) as usize,
             loop_unix_ms: 0,
+            loop_us: 0,
             tick_ts: types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
             inbox_buf: Box::new(0),
             draining_since: None,
@@ -244,6 +249,7 @@ impl Worker {
             relay_paused: Vec::new(),
             wake_list: Vec::new(),
             displaced: Vec::new(),
+            relayed_in_us: Vec::new(),
             dns_cache: HashMap::new(),
             dns_waiting: HashMap::new(),
             pinned: Vec::new(),
@@ -287,9 +293,12 @@ impl Worker {
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
                 Err(e) => return Err(e),
             }
-            let now = self.shared.now_ms();
+            // One clock read per loop: it also stamps the MSRP chunks this
+            // loop reads (relay latency starts when their completion is
+            // reaped).
+            self.loop_us = self.shared.now_us();
+            let now = self.loop_us / 1000;
             self.stats.loop_iteration();
-            // One clock read per loop.
             self.loop_unix_ms = self.shared.mono_to_unix_ms(now);
             let mut cqes = std::mem::take(&mut self.cqes);
             cqes.clear();
@@ -305,6 +314,7 @@ impl Worker {
             self.cqes = cqes;
             self.drain_inbox(now);
             self.flush_all(now);
+            self.record_relay_latency();
             let mut rearm = std::mem::take(&mut self.rearm);
             for &(idx, g) in &rearm {
                 if let Some(c) = self.conns.get_mut(idx, g)
@@ -563,14 +573,9 @@ impl Worker {
             let can_hold = self.bufs.can_hold();
             let data = self.bufs.buffer(bid, n);
             let c = self.conns.get_any(t.index).expect("checked above");
-            // Only the MSRP relay stamps frames (relay latency): a plain
-            // WebSocket message does not pay for a clock read.
-            let stamps = match &c.proto {
-                Proto::Msrp(_) | Proto::Handshake => true,
-                Proto::Ws(ws) => ws.msrp.is_some(),
-                Proto::Raw => false,
-            };
-            let now_us = if stamps { self.shared.now_us() } else { 0 };
+            // MSRP chunks are stamped with the loop's clock reading
+            // (relay latency).
+            let now_us = self.loop_us;
             // MSRP over plain TCP: forwarded bodies may stay in this buffer
             // (held until their targets have sent them).
             let ring =
@@ -649,7 +654,7 @@ impl Worker {
                         relay: &mut self.relay,
                         actions: &mut self.msrp_actions,
                         effects: &mut self.msrp_effects,
-                        now_us: self.shared.now_us(),
+                        now_us: self.loop_us,
                         ring: None,
                     };
                     feed_plain(
@@ -1248,8 +1253,7 @@ impl Worker {
             return false;
         }
         if let Some(t) = in_us {
-            self.stats
-                .relay_latency_us(self.shared.now_us().saturating_sub(t));
+            self.relayed_in_us.push(t);
         }
         self.mark_dirty(idx);
         true
@@ -1354,8 +1358,7 @@ impl Worker {
                     let c = self.conns.get_any(idx).expect("live");
                     glue::queue_ring(c, frame, r, window, &mut self.pool);
                     self.stats.msrp_zero_copy(u64::from(r.len));
-                    self.stats
-                        .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
+                    self.relayed_in_us.push(in_us);
                     self.mark_dirty(idx);
                     return;
                 }
@@ -1589,8 +1592,7 @@ impl Worker {
             m.waiting.push(t);
         }
         self.recycle_displaced();
-        self.stats
-            .relay_latency_us(self.shared.now_us().saturating_sub(in_us));
+        self.relayed_in_us.push(in_us);
         self.mark_dirty(idx);
         true
     }
@@ -1956,6 +1958,19 @@ impl Worker {
         }
     }
 
+    /// Relay latency (chunk read → queued on its target, its send just
+    /// submitted) of the chunks queued in this loop: one clock read for
+    /// them all, not one per chunk (a vDSO clock read is not free on a VM).
+    fn record_relay_latency(&mut self) {
+        if self.relayed_in_us.is_empty() {
+            return;
+        }
+        let now = self.shared.now_us();
+        for t in self.relayed_in_us.drain(..) {
+            self.stats.relay_latency_us(now.saturating_sub(t));
+        }
+    }
+
     fn recycle_displaced(&mut self) {
         while let Some(b) = self.displaced.pop() {
             self.recycle_buf(b);
@@ -2247,8 +2262,10 @@ fn process_plain(
                     // RFC 7977: one MSRP chunk per WebSocket message.
                     let mut rng = glue::fill_random;
                     let mut env = glue::env(shared, now, &mut rng);
+                    // A text message was validated whole (RFC 6455 §8.1).
+                    let text = kind == MessageKind::Text;
                     ctx.relay
-                        .on_ws_message(&mut m.conn, payload, &mut env, ctx.actions);
+                        .on_ws_message(&mut m.conn, payload, text, &mut env, ctx.actions);
                     let o = glue::run_actions(m, payload, true, out, ctx, stats);
                     msrp_out += o.frames_out;
                     if o.close.is_some() && msrp_close.is_none() {

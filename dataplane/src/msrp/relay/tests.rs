@@ -635,10 +635,11 @@ fn websocket_one_chunk_per_message() {
         unix_secs: w.now / 1000,
         rng: &mut rng,
     };
-    w.core.on_ws_message(&mut c, a1, &mut env, &mut acts);
+    w.core.on_ws_message(&mut c, a1, true, &mut env, &mut acts);
     assert!(replies(&acts)[0].starts_with(b"MSRP 49fh 401 "));
     let mut acts = Vec::new();
-    w.core.on_ws_message(&mut c, &a1[..40], &mut env, &mut acts);
+    w.core
+        .on_ws_message(&mut c, &a1[..40], true, &mut env, &mut acts);
     assert!(closes(&acts));
 }
 
