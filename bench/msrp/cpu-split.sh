@@ -17,24 +17,8 @@ LOADGEN=${LOADGEN:-$TARGET/release/rtedge-loadgen}
 
 WORK=$(mktemp -d /tmp/rtedge-cpu-split.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf '[[user]]\nname = "loadgen"\npassword = "split"\n' >"$WORK/users.toml"
-cat >"$WORK/rtedge.toml" <<CFG
-workers = 1
-[[listen]]
-transport = "msrp"
-address = "127.0.0.1:$PORT"
-[auth]
-realm = "rtedge.bench"
-users_file = "$WORK/users.toml"
-[reactor]
-pin_workers = false
-[mgmt]
-enabled = false
-[region]
-path = "$WORK/rtedge.region"
-[log]
-level = "warn"
-CFG
+. bench/msrp/rtedge-config.sh
+write_rtedge_config "$WORK" loadgen split "$PORT"
 TCK=$(getconf CLK_TCK)
 echo "| pairs × size | msg/s | user µs/msg | kernel µs/msg |"
 echo "|---|---|---|---|"

@@ -100,41 +100,8 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------- rtedge
 RT_MSRP=$(free_port); RT_WS=$(free_port)
-cat >"$WORK/users.toml" <<EOF
-[[user]]
-name = "$USER_NAME"
-password = "$PASS"
-EOF
-cat >"$WORK/rtedge.toml" <<EOF
-workers = 1
-
-[[listen]]
-transport = "msrp"
-address = "127.0.0.1:$RT_MSRP"
-
-[[listen]]
-transport = "ws"
-address = "127.0.0.1:$RT_WS"
-
-[websocket]
-sub_protocols = ["msrp"]
-
-[auth]
-realm = "rtedge.bench"
-users_file = "$WORK/users.toml"
-
-[reactor]
-pin_workers = false
-
-[mgmt]
-enabled = false
-
-[region]
-path = "$WORK/rtedge.region"
-
-[log]
-level = "warn"
-EOF
+. bench/msrp/rtedge-config.sh
+write_rtedge_config "$WORK" "$USER_NAME" "$PASS" "$RT_MSRP" "$RT_WS"
 
 # -------------------------------------------------------------- Kamailio
 KAM_PORT=$(free_port)
