@@ -311,20 +311,25 @@ pub fn takes_ring(c: &Conn) -> bool {
 /// as what is queued before it: its head behind the queued bytes (a head
 /// is a few hundred bytes: cheaper copied than an iovec of its own), its
 /// body by reference (the piece keeps `body`'s hold), its end-line first in
-/// the bytes queued after it.
+/// the bytes queued after it. Emptied buffers go to `spare`, as with
+/// [`queue_frame`].
 pub(super) fn queue_ring(
     c: &mut Conn,
     head: Vec<u8>,
     body: RingBody,
     window: Arc<FlowWindow>,
     pool: &mut BufPool,
+    spare: &mut Vec<Vec<u8>>,
 ) {
     let len = head.len() + body.len();
     if c.out.is_empty() {
-        pool.put(std::mem::replace(&mut c.out, head));
+        let displaced = std::mem::replace(&mut c.out, head);
+        if displaced.capacity() > 0 {
+            spare.push(displaced);
+        }
     } else {
         c.out.extend_from_slice(&head);
-        pool.put(head);
+        spare.push(head);
     }
     c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
     c.chain.push(Piece::Ring {

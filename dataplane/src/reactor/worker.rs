@@ -1356,7 +1356,10 @@ impl Worker {
                     // The common relay case: a plain TCP target on this
                     // core takes the body where it was received.
                     let c = self.conns.get_any(idx).expect("live");
-                    glue::queue_ring(c, frame, r, window, &mut self.pool);
+                    glue::queue_ring(c, frame, r, window, &mut self.pool, &mut self.displaced);
+                    // The head's buffer goes where every emptied buffer
+                    // goes (the output pool or the relay engine).
+                    self.recycle_displaced();
                     self.stats.msrp_zero_copy(u64::from(r.len));
                     self.relayed_in_us.push(in_us);
                     self.mark_dirty(idx);
