@@ -219,44 +219,57 @@ impl HeaderName {
     pub const COUNT: usize = HeaderName::Other as usize + 1;
 
     pub fn classify(name: &[u8]) -> HeaderName {
-        // By length first (one or two candidates), the exact spelling
-        // before the case-insensitive comparison (what clients send).
-        let candidates: &[(&[u8], HeaderName)] = match name.len() {
-            6 => &[(b"Status", HeaderName::Status)],
-            7 => &[
-                (b"To-Path", HeaderName::ToPath),
-                (b"Expires", HeaderName::Expires),
-            ],
-            8 => &[(b"Use-Path", HeaderName::UsePath)],
-            9 => &[(b"From-Path", HeaderName::FromPath)],
-            10 => &[
-                (b"Message-ID", HeaderName::MessageId),
-                (b"Byte-Range", HeaderName::ByteRange),
-            ],
-            11 => &[
-                (b"Min-Expires", HeaderName::MinExpires),
-                (b"Max-Expires", HeaderName::MaxExpires),
-            ],
-            12 => &[(b"Content-Type", HeaderName::ContentType)],
-            13 => &[(b"Authorization", HeaderName::Authorization)],
-            14 => &[
-                (b"Failure-Report", HeaderName::FailureReport),
-                (b"Success-Report", HeaderName::SuccessReport),
-            ],
-            16 => &[(b"WWW-Authenticate", HeaderName::WwwAuthenticate)],
-            19 => &[(b"Authentication-Info", HeaderName::AuthenticationInfo)],
-            _ => &[],
-        };
-        candidates
-            .iter()
-            .find(|(n, _)| *n == name)
-            .or_else(|| {
-                candidates
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            })
-            .map_or(HeaderName::Other, |(_, h)| *h)
+        use HeaderName::*;
+        // By length, then one or two fixed-size compares of the lowercased
+        // name (header names are case-insensitive, RFC 4975 §9 ABNF
+        // strings): the compiler turns each into a few word compares
+        // instead of a memcmp call per candidate.
+        match name.len() {
+            6 => lower_is(name, b"status", Status),
+            7 => lower_is(name, b"to-path", ToPath).or_else(|| lower_is(name, b"expires", Expires)),
+            8 => lower_is(name, b"use-path", UsePath),
+            9 => lower_is(name, b"from-path", FromPath),
+            10 => lower_is(name, b"message-id", MessageId)
+                .or_else(|| lower_is(name, b"byte-range", ByteRange)),
+            11 => lower_is(name, b"min-expires", MinExpires)
+                .or_else(|| lower_is(name, b"max-expires", MaxExpires)),
+            12 => lower_is(name, b"content-type", ContentType),
+            13 => lower_is(name, b"authorization", Authorization),
+            14 => lower_is(name, b"failure-report", FailureReport)
+                .or_else(|| lower_is(name, b"success-report", SuccessReport)),
+            16 => lower_is(name, b"www-authenticate", WwwAuthenticate),
+            19 => lower_is(name, b"authentication-info", AuthenticationInfo),
+            _ => None,
+        }
+        .unwrap_or(Other)
     }
+}
+
+/// `then` when `name` is `lower` in any letter case. Compared a word at
+/// a time (overlapping words for lengths that are not a multiple of 8): a
+/// name byte is ORed with 0x20 only where `lower` has a letter, so a dash
+/// matches only a dash (0x0D | 0x20 would pass for one otherwise).
+#[inline(always)]
+fn lower_is<const N: usize>(name: &[u8], lower: &[u8; N], then: HeaderName) -> Option<HeaderName> {
+    let name: &[u8; N] = name.try_into().ok()?;
+    // Word `at..at + 8` of `s` (zero-padded past its end), little-endian.
+    fn word(s: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        let part = s.get(at..).unwrap_or(&[]);
+        let n = part.len().min(8);
+        w[..n].copy_from_slice(&part[..n]);
+        u64::from_le_bytes(w)
+    }
+    let same_at = |at: usize| {
+        let want = word(lower, at);
+        let case = want & 0x4040_4040_4040_4040; // letters have bit 6 set
+        word(name, at) | (case >> 1) == want
+    };
+    if N <= 8 {
+        return same_at(0).then_some(then);
+    }
+    let last = N - 8;
+    (same_at(0) && same_at(last) && (N <= 16 || same_at(8))).then_some(then)
 }
 
 /// Byte offsets `[start, end)` inside the head block.
@@ -317,6 +330,8 @@ pub struct HeadIndex {
     /// Position + 1 in `headers` of the first header of each known name
     /// (0: absent), so a lookup by name costs no scan.
     first: [u8; HeaderName::COUNT],
+    /// Bit `name as u32` set: a known name occurs more than once.
+    repeated: u32,
     /// The head ends with the empty line: a body follows.
     pub has_body: bool,
 }
@@ -505,6 +520,7 @@ impl FrameParser {
         self.head.kind = None;
         self.head.headers.clear();
         self.head.first = [0; HeaderName::COUNT];
+        self.head.repeated = 0;
         self.head.has_body = false;
 
         let mut malformed = None;
@@ -699,11 +715,14 @@ fn index_header_line(
     let (name_len, vstart, vend) = parse_header_line(line)?;
     let name = HeaderName::classify(line.get(..name_len).unwrap_or(&[]));
     if let Some(f) = head.first.get_mut(name as usize)
-        && *f == 0
         && name != HeaderName::Other
     {
-        // Past 255, `find` scans instead.
-        *f = u8::try_from(head.headers.len() + 1).unwrap_or(0);
+        if *f == 0 {
+            // Past 255, `find` scans instead.
+            *f = u8::try_from(head.headers.len() + 1).unwrap_or(0);
+        } else {
+            head.repeated |= 1 << name as u32;
+        }
     }
     head.headers.push(HeaderIdx {
         name,
@@ -719,11 +738,13 @@ fn index_header_line(
 /// RFC's own responses carry none).
 fn check_paths(head: &HeadIndex) -> Result<(), Malformed> {
     let hs = &head.headers;
-    let count = |n: HeaderName| hs.iter().filter(|h| h.name == n).count();
-    if hs.first().map(|h| h.name) != Some(HeaderName::ToPath) || count(HeaderName::ToPath) != 1 {
+    // Both are recorded in `first` (positions 1 and 2), so a second
+    // occurrence of either, anywhere, set its `repeated` bit.
+    let once = |n: HeaderName| head.repeated & (1 << n as u32) == 0;
+    if hs.first().map(|h| h.name) != Some(HeaderName::ToPath) || !once(HeaderName::ToPath) {
         return Err(Malformed::ToPath);
     }
-    if hs.get(1).map(|h| h.name) != Some(HeaderName::FromPath) || count(HeaderName::FromPath) != 1 {
+    if hs.get(1).map(|h| h.name) != Some(HeaderName::FromPath) || !once(HeaderName::FromPath) {
         return Err(Malformed::FromPath);
     }
     Ok(())
@@ -934,6 +955,45 @@ From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
     }
 
     #[test]
+    fn header_names_classify_case_insensitively_and_exactly() {
+        use HeaderName as H;
+        for (name, want) in [
+            (&b"To-Path"[..], H::ToPath),
+            (b"to-path", H::ToPath),
+            (b"TO-PATH", H::ToPath),
+            (b"From-Path", H::FromPath),
+            (b"Expires", H::Expires),
+            (b"Message-Id", H::MessageId),
+            (b"Byte-Range", H::ByteRange),
+            (b"Min-Expires", H::MinExpires),
+            (b"max-expires", H::MaxExpires),
+            (b"Failure-Report", H::FailureReport),
+            (b"Success-Report", H::SuccessReport),
+            (b"WWW-Authenticate", H::WwwAuthenticate),
+            (b"Authentication-Info", H::AuthenticationInfo),
+            (b"Authorization", H::Authorization),
+            (b"Content-Type", H::ContentType),
+            (b"Use-Path", H::UsePath),
+            (b"Status", H::Status),
+            // Same lengths, one character off: not these headers.
+            (b"To_Path", H::Other),
+            (b"To-Patx", H::Other),
+            (b"Expire", H::Other),
+            (b"Use-Path-", H::Other),
+            (b"", H::Other),
+            // A control character is not a dash in disguise.
+            (b"To\rPath", H::Other),
+        ] {
+            assert_eq!(
+                HeaderName::classify(name),
+                want,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
     fn response_without_body() {
         let (evs, err) = run(OK, 0, ParserLimits::default());
         assert_eq!(err, None);
@@ -1087,6 +1147,10 @@ Content-Type: text/plain\r\n\r\nline\r\n-------abcd\r\n-------abcde$\r\n-------a
         let cases: &[(&[u8], Malformed)] = &[
             (b"MSRP abcd SEND\r\nFrom-Path: msrp://b:2/y;tcp\r\nTo-Path: msrp://a:1/x;tcp\r\n-------abcd$\r\n", Malformed::ToPath),
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\n-------abcd$\r\n", Malformed::FromPath),
+            // Each exactly once (RFC 4975 §9), whatever the spelling of the
+            // repeat and wherever it is.
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nMessage-ID: m\r\nto-path: msrp://c:3/z;tcp\r\n-------abcd$\r\n", Malformed::ToPath),
+            (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\nFROM-PATH: msrp://c:3/z;tcp\r\n-------abcd$\r\n", Malformed::FromPath),
             (b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\n msrp://c:3/z;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::Folding),
             (b"MSRP abcd send\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------abcd$\r\n", Malformed::StartLine),
             (b"MSRP .bcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n-------.bcd$\r\n", Malformed::TransactionId),
