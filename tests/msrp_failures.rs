@@ -467,6 +467,53 @@ async fn lost_destination_on_another_core_is_a_408_report_at_once() {
     assert_eq!(srv.counter(Counter::MsrpFailureReports), 3);
 }
 
+/// The same with a deep pipeline: 300 unanswered SENDs on one receiver,
+/// more than a per-connection bound of 256 would track, are all reported
+/// at once when the receiver is lost (a fan-in of ten senders with 32 in
+/// flight each reaches that depth in normal operation).
+#[tokio::test]
+async fn a_deep_pipeline_on_another_core_is_reported_whole_at_once() {
+    const N: usize = 300;
+    let (srv, mut a, mut b, to) = cross_core_pair().await;
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let mut batch = Vec::new();
+    for i in 0..N {
+        batch.extend_from_slice(&send_fr(
+            &a,
+            &format!("deep{i:04}"),
+            &to,
+            &format!("m-{i}"),
+            "yes",
+        ));
+    }
+    a.send(&batch).await;
+    for _ in 0..N {
+        let got = b.read().await;
+        assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    }
+    for _ in 0..N {
+        let f = a.read().await;
+        assert_eq!(f.status(), Some(200), "{f:?}");
+    }
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut reported = std::collections::BTreeSet::new();
+    while reported.len() < N {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Some(rep) = a.read_within(left).await else {
+            panic!(
+                "{} of {N} failure REPORTs within 10 s of the loss",
+                reported.len()
+            );
+        };
+        let mid = rep.header("Message-ID").unwrap_or_default().to_string();
+        assert_failure_report(&rep, &a.uri, &a.relay_uri, &mid, 408);
+        assert!(reported.insert(mid), "{rep:?} twice");
+    }
+    a.quiet(QUIET).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), N as u64);
+}
+
 /// The symmetric case: the SENDER's connection is lost while its SENDs
 /// wait on another core (read by a receiver that has not answered, or
 /// queued there). Its transactions go with it: nothing is reported (there

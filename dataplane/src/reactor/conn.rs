@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which engine the connection's plaintext goes to.
 pub enum Proto {
@@ -101,21 +102,26 @@ impl Piece {
 }
 
 impl MsrpState {
-    pub fn new(conn: MsrpConn) -> MsrpState {
+    /// `handed_over` counts the core's [`HandedOver`] entries.
+    pub fn new(conn: MsrpConn, handed_over: Arc<AtomicUsize>) -> MsrpState {
         MsrpState {
             window: FlowWindow::new(conn.id),
             owed: OwedQueue::default(),
             conn,
             fwd: None,
             waiting: Vec::new(),
-            handed_over: HandedOver::default(),
+            handed_over: HandedOver::new(handed_over),
         }
     }
 }
 
-/// Most transactions of other cores one connection tracks: a deeper
-/// pipeline leaves the rest to their transaction timeout.
-pub const HANDED_OVER_MAX: usize = 256;
+/// Most transactions of other cores one connection tracks, and all of one
+/// core's connections together: enough for a fan-in of many pipelined
+/// senders (ten senders with 32 SENDs in flight each already pass 256)
+/// while one core's worst case stays a few MiB. Past either bound, the
+/// rest wait for their transaction timeout.
+pub const HANDED_OVER_MAX: usize = 4096;
+pub const HANDED_OVER_CORE_MAX: usize = 65_536;
 
 /// The transactions of other cores a client connection of this core was
 /// handed (queued or written to it) and has not answered. Their pending
@@ -132,6 +138,8 @@ pub struct HandedOver {
     /// No sweep before this (s): none can free anything until the oldest
     /// entry expires.
     next_sweep_s: u32,
+    /// Entries of every connection of this core (shared with them).
+    core_total: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -142,23 +150,46 @@ struct Awaited {
 }
 
 impl HandedOver {
+    /// Counted against the core's total `core_total`.
+    pub fn new(core_total: Arc<AtomicUsize>) -> HandedOver {
+        HandedOver {
+            map: HashMap::default(),
+            next_sweep_s: 0,
+            core_total,
+        }
+    }
+
     /// Transaction `txn` of `core` was queued here at `now_ms`; it times out
     /// there `timeout_ms` later. Allocation-free once the map has grown.
     pub fn insert(&mut self, txn: TxnId, core: u8, now_ms: u64, timeout_ms: u64) {
         let now_s = (now_ms / 1000) as u32;
-        if self.map.len() >= HANDED_OVER_MAX {
+        let full = |h: &HandedOver| {
+            h.map.len() >= HANDED_OVER_MAX
+                || h.core_total.load(Ordering::Relaxed) >= HANDED_OVER_CORE_MAX
+        };
+        if full(self) {
             if now_s < self.next_sweep_s {
                 return;
             }
+            let before = self.map.len();
             self.map.retain(|_, a| a.expires_s > now_s);
+            self.forgot(before - self.map.len());
             self.next_sweep_s = self.map.values().map(|a| a.expires_s).min().unwrap_or(0);
-            if self.map.len() >= HANDED_OVER_MAX {
+            if full(self) {
                 return;
             }
         }
         // Rounded up: swept no earlier than the sender's core forgets it.
         let expires_s = (now_ms.saturating_add(timeout_ms) / 1000 + 1) as u32;
-        self.map.insert(txn, Awaited { core, expires_s });
+        if self.map.insert(txn, Awaited { core, expires_s }).is_none() {
+            self.core_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn forgot(&self, n: usize) {
+        if n > 0 {
+            self.core_total.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// `response` (a complete response frame, `MSRP <tid> <code> …`) is
@@ -172,13 +203,16 @@ impl HandedOver {
             .get(at..at + TID_LEN)
             .filter(|_| response.get(at + TID_LEN) == Some(&b' '))
             .and_then(|t| TxnId::try_from(t).ok());
-        if let Some(t) = tid {
-            self.map.remove(&t);
+        if let Some(t) = tid
+            && self.map.remove(&t).is_some()
+        {
+            self.forgot(1);
         }
     }
 
     /// The connection is lost: every unanswered transaction and its core.
     pub fn take(&mut self) -> impl Iterator<Item = (u8, TxnId)> + '_ {
+        self.forgot(self.map.len());
         self.map.drain().map(|(t, a)| (a.core, t))
     }
 
@@ -188,6 +222,12 @@ impl HandedOver {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+impl Drop for HandedOver {
+    fn drop(&mut self) {
+        self.forgot(self.map.len());
     }
 }
 
@@ -526,6 +566,40 @@ mod tests {
         let lost: Vec<_> = h.take().collect();
         assert_eq!(lost, vec![(1, tid(0))]);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn handed_over_counts_against_a_core_budget() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let per = HANDED_OVER_MAX;
+        let mut conns: Vec<HandedOver> = (0..HANDED_OVER_CORE_MAX / per)
+            .map(|c| {
+                let mut h = HandedOver::new(total.clone());
+                for n in 0..per {
+                    h.insert(tid(c * per + n), 0, 1_000, 30_000);
+                }
+                h
+            })
+            .collect();
+        assert_eq!(total.load(Ordering::Relaxed), HANDED_OVER_CORE_MAX);
+        // The core is full: a further connection tracks nothing ...
+        let mut late = HandedOver::new(total.clone());
+        late.insert(tid(1 << 20), 0, 1_000, 30_000);
+        assert!(late.is_empty());
+        // ... until others give entries back: answered, taken on loss, or
+        // gone with their connection.
+        conns[0].answered(&response(&tid(0), 200));
+        assert_eq!(total.load(Ordering::Relaxed), HANDED_OVER_CORE_MAX - 1);
+        assert_eq!(conns[1].take().count(), per);
+        drop(conns.pop());
+        assert_eq!(
+            total.load(Ordering::Relaxed),
+            HANDED_OVER_CORE_MAX - 1 - 2 * per
+        );
+        late.insert(tid(1 << 20), 0, 1_000, 30_000);
+        assert_eq!(late.len(), 1);
+        let sum: usize = conns.iter().map(HandedOver::len).sum::<usize>() + late.len();
+        assert_eq!(total.load(Ordering::Relaxed), sum);
     }
 
     #[test]

@@ -87,6 +87,8 @@ pub struct Shared {
     /// Names of next hops are resolved off the reactors.
     pub resolver: resolver::Resolver,
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
+    /// Per core: entries all its connections' [`conn::HandedOver`] hold.
+    pub handed_over: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     /// MSRP AUTH credentials (`[auth] users_file`; empty without one, so
     /// every AUTH is challenged and then refused).
     pub msrp_store: Arc<CredentialStore>,
@@ -291,6 +293,7 @@ impl Dataplane {
             next_hop_tls,
             resolver,
             inboxes,
+            handed_over: (0..workers).map(|_| Arc::default()).collect(),
             msrp_store,
             msrp_nonces,
             relay_config,

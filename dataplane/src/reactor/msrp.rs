@@ -205,7 +205,12 @@ pub fn new_state(
         c.peer.to_string(),
         websocket,
     );
-    Box::new(MsrpState::new(conn))
+    let handed_over = shared
+        .handed_over
+        .get(core as usize)
+        .cloned()
+        .unwrap_or_default();
+    Box::new(MsrpState::new(conn, handed_over))
 }
 
 /// One MSRP frame on a WebSocket: one message (RFC 7977 §5.3), text when
