@@ -168,7 +168,9 @@ pub fn env<'a>(shared: &'a Shared, now_ms: u64, rng: &'a mut dyn FnMut(&mut [u8]
         store: &shared.msrp_store,
         nonces: &shared.msrp_nonces,
         now_ms,
-        unix_secs: shared.unix_ms() / 1000,
+        // From the caller's clock reading, not a new one (an environment
+        // is built per WebSocket message).
+        unix_secs: shared.mono_to_unix_ms(now_ms) / 1000,
         rng,
     }
 }
