@@ -4,8 +4,10 @@
 //! slows its sender instead of making the relay buffer or drop (nothing is
 //! lost when it resumes). Small chunks relayed plain TCP to plain TCP go
 //! out from the receive buffer they arrived in — also when a body spans two
-//! buffers — and a stalled receiver pins no more than a bounded share of
-//! those buffers. The client writes frames
+//! buffers, to a plain WebSocket receiver (text or binary as the chunk is
+//! UTF-8 or not) and from a WebSocket sender — and a stalled receiver (TCP
+//! or WebSocket) pins no more than a bounded share of those buffers. The
+//! client writes frames
 //! as text from the RFC 4975 §9 grammar and reads them with its own
 //! streaming parser.
 
@@ -679,5 +681,174 @@ async fn bodies_across_two_receive_buffers_relay_without_a_copy() {
         "{bytes} of {total} body bytes sent without a copy"
     );
     assert!(most <= 256 / 4, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
+/// A relay with plain TCP and plain WebSocket MSRP listeners (in that
+/// order) on one worker.
+fn relay_with_ws(recv_buffers: u32) -> Server {
+    ServerConfig::new()
+        .workers(1)
+        .listen_msrp()
+        .listen_ws()
+        .sub_protocols(&["msrp"])
+        .msrp_users(REALM, USERS)
+        .reactor(&format!("recv_buffers = {recv_buffers}"))
+        .start()
+}
+
+/// A body of `n` bytes that is UTF-8 with characters of 1 to 4 bytes (so
+/// that receive buffers cut some of them), or, `binary`, that is not.
+fn mixed_body(rng: &mut Rng, n: usize, binary: bool) -> Vec<u8> {
+    if binary {
+        let mut b = rng.bytes(n);
+        b[n / 2] = 0xFF;
+        return b;
+    }
+    let chars = ["a", "é", "✓", "😀", "\r\n", "-------"];
+    let mut s = String::new();
+    while s.len() < n - 4 {
+        let r = rng.bytes(1)[0] as usize;
+        s.push_str(chars[r % chars.len()]);
+    }
+    while s.len() < n {
+        s.push('z');
+    }
+    s.into_bytes()
+}
+
+/// TCP sender to a plain WebSocket receiver on the same worker (RFC 7977:
+/// one MSRP chunk per WebSocket message): the frame header, head, body by
+/// reference and end-line leave in one writev. Each message is text when
+/// the chunk is UTF-8 (checked across the receive buffers the body lies
+/// in) and binary otherwise; bodies arrive byte for byte; the chunks count
+/// as sent without a copy.
+#[tokio::test]
+async fn tcp_to_websocket_relays_from_the_receive_buffer() {
+    let srv = relay_with_ws(256);
+    let a = authed(srv.addrs[0], "alice", "alice", "wonderland").await;
+    let mut b = common::msrp::Client::connect_ws(srv.addrs[1], "bob").await;
+    b.authed_as("bob", "builder").await;
+    let n = 240;
+    let mut rng = Rng::new(31);
+    let sizes = [4096, 3000, 5000];
+    let sent: Vec<(Vec<u8>, bool)> = (0..n)
+        .map(|i| {
+            let binary = i % 3 == 1;
+            (mixed_body(&mut rng, sizes[i % 3], binary), !binary)
+        })
+        .collect();
+    let bodies: Vec<Vec<u8>> = sent.iter().map(|(b, _)| b.clone()).collect();
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
+        let f = b.read().await;
+        assert_eq!(f.method(), Some("SEND"), "{f:?}");
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == body, "message {i}: the body arrived altered");
+        assert_eq!(f.flag, b'$');
+        assert_eq!(
+            b.last_text,
+            Some(sent[i].1),
+            "message {i}: wrong opcode (text: UTF-8 chunk, RFC 6455 §5.6)"
+        );
+    })
+    .await;
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    eprintln!("{chunks} of {n} chunks to WebSocket without a copy, at most {most} held");
+    assert!(
+        chunks * 100 >= n as u64 * 90,
+        "{chunks} of {n} chunks sent without a copy"
+    );
+    assert!(most <= 256 / 4, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // Nothing but those messages came.
+    b.quiet(Duration::from_millis(100)).await;
+}
+
+/// A WebSocket receiver stops reading while its TCP sender pushes 4 KiB
+/// chunks: the relay pins no more than its share of receive buffers for
+/// it, and none once it is seen not to read; another pair on the worker
+/// keeps relaying from the receive buffer; when the receiver resumes,
+/// every message arrives, in order, intact.
+#[tokio::test]
+async fn stalled_websocket_receiver_pins_no_receive_buffer() {
+    let srv = relay_with_ws(32);
+    let a1 = authed(srv.addrs[0], "alice1", "alice", "wonderland").await;
+    let mut b1 = common::msrp::Client::connect_ws(srv.addrs[1], "bob1").await;
+    b1.authed_as("bob", "builder").await;
+    let a2 = authed(srv.addrs[0], "alice2", "alice", "wonderland").await;
+    let mut b2 = authed(srv.addrs[0], "bob2", "bob", "builder").await;
+    let stalled = bodies(13, 4096);
+    let total: usize = stalled.len() * (4096 + 200);
+    let written = std::sync::Arc::new(AtomicUsize::new(0));
+    let to = vec![a1.relay_uri.clone(), b1.relay_uri.clone(), b1.uri.clone()];
+    let writer1 = push_sends(a1.wr, to, a1.uri.clone(), stalled.clone(), written.clone());
+    let mut most = 0;
+    let last = until_stalled(&written, Duration::from_millis(100), || {
+        most = most.max(srv.gauge(Counter::RecvBuffersHeld));
+    })
+    .await;
+    assert!(
+        last < total,
+        "all was taken while the receiver read nothing"
+    );
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let other = bodies(14, 300);
+    let w2 = std::sync::Arc::new(AtomicUsize::new(0));
+    let (to, from) = (path(&a2, &b2), a2.uri.clone());
+    let writer2 = push_sends(a2.wr, to, from, other.clone(), w2);
+    within(
+        "the other pair's SENDs",
+        expect_sends(&mut b2.rd, &other, || {
+            most = most.max(srv.gauge(Counter::RecvBuffersHeld))
+        }),
+    )
+    .await;
+    let _w2 = writer2.await.expect("writer");
+    assert!(
+        srv.counter(Counter::MsrpZeroCopyChunks) > chunks0,
+        "the other pair's chunks were all copied"
+    );
+    assert!(most <= HOLD_CAP, "{most} receive buffers held");
+    within("the stalled WebSocket's messages after resuming", async {
+        for (i, body) in stalled.iter().enumerate() {
+            let f = b1.read().await;
+            assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+            assert!(f.body == *body, "message {i}: the body arrived altered");
+            assert_eq!(b1.last_text, Some(false));
+            most = most.max(srv.gauge(Counter::RecvBuffersHeld));
+        }
+    })
+    .await;
+    let _w1 = writer1.await.expect("writer");
+    assert!(most <= HOLD_CAP, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
+/// A WebSocket sender to a TCP receiver on one worker: a chunk's message
+/// is unmasked in place in the receive buffer, so its body goes out from
+/// there too; bodies arrive byte for byte.
+#[tokio::test]
+async fn websocket_sender_bodies_relay_from_the_receive_buffer() {
+    let srv = relay_with_ws(256);
+    let mut a = common::msrp::Client::connect_ws(srv.addrs[1], "alice").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = authed(srv.addrs[0], "bob", "bob", "builder").await;
+    let n = 100;
+    let sent = sized_bodies(41, n, &[4096, 3000, 5000]);
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    for (i, body) in sent.iter().enumerate() {
+        a.send(&small_send(i, &to, &a.uri.clone(), body)).await;
+        let f = b.rd.read().await;
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == *body, "message {i}: the body arrived altered");
+    }
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    eprintln!("{chunks} of {n} chunks from WebSocket without a copy");
+    assert!(chunks > 0, "every chunk from the WebSocket was copied");
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }

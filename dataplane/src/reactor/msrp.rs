@@ -10,14 +10,20 @@
 //!
 //! - The common relay case — a chunk whose body (≥ 1 KiB in all) lies in
 //!   provided buffers (the one being read, and those before it when the
-//!   body began there), for a plain TCP MSRP connection of this core that
-//!   keeps up with its output — has its body sent without a copy: the
-//!   target queues the head, the body *by reference* ([`Piece::Ring`], one
-//!   piece per buffer) and the end-line, and they leave in one writev with
-//!   whatever is queued around them. A body that spans two reads keeps, as
-//!   a small copy, the few bytes the reactor held between them (an
-//!   end-line candidate, or a short tail); its pieces are bounded
-//!   ([`super::conn::MAX_SEGS`]: beyond, the rest is copied).
+//!   body began there), for a plain TCP MSRP connection or a plain
+//!   WebSocket MSRP session of this core that keeps up with its output —
+//!   has its body sent without a copy: the target queues the head, the
+//!   body *by reference* ([`Piece::Ring`], one piece per buffer) and the
+//!   end-line, and they leave in one writev with whatever is queued around
+//!   them. On a WebSocket the frame header comes first (one message per
+//!   chunk, RFC 7977 §5.1; text when the whole chunk is UTF-8, validated
+//!   where the body lies) and the frame is queued whole, so control frames
+//!   follow it, never inside it. A body that spans two reads keeps, as a
+//!   small copy, the few bytes the reactor held between them (an end-line
+//!   candidate, or a short tail); its pieces are bounded
+//!   ([`super::conn::MAX_SEGS`]: beyond, the rest is copied). A WebSocket
+//!   sender's bodies go the same way when its message was unmasked in
+//!   place in the provided buffer (not reassembled or spliced).
 //!   Provided buffers are held ([`super::bufring`]) until every piece
 //!   referring to them is sent or dropped; a worker holds at most a
 //!   quarter of its buffers. A send that goes short, or makes no progress
@@ -25,21 +31,22 @@
 //!   bodies out and releases them, so a slow peer pins no receive buffer;
 //!   likewise a sender whose chunk has held a buffer for 100 ms waiting
 //!   for the rest of its body.
-//! - Otherwise (another core, TLS or WebSocket on either side, a next hop,
-//!   a small body, a slow target, the hold cap reached when the body's
-//!   buffer was read) the chunk — or, when the cap is reached midway, the
-//!   rest of its body — is copied: assembled into one owned frame (head +
-//!   a copy of the body + end-line), which moves to another core through
-//!   its inbox without a further copy and is swapped (not copied) into an
-//!   idle target's output buffer; behind earlier output, a frame of at
-//!   least 1 KiB on a plain TCP target is queued as its own buffer and
-//!   leaves in the same writev.
+//! - Otherwise (another core, TLS on either side, a next hop, a small
+//!   body, a reassembled or spliced WebSocket message, a slow target, the
+//!   hold cap reached when the body's buffer was read) the chunk — or,
+//!   when the cap is reached midway, the rest of its body — is copied:
+//!   assembled into one owned frame (head + a copy of the body +
+//!   end-line), which moves to another core through its inbox without a
+//!   further copy and is swapped (not copied) into an idle target's output
+//!   buffer; behind earlier output, a frame of at least 1 KiB on a plain TCP
+//!   target is queued as its own buffer and leaves in the same writev.
 //!
 //! The engine bounds a frame's size: larger SEND chunks are re-chunked (RFC
 //! 4976 §6.6), other large chunks refused (413). Each forwarded frame is
 //! charged (its full length, however it is queued) to its sender's flow
 //! window ([`super::flow`]) until its target has written it.
 
+use super::bufring::BufRing;
 use super::conn::{BodySegs, Conn, Forward, MsrpState, Piece, Proto, Teardown};
 use super::flow::FlowWindow;
 use super::stats::WorkerStats;
@@ -342,32 +349,107 @@ pub(super) const RING_MIN: usize = 1024;
 const RING_PENDING_MAX: usize = 256 * 1024;
 
 /// Whether connection `c` may take a chunk whose body stays in a provided
-/// buffer: plain TCP MSRP, open and keeping up with its output.
+/// buffer: plain TCP MSRP, or a plain WebSocket MSRP session (RFC 7977)
+/// that is open, either keeping up with its output.
 pub fn takes_ring(c: &Conn) -> bool {
-    c.teardown == Teardown::Open
+    let proto = match &c.proto {
+        Proto::Msrp(_) => true,
+        Proto::Ws(ws) => ws.msrp.is_some() && ws.session.state() == State::Open,
+        _ => false,
+    };
+    proto
+        && c.teardown == Teardown::Open
         && c.tls.is_none()
-        && matches!(c.proto, Proto::Msrp(_))
         && !c.paused
         && !c.connecting
         && c.pending_output() < RING_PENDING_MAX
+}
+
+/// Whether `pieces`, one after another, are UTF-8 (a character may be cut
+/// between two of them). SIMD-validated piece by piece, no copy.
+pub fn utf8_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    // The start of a character cut at the end of the last piece.
+    let mut carry = [0u8; 4];
+    let mut n = 0;
+    for mut p in pieces {
+        if n > 0 {
+            let want = match carry[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return false,
+            };
+            let take = (want - n).min(p.len());
+            carry[n..n + take].copy_from_slice(&p[..take]);
+            n += take;
+            p = &p[take..];
+            if n < want {
+                continue;
+            }
+            if std::str::from_utf8(&carry[..n]).is_err() {
+                return false;
+            }
+            n = 0;
+        }
+        if let Err(e) = simdutf8::compat::from_utf8(p) {
+            if e.error_len().is_some() {
+                return false;
+            }
+            // Cut short at the end: at most 3 bytes of one character.
+            let tail = &p[e.valid_up_to()..];
+            carry[..tail.len()].copy_from_slice(tail);
+            n = tail.len();
+        }
+    }
+    n == 0
 }
 
 /// Queue a forwarded chunk on `c` (which [`takes_ring`]) in the same writev
 /// as what is queued before it: its head behind the queued bytes (a head
 /// is a few hundred bytes: cheaper copied than an iovec of its own), its
 /// body by reference (the pieces keep `body`'s holds), its end-line first
-/// in the bytes queued after it. Emptied buffers go to `spare`, as with
+/// in the bytes queued after it. On a WebSocket the frame header goes
+/// before the head (one message per chunk, RFC 7977 §5.1; server frames
+/// unmasked, RFC 6455 §5.1), text when the whole chunk is UTF-8 (as
+/// [`write_ws`]), read where the body lies; the frame is queued whole, so
+/// control frames written later (pings, pongs, Close) follow it, never
+/// inside it (RFC 6455 §5.4). Emptied buffers go to `spare`, as with
 /// [`queue_frame`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn queue_ring(
     c: &mut Conn,
     head: Vec<u8>,
     mut body: RingBody,
     window: Arc<FlowWindow>,
+    bufs: &BufRing,
     pool: &mut BufPool,
     spare: &mut Vec<Vec<u8>>,
+    stats: &mut WorkerStats,
 ) {
     let len = head.len() + body.len();
-    if c.out.is_empty() {
+    if matches!(c.proto, Proto::Ws(_)) {
+        let text = utf8_pieces(
+            std::iter::once(head.as_slice())
+                .chain(body.segs.as_slice().iter().map(|p| match p {
+                    Piece::Owned(b) => b.as_slice(),
+                    Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
+                }))
+                .chain(std::iter::once(body.end.as_slice())),
+        );
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        if c.out.capacity() == 0 {
+            c.out = pool.take();
+        }
+        frame::write_header(&mut c.out, true, op, len);
+        c.out.extend_from_slice(&head);
+        spare.push(head);
+        if text {
+            stats.data_frames_out(0, 1);
+        } else {
+            stats.data_frames_out(1, 0);
+        }
+        stats.messages_out(crate::config::SubProtocol::Msrp, 1);
+    } else if c.out.is_empty() {
         let displaced = std::mem::replace(&mut c.out, head);
         if displaced.capacity() > 0 {
             spare.push(displaced);
@@ -615,6 +697,7 @@ pub fn run_detached(actions: &mut Vec<Action>, effects: &mut Vec<Effect>, stats:
 mod tests {
     use super::*;
     use crate::msrp::relay::Target;
+    use proptest::prelude::*;
 
     fn forward(head: &[u8]) -> Forward {
         Forward {
@@ -747,5 +830,51 @@ mod tests {
         want.extend_from_slice(&a[..1100]);
         assert_eq!(bytes_of(&f.segs, &[(1, &a)]), want);
         assert_eq!(f.segs.as_slice().len(), 3);
+    }
+
+    #[test]
+    fn utf8_across_pieces() {
+        let s = "aé✓😀".as_bytes();
+        for cut in 0..=s.len() {
+            assert!(utf8_pieces([&s[..cut], &s[cut..]]), "cut at {cut}");
+        }
+        // A character in three pieces.
+        let e = "😀".as_bytes();
+        assert!(utf8_pieces([&e[..1], &e[1..2], &e[2..]]));
+        assert!(utf8_pieces([&e[..1], &[][..], &e[1..]]));
+        // Cut short at the very end, or invalid across a cut.
+        assert!(!utf8_pieces([&e[..3]]));
+        assert!(!utf8_pieces([&e[..2], b"a"]));
+        assert!(
+            !utf8_pieces([&[0xED, 0xA0][..], &[0x80][..]]),
+            "a surrogate"
+        );
+        assert!(!utf8_pieces([&[0xFF][..]]));
+        assert!(utf8_pieces(std::iter::empty()));
+    }
+
+    proptest! {
+        #[test]
+        fn utf8_pieces_agrees_with_the_whole(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            text in "\\PC{0,40}",
+            cuts in prop::collection::vec(0usize..64, 0..5),
+        ) {
+            for whole in [bytes, text.into_bytes()] {
+                let mut at: Vec<usize> = cuts.iter().map(|c| c % (whole.len() + 1)).collect();
+                at.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for c in at {
+                    pieces.push(&whole[from..c]);
+                    from = c;
+                }
+                pieces.push(&whole[from..]);
+                prop_assert_eq!(
+                    utf8_pieces(pieces.iter().copied()),
+                    std::str::from_utf8(&whole).is_ok()
+                );
+            }
+        }
     }
 }

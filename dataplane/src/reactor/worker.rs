@@ -582,8 +582,14 @@ impl Worker {
             let now_us = self.loop_us;
             // MSRP over plain TCP: forwarded bodies may stay in this buffer
             // (held until their targets have sent them).
-            let ring =
-                (can_hold && matches!(c.proto, Proto::Msrp(_))).then(|| RingInput::new(bid, data));
+            // So may those of a WebSocket MSRP session's messages, which
+            // are unmasked in place (when not spliced behind a partial frame).
+            let relays = match &c.proto {
+                Proto::Msrp(_) => true,
+                Proto::Ws(ws) => ws.msrp.is_some(),
+                _ => false,
+            };
+            let ring = (can_hold && relays).then(|| RingInput::new(bid, data));
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
@@ -1376,9 +1382,9 @@ impl Worker {
                     {
                         match self.ring_target(*conn) {
                             Some(idx) => {
-                                // The common relay case: a plain TCP
-                                // target on this core takes the body where
-                                // it was received.
+                                // The common relay case: a plain TCP or
+                                // WebSocket target on this core takes the
+                                // body where it was received.
                                 let by_ref = r.segs.ring_len() as u64;
                                 let c = self.conns.get_any(idx).expect("live");
                                 glue::queue_ring(
@@ -1386,8 +1392,10 @@ impl Worker {
                                     frame,
                                     r,
                                     window,
+                                    &self.bufs,
                                     &mut self.pool,
                                     &mut self.displaced,
+                                    &mut self.stats,
                                 );
                                 // The head's buffer goes where every emptied
                                 // buffer goes (the output pool or the relay
