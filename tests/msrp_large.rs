@@ -852,3 +852,59 @@ async fn websocket_sender_bodies_relay_from_the_receive_buffer() {
     assert!(chunks > 0, "every chunk from the WebSocket was copied");
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }
+
+/// Polls the held-buffer gauge briefly for `value` (it may not stay long).
+async fn saw_held(srv: &Server, value: i64) -> bool {
+    for _ in 0..40 {
+        if srv.gauge(Counter::RecvBuffersHeld) == value {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// A sender stops partway through a chunk's body: the part received is
+/// held in its receive buffer (the chunk may still go without a copy)
+/// only briefly — copied out after 100 ms, so a sender that stalls pins
+/// no buffer — and the chunk relays intact once the rest comes. A sender
+/// that disconnects mid-chunk leaves no buffer held.
+#[tokio::test]
+async fn sender_stopping_mid_chunk_pins_no_receive_buffer() {
+    let srv = relay(&[]);
+    let addr = srv.addrs[0];
+    let mut a = authed(addr, "alice", "alice", "wonderland").await;
+    let mut b = authed(addr, "bob", "bob", "builder").await;
+    let body = Rng::new(51).bytes(4096);
+    let to = path(&a, &b);
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let frame = small_send(0, &to, &a.uri, &body);
+    let cut = frame.len() - 1500;
+    a.send(&frame[..cut]).await;
+    assert!(saw_held(&srv, 1).await, "the body so far was not held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    a.send(&frame[cut..]).await;
+    let f = b.rd.read().await;
+    assert_eq!(f.header("Message-ID"), Some("mz0"));
+    assert!(f.body == body, "the body arrived altered");
+    assert_eq!(f.flag, b'$');
+    // Half a chunk, then the sender is gone (a pair of its own: the relay
+    // binds a session to the first connection that sends into it, and
+    // answers others 506).
+    let mut c = authed(addr, "carol", "alice", "wonderland").await;
+    let mut d = authed(addr, "dave", "bob", "builder").await;
+    let to = path(&c, &d);
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let frame = small_send(1, &to, &c.uri, &body);
+    c.send(&frame[..cut]).await;
+    assert!(saw_held(&srv, 1).await, "the body so far was not held");
+    drop(c);
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // Nothing of the unfinished chunk reached its receiver.
+    let mut one = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_millis(200), d.rd.io.read(&mut one)).await;
+    assert!(
+        r.is_err() && d.rd.buf.is_empty(),
+        "bytes of an unfinished chunk arrived"
+    );
+}
