@@ -148,6 +148,9 @@ pub struct Client {
     pub relay_uri: String,
     /// Our own URI (From-Path).
     pub uri: String,
+    /// Over WebSocket: whether the last message read was text (else
+    /// binary).
+    pub last_text: Option<bool>,
 }
 
 impl Client {
@@ -159,6 +162,7 @@ impl Client {
             auth_uri,
             relay_uri: String::new(),
             uri,
+            last_text: None,
         }
     }
 
@@ -276,8 +280,14 @@ impl Client {
                 Link::Ws(ws) => {
                     let m = tokio::time::timeout(left, ws.next()).await.ok()?;
                     let data = match m {
-                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
-                        Some(Ok(Message::Binary(b))) => b.to_vec(),
+                        Some(Ok(Message::Text(t))) => {
+                            self.last_text = Some(true);
+                            t.as_bytes().to_vec()
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            self.last_text = Some(false);
+                            b.to_vec()
+                        }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         other => panic!("websocket: expected an MSRP message, got {other:?}"),
                     };

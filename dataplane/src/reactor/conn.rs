@@ -64,10 +64,128 @@ pub struct Forward {
     pub head_len: usize,
     pub frame: Vec<u8>,
     pub txn: Option<TxnId>,
-    /// Body bytes of the input being handled, not copied (yet): the whole
-    /// body so far when nothing of it is in `frame`. Copied into `frame`
-    /// before that input goes away, unless the chunk ends first.
-    pub pending: Option<std::ops::Range<usize>>,
+    /// Body bytes of the input being handled, not copied (yet) and not
+    /// held: a range of that input and where it starts in the provided
+    /// buffer being read. Only while nothing of the body is in `frame`;
+    /// it follows `segs`. Before that input goes away it moves to `segs`
+    /// (held, or copied when small), unless the chunk ends first.
+    pub pending: Option<(std::ops::Range<usize>, u32)>,
+    /// The body so far, from earlier inputs, where it lies: provided
+    /// buffers (held) and small copies (a held partial frame's bytes).
+    /// Only while nothing of the body is in `frame`.
+    pub segs: BodySegs,
+    /// The worker watches how long `segs` holds provided buffers (a sender
+    /// that stops mid-chunk must not pin them).
+    pub watched: bool,
+}
+
+/// Segments a forwarded chunk's body may have (an iovec each); beyond,
+/// the rest of the body is copied.
+pub const MAX_SEGS: usize = 6;
+
+/// A forwarded chunk's body as a short list of pieces, in order: bytes
+/// left in provided buffers ([`Piece::Ring`], one hold each) and owned
+/// copies. Inline (no allocation per chunk); an owned piece that follows
+/// an owned piece is merged into it, and a ring piece that continues the
+/// last one in the same buffer extends it (no second hold).
+pub struct BodySegs {
+    segs: [Piece; MAX_SEGS],
+    n: usize,
+}
+
+impl Default for BodySegs {
+    fn default() -> BodySegs {
+        BodySegs {
+            segs: std::array::from_fn(|_| Piece::Owned(Vec::new())),
+            n: 0,
+        }
+    }
+}
+
+impl BodySegs {
+    pub fn as_slice(&self) -> &[Piece] {
+        self.segs.get(..self.n).unwrap_or(&[])
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Piece] {
+        self.segs.get_mut(..self.n).unwrap_or(&mut [])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Bytes in all segments.
+    pub fn len(&self) -> usize {
+        self.as_slice().iter().map(Piece::len).sum()
+    }
+
+    /// Bytes left in provided buffers.
+    pub fn ring_len(&self) -> usize {
+        self.as_slice()
+            .iter()
+            .filter(|p| p.is_ring())
+            .map(Piece::len)
+            .sum()
+    }
+
+    pub fn has_ring(&self) -> bool {
+        self.as_slice().iter().any(Piece::is_ring)
+    }
+
+    /// Append `len` bytes at `off` of provided buffer `bid`: `Some(true)`
+    /// when that is a new segment (the caller takes a hold on `bid` for
+    /// it), `Some(false)` when it extends the last one, `None` when the
+    /// list is full (the caller copies the bytes instead). A new ring
+    /// segment always leaves room for an owned one after it, so
+    /// [`BodySegs::push_owned`] cannot fail.
+    pub fn push_ring(&mut self, bid: u16, off: u32, len: u32) -> Option<bool> {
+        if let Some(Piece::Ring {
+            bid: b,
+            off: o,
+            len: l,
+        }) = self.as_mut_slice().last_mut()
+            && *b == bid
+            && o.checked_add(*l) == Some(off)
+        {
+            *l = l.checked_add(len)?;
+            return Some(false);
+        }
+        if self.n + 2 > MAX_SEGS {
+            return None;
+        }
+        self.segs[self.n] = Piece::Ring { bid, off, len };
+        self.n += 1;
+        Some(true)
+    }
+
+    /// Append a copy of `bytes`, behind the last owned segment or in a
+    /// new one (its buffer from `fresh`).
+    pub fn push_owned(&mut self, bytes: &[u8], fresh: impl FnOnce() -> Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        if let Some(Piece::Owned(b)) = self.as_mut_slice().last_mut() {
+            b.extend_from_slice(bytes);
+            return;
+        }
+        // A ring segment leaves room for this one (push_ring); an empty
+        // list has room.
+        let i = self.n.min(MAX_SEGS - 1);
+        let mut b = fresh();
+        b.extend_from_slice(bytes);
+        self.segs[i] = Piece::Owned(b);
+        self.n = i + 1;
+    }
+
+    /// Take every segment out, leaving the list empty.
+    pub fn take(&mut self) -> impl Iterator<Item = Piece> + '_ {
+        let n = std::mem::replace(&mut self.n, 0);
+        self.segs
+            .iter_mut()
+            .take(n)
+            .map(|p| std::mem::replace(p, Piece::Owned(Vec::new())))
+    }
 }
 
 /// A piece of queued output (plain TCP only).
@@ -523,6 +641,40 @@ impl Default for ConnTable {
 
 #[cfg(test)]
 mod tests {
+    use super::{BodySegs, MAX_SEGS, Piece};
+
+    #[test]
+    fn body_segments_merge_and_are_bounded() {
+        let mut s = BodySegs::default();
+        assert!(s.is_empty());
+        // A new ring segment needs a hold; its continuation does not.
+        assert_eq!(s.push_ring(1, 100, 50), Some(true));
+        assert_eq!(s.push_ring(1, 150, 50), Some(false));
+        // Not contiguous, or another buffer: new segments.
+        assert_eq!(s.push_ring(1, 300, 10), Some(true));
+        s.push_owned(b"abc", Vec::new);
+        s.push_owned(b"de", Vec::new);
+        assert_eq!(s.as_slice().len(), 3);
+        assert_eq!(s.len(), 100 + 10 + 5);
+        assert_eq!(s.ring_len(), 110);
+        // Ring segments stop one short of the bound, so copies can follow.
+        let mut bid = 2;
+        while s.push_ring(bid, 0, 1) == Some(true) {
+            bid += 1;
+        }
+        assert_eq!(s.as_slice().len(), MAX_SEGS - 1);
+        assert_eq!(s.push_ring(bid, 0, 1), None);
+        s.push_owned(b"xyz", Vec::new);
+        s.push_owned(b"!", Vec::new);
+        assert_eq!(s.as_slice().len(), MAX_SEGS);
+        assert!(matches!(s.as_slice().last(), Some(Piece::Owned(b)) if b == b"xyz!"));
+        // A full list still extends its last ring piece? No: owned last.
+        assert_eq!(s.push_ring(bid - 1, 1, 1), None);
+        let taken: Vec<Piece> = s.take().collect();
+        assert_eq!(taken.len(), MAX_SEGS);
+        assert!(s.is_empty() && s.len() == 0 && !s.has_ring());
+    }
+
     use super::*;
 
     /// Idle connections are the bulk of an edge's memory: keep the

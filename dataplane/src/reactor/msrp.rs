@@ -8,21 +8,34 @@
 //! the very bytes it was given and the end-line; a target never sees two
 //! chunks interleaved (a chunk is queued whole once its end-line is seen).
 //!
-//! - The common relay case — a chunk whose body (≥ 1 KiB) lies in one piece
-//!   in the provided buffer being read (not in a held partial frame), for a
-//!   plain TCP MSRP connection of this core that keeps up with its output —
-//!   has its body sent without a copy: the target queues the head, the body
-//!   *by reference* ([`Piece::Ring`]) and the end-line, and they leave in
-//!   one writev with whatever is queued around them. The provided buffer is held
-//!   ([`super::bufring`]) until every piece referring to it is sent or
-//!   dropped; a worker holds at most a quarter of its buffers. A send that
-//!   goes short, or makes no progress for 100 ms (the peer stopped
-//!   reading: it is cancelled), copies the bodies out and releases them, so
-//!   a slow peer pins no receive buffer.
-//! - Otherwise (another core, TLS or WebSocket on either side, a next hop,
-//!   a small body, a body split across reads, a slow target, the hold cap
-//!   reached) the
-//!   chunk is assembled into one owned frame (head + a copy of the body +
+//! - The common relay case — a chunk whose body (≥ 1 KiB in all) lies in
+//!   provided buffers (the one being read, and those before it when the
+//!   body began there), for a plain TCP MSRP connection or a plain
+//!   WebSocket MSRP session of this core that keeps up with its output —
+//!   has its body sent without a copy: the target queues the head, the
+//!   body *by reference* ([`Piece::Ring`], one piece per buffer) and the
+//!   end-line, and they leave in one writev with whatever is queued around
+//!   them. On a WebSocket the frame header comes first (one message per
+//!   chunk, RFC 7977 §5.1; text when the whole chunk is UTF-8, validated
+//!   where the body lies) and the frame is queued whole, so control frames
+//!   follow it, never inside it. A body that spans two reads keeps, as a
+//!   small copy, the few bytes the reactor held between them (an end-line
+//!   candidate, or a short tail); its pieces are bounded
+//!   ([`super::conn::MAX_SEGS`]: beyond, the rest is copied). A WebSocket
+//!   sender's bodies go the same way when its message was unmasked in
+//!   place in the provided buffer (not reassembled or spliced).
+//!   Provided buffers are held ([`super::bufring`]) until every piece
+//!   referring to them is sent or dropped; a worker holds at most a
+//!   quarter of its buffers. A send that goes short, or makes no progress
+//!   for 100 ms (the peer stopped reading: it is cancelled), copies the
+//!   bodies out and releases them, so a slow peer pins no receive buffer;
+//!   likewise a sender whose chunk has held a buffer for 100 ms waiting
+//!   for the rest of its body.
+//! - Otherwise (another core, TLS on either side, a next hop, a small
+//!   body, a reassembled or spliced WebSocket message, a slow target, the
+//!   hold cap reached when the body's buffer was read) the chunk — or,
+//!   when the cap is reached midway, the rest of its body — is copied:
+//!   assembled into one owned frame (head + a copy of the body +
 //!   end-line), which moves to another core through its inbox without a
 //!   further copy and is swapped (not copied) into an idle target's output
 //!   buffer; behind earlier output, a frame of at least 1 KiB on a plain TCP
@@ -33,7 +46,8 @@
 //! charged (its full length, however it is queued) to its sender's flow
 //! window ([`super::flow`]) until its target has written it.
 
-use super::conn::{Conn, Forward, MsrpState, Piece, Proto, Teardown};
+use super::bufring::BufRing;
+use super::conn::{BodySegs, Conn, Forward, MsrpState, Piece, Proto, Teardown};
 use super::flow::FlowWindow;
 use super::stats::WorkerStats;
 use super::worker::BufPool;
@@ -43,6 +57,7 @@ use crate::msrp::relay::{Action, EndLine, Env, MsrpConn, RelayCore, Target, TxnI
 use crate::ws::frame::{self, OpCode};
 use crate::ws::session::State;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Work for connections other than the one being read, or other cores.
@@ -60,6 +75,9 @@ pub enum Effect {
         /// Monotonic µs when the chunk's last byte was read.
         in_us: u64,
     },
+    /// A forwarded chunk's body that will not be sent (the chunk was
+    /// aborted): its holds are released.
+    Drop(BodySegs),
     /// A complete frame for connection `conn` of this core.
     SendTo { conn: u64, frame: Vec<u8> },
     /// A response for a transaction of another core.
@@ -76,22 +94,26 @@ pub struct MsrpCtx<'a> {
     /// The provided buffer being read, when forwarded bodies may stay in
     /// it (plain TCP MSRP input, and the worker may hold another buffer).
     pub ring: Option<RingInput>,
+    /// Buffers for copies of a body's bytes.
+    pub(super) pool: &'a mut BufPool,
 }
 
-/// A forwarded chunk's body left in the provided buffer it was received
-/// in: `len` bytes at `off` of buffer `bid` (one hold on it), then `end`.
-#[derive(Clone, Copy)]
+/// A forwarded chunk's body where it was received: its pieces (provided
+/// buffers, one hold each, and small owned copies), then `end`.
 pub struct RingBody {
-    pub bid: u16,
-    pub off: u32,
-    pub len: u32,
+    pub segs: BodySegs,
     pub end: EndLine,
 }
 
 impl RingBody {
+    /// Bytes of the body.
+    pub fn body_len(&self) -> usize {
+        self.segs.len()
+    }
+
     /// Bytes after the head: body and end-line.
     pub fn len(&self) -> usize {
-        self.len as usize + self.end.as_slice().len()
+        self.body_len() + self.end.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,6 +127,11 @@ pub struct RingInput {
     pub bid: u16,
     addr: usize,
     len: usize,
+    /// While the engine reads a held partial frame with the start of this
+    /// buffer appended behind it: the spliced bytes' address and length,
+    /// and how many of them were held (the rest are a copy of the buffer's
+    /// first bytes). Plain TCP only: WebSocket unmasks the spliced copy.
+    splice: Option<(usize, usize, usize)>,
     pub holds: u32,
 }
 
@@ -115,15 +142,40 @@ impl RingInput {
             bid,
             addr: data.as_ptr() as usize,
             len: data.len(),
+            splice: None,
             holds: 0,
         }
     }
 
-    /// Where `data` starts in the buffer, if it lies in it (not in a held
-    /// partial frame).
-    fn offset_of(&self, data: &[u8]) -> Option<usize> {
+    /// The engine is about to read `spliced`: `held` bytes of a partial
+    /// frame then a copy of this buffer's first bytes (`None`: it reads
+    /// the buffer itself again).
+    pub fn set_splice(&mut self, spliced: Option<(&[u8], usize)>) {
+        self.splice = spliced.map(|(d, held)| (d.as_ptr() as usize, d.len(), held));
+    }
+
+    /// Where `data[range]` lies: `Some((split, off))` when
+    /// `data[split..range.end]` is at `off` of the buffer (and the bytes
+    /// before `split` are not: held partial-frame bytes, to be copied);
+    /// `None` when none of it is in the buffer.
+    fn locate(&self, data: &[u8], range: &std::ops::Range<usize>) -> Option<(usize, usize)> {
         let a = data.as_ptr() as usize;
-        (a >= self.addr && a + data.len() <= self.addr + self.len).then(|| a - self.addr)
+        if range.start > range.end || range.end > data.len() {
+            return None;
+        }
+        if a >= self.addr && a + data.len() <= self.addr + self.len {
+            return Some((range.start, a - self.addr + range.start));
+        }
+        let (pa, plen, held) = self.splice?;
+        if a < pa || a + data.len() > pa + plen {
+            return None;
+        }
+        // Byte i of `data` is byte `base + i` of the spliced bytes.
+        let base = a - pa;
+        let split = held.saturating_sub(base).clamp(range.start, range.end);
+        // All of the range may be held bytes: then no offset is used.
+        let off = (base + split).saturating_sub(held);
+        (off + (range.end - split) <= self.len).then_some((split, off))
     }
 }
 
@@ -296,7 +348,7 @@ pub fn queue_frame(
 
 /// Bodies shorter than this are copied: an iovec of their own (and a held
 /// buffer) costs more than the copy.
-const RING_MIN: usize = 1024;
+pub(super) const RING_MIN: usize = 1024;
 
 /// Output beyond which a target is slow: chunks for it are copied rather
 /// than pin provided buffers (the kernel reads a queued body only once the
@@ -304,32 +356,107 @@ const RING_MIN: usize = 1024;
 const RING_PENDING_MAX: usize = 256 * 1024;
 
 /// Whether connection `c` may take a chunk whose body stays in a provided
-/// buffer: plain TCP MSRP, open and keeping up with its output.
+/// buffer: plain TCP MSRP, or a plain WebSocket MSRP session (RFC 7977)
+/// that is open, either keeping up with its output.
 pub fn takes_ring(c: &Conn) -> bool {
-    c.teardown == Teardown::Open
+    let proto = match &c.proto {
+        Proto::Msrp(_) => true,
+        Proto::Ws(ws) => ws.msrp.is_some() && ws.session.state() == State::Open,
+        _ => false,
+    };
+    proto
+        && c.teardown == Teardown::Open
         && c.tls.is_none()
-        && matches!(c.proto, Proto::Msrp(_))
         && !c.paused
         && !c.connecting
         && c.pending_output() < RING_PENDING_MAX
 }
 
+/// Whether `pieces`, one after another, are UTF-8 (a character may be cut
+/// between two of them). SIMD-validated piece by piece, no copy.
+pub fn utf8_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> bool {
+    // The start of a character cut at the end of the last piece.
+    let mut carry = [0u8; 4];
+    let mut n = 0;
+    for mut p in pieces {
+        if n > 0 {
+            let want = match carry[0] {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                0xF0..=0xF4 => 4,
+                _ => return false,
+            };
+            let take = (want - n).min(p.len());
+            carry[n..n + take].copy_from_slice(&p[..take]);
+            n += take;
+            p = &p[take..];
+            if n < want {
+                continue;
+            }
+            if std::str::from_utf8(&carry[..n]).is_err() {
+                return false;
+            }
+            n = 0;
+        }
+        if let Err(e) = simdutf8::compat::from_utf8(p) {
+            if e.error_len().is_some() {
+                return false;
+            }
+            // Cut short at the end: at most 3 bytes of one character.
+            let tail = &p[e.valid_up_to()..];
+            carry[..tail.len()].copy_from_slice(tail);
+            n = tail.len();
+        }
+    }
+    n == 0
+}
+
 /// Queue a forwarded chunk on `c` (which [`takes_ring`]) in the same writev
 /// as what is queued before it: its head behind the queued bytes (a head
 /// is a few hundred bytes: cheaper copied than an iovec of its own), its
-/// body by reference (the piece keeps `body`'s hold), its end-line first in
-/// the bytes queued after it. Emptied buffers go to `spare`, as with
+/// body by reference (the pieces keep `body`'s holds), its end-line first
+/// in the bytes queued after it. On a WebSocket the frame header goes
+/// before the head (one message per chunk, RFC 7977 §5.1; server frames
+/// unmasked, RFC 6455 §5.1), text when the whole chunk is UTF-8 (as
+/// [`write_ws`]), read where the body lies; the frame is queued whole, so
+/// control frames written later (pings, pongs, Close) follow it, never
+/// inside it (RFC 6455 §5.4). Emptied buffers go to `spare`, as with
 /// [`queue_frame`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn queue_ring(
     c: &mut Conn,
     head: Vec<u8>,
-    body: RingBody,
+    mut body: RingBody,
     window: Arc<FlowWindow>,
+    bufs: &BufRing,
     pool: &mut BufPool,
     spare: &mut Vec<Vec<u8>>,
+    stats: &mut WorkerStats,
 ) {
     let len = head.len() + body.len();
-    if c.out.is_empty() {
+    if matches!(c.proto, Proto::Ws(_)) {
+        let text = utf8_pieces(
+            std::iter::once(head.as_slice())
+                .chain(body.segs.as_slice().iter().map(|p| match p {
+                    Piece::Owned(b) => b.as_slice(),
+                    Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
+                }))
+                .chain(std::iter::once(body.end.as_slice())),
+        );
+        let op = if text { OpCode::Text } else { OpCode::Binary };
+        if c.out.capacity() == 0 {
+            c.out = pool.take();
+        }
+        frame::write_header(&mut c.out, true, op, len);
+        c.out.extend_from_slice(&head);
+        spare.push(head);
+        if text {
+            stats.data_frames_out(0, 1);
+        } else {
+            stats.data_frames_out(1, 0);
+        }
+        stats.messages_out(crate::config::SubProtocol::Msrp, 1);
+    } else if c.out.is_empty() {
         let displaced = std::mem::replace(&mut c.out, head);
         if displaced.capacity() > 0 {
             spare.push(displaced);
@@ -339,17 +466,52 @@ pub(super) fn queue_ring(
         spare.push(head);
     }
     c.chain.push(Piece::Owned(std::mem::take(&mut c.out)));
-    c.chain.push(Piece::Ring {
-        bid: body.bid,
-        off: body.off,
-        len: body.len,
-    });
+    c.chain.extend(body.segs.take());
     c.out = pool.take();
     c.out.extend_from_slice(body.end.as_slice());
     if let Some(m) = c.msrp_mut() {
         m.owed.push(window, len);
     }
     c.frames_out += 1;
+}
+
+/// Body bytes of one input too few to hold a buffer for when the chunk
+/// goes on in the next input (and cannot extend a held piece): copied.
+const SEG_MIN: usize = 128;
+
+/// Move `f`'s pending body bytes (a range of `data`) to its segments:
+/// by reference (a hold on the buffer being read, counted in `ring`) when
+/// `hold` and the list has room, else copied.
+fn settle_pending(
+    f: &mut Forward,
+    data: &[u8],
+    ring: Option<&mut RingInput>,
+    hold: bool,
+    pool: &mut BufPool,
+) {
+    let Some((range, off)) = f.pending.take() else {
+        return;
+    };
+    let Some(bytes) = data.get(range.clone()) else {
+        return;
+    };
+    if let Some(r) = ring
+        && hold
+    {
+        let merges = matches!(f.segs.as_slice().last(),
+            Some(Piece::Ring { bid, off: o, len }) if *bid == r.bid && *o + *len == off);
+        if merges || bytes.len() >= SEG_MIN {
+            match f.segs.push_ring(r.bid, off, bytes.len() as u32) {
+                Some(true) => {
+                    r.holds += 1;
+                    return;
+                }
+                Some(false) => return,
+                None => {}
+            }
+        }
+    }
+    f.segs.push_owned(bytes, || pool.take());
 }
 
 /// Carry out the engine's actions after it read `data` from connection
@@ -364,12 +526,6 @@ pub fn run_actions(
     stats: &mut WorkerStats,
 ) -> Outcome {
     let mut o = Outcome::default();
-    // Forwarded bodies may stay where they lie: in the provided buffer
-    // being read (a plain TCP input, not a held partial frame).
-    let ring_off = match &ctx.ring {
-        Some(r) if !websocket => r.offset_of(data),
-        _ => None,
-    };
     for a in ctx.actions.drain(..) {
         match a {
             Action::Reply(r) => {
@@ -388,62 +544,65 @@ pub fn run_actions(
                 ctx.effects.push(Effect::ToCore { core, frame });
             }
             Action::ForwardHead { target, head, txn } => {
-                m.fwd = Some(Forward {
+                let old = m.fwd.replace(Forward {
                     head_len: head.len(),
                     target,
                     frame: head,
                     txn,
                     pending: None,
+                    segs: BodySegs::default(),
+                    watched: false,
                 });
+                if let Some(f) = old
+                    && !f.segs.is_empty()
+                {
+                    ctx.effects.push(Effect::Drop(f.segs));
+                }
             }
             Action::ForwardBody { range } => {
                 if let Some(f) = m.fwd.as_mut()
                     && data.get(range.clone()).is_some()
                 {
-                    match &mut f.pending {
-                        // The body goes on where it lies: still one range.
-                        Some(p) if p.end == range.start => p.end = range.end,
-                        None if ring_off.is_some()
-                            && f.frame.len() == f.head_len
-                            && !range.is_empty() =>
-                        {
-                            f.pending = Some(range);
-                        }
-                        _ => {
-                            if let Some(p) = f.pending.take() {
-                                f.frame.extend_from_slice(&data[p]);
-                            }
-                            f.frame.extend_from_slice(&data[range]);
-                        }
-                    }
+                    forward_body(f, data, range, &mut ctx.ring, ctx.pool);
                 }
             }
-            Action::ForwardAbort => m.fwd = None,
+            Action::ForwardAbort => {
+                if let Some(f) = m.fwd.take()
+                    && !f.segs.is_empty()
+                {
+                    ctx.effects.push(Effect::Drop(f.segs));
+                }
+            }
             Action::ForwardEnd { end_line } => {
                 if let Some(mut f) = m.fwd.take() {
-                    let pending = f.pending.take();
-                    let held = pending.as_ref().map_or(0, |p| p.len());
+                    let held = f.pending.as_ref().map_or(0, |p| p.0.len()) + f.segs.len();
                     let body = f.frame.len().saturating_sub(f.head_len) + held;
                     stats.msrp_relayed(f.frame.get(..f.head_len).unwrap_or(&[]), body as u64);
                     m.window
                         .charge(f.frame.len() + held + end_line.as_slice().len());
-                    let ring = match (pending, ring_off, ctx.ring.as_mut()) {
-                        (Some(p), Some(off), Some(r)) if p.len() >= RING_MIN => {
-                            r.holds += 1;
-                            Some(RingBody {
-                                bid: r.bid,
-                                off: (off + p.start) as u32,
-                                len: p.len() as u32,
-                                end: end_line,
-                            })
-                        }
-                        (p, _, _) => {
-                            if let Some(p) = p {
-                                f.frame.extend_from_slice(&data[p]);
+                    // The body goes by reference if it is large enough
+                    // (counted whole) and some of it is where it lies.
+                    let by_ref = body >= RING_MIN && (f.pending.is_some() || f.segs.has_ring());
+                    let ring = if by_ref || f.segs.has_ring() {
+                        // Held pieces of a small body are copied by the
+                        // worker, which can read them.
+                        settle_pending(&mut f, data, ctx.ring.as_mut(), by_ref, ctx.pool);
+                        Some(RingBody {
+                            segs: std::mem::take(&mut f.segs),
+                            end: end_line,
+                        })
+                    } else {
+                        for p in f.segs.take() {
+                            if let Piece::Owned(b) = p {
+                                f.frame.extend_from_slice(&b);
+                                ctx.pool.put(b);
                             }
-                            f.frame.extend_from_slice(end_line.as_slice());
-                            None
                         }
+                        if let Some((p, _)) = f.pending.take() {
+                            f.frame.extend_from_slice(&data[p]);
+                        }
+                        f.frame.extend_from_slice(end_line.as_slice());
+                        None
                     };
                     ctx.effects.push(Effect::Deliver {
                         target: f.target,
@@ -465,14 +624,61 @@ pub fn run_actions(
             }
         }
     }
-    // A chunk that goes on in the next input: its body so far is copied
-    // before this input's buffer goes back.
-    if let Some(f) = m.fwd.as_mut()
-        && let Some(p) = f.pending.take()
-    {
-        f.frame.extend_from_slice(&data[p]);
+    // A chunk that goes on in the next input: its body so far stays where
+    // it lies (the buffer held) or, when small, is copied before this
+    // input's buffer goes back.
+    if let Some(f) = m.fwd.as_mut() {
+        settle_pending(f, data, ctx.ring.as_mut(), true, ctx.pool);
     }
     o
+}
+
+/// Body bytes `data[range]` of the chunk `f` forwards: left where they lie
+/// while the whole body so far is (`pending`, `segs`), else copied into
+/// `f.frame` as before.
+fn forward_body(
+    f: &mut Forward,
+    data: &[u8],
+    range: Range<usize>,
+    ring: &mut Option<RingInput>,
+    pool: &mut BufPool,
+) {
+    let Some(bytes) = data.get(range.clone()) else {
+        return;
+    };
+    if f.frame.len() > f.head_len {
+        // Copying already.
+        f.frame.extend_from_slice(bytes);
+        return;
+    }
+    let loc = ring.as_ref().and_then(|r| r.locate(data, &range));
+    let Some((split, off)) = loc else {
+        settle_pending(f, data, ring.as_mut(), true, pool);
+        if f.segs.is_empty() {
+            f.frame.extend_from_slice(bytes);
+        } else {
+            f.segs.push_owned(bytes, || pool.take());
+        }
+        return;
+    };
+    if split > range.start {
+        // Bytes of a held partial frame come before the buffer's.
+        settle_pending(f, data, ring.as_mut(), true, pool);
+        f.segs.push_owned(&data[range.start..split], || pool.take());
+    }
+    if split == range.end {
+        return;
+    }
+    match &mut f.pending {
+        // The body goes on where it lies: still one range.
+        Some((p, p_off)) if p.end == split && *p_off as usize + p.len() == off => {
+            p.end = range.end;
+        }
+        _ => {
+            settle_pending(f, data, ring.as_mut(), true, pool);
+            f.pending = Some((split..range.end, off as u32));
+        }
+    }
 }
 
 /// Actions not tied to a connection being read (timers, responses and
@@ -490,6 +696,192 @@ pub fn run_detached(actions: &mut Vec<Action>, effects: &mut Vec<Effect>, stats:
             | Action::ForwardEnd { .. }
             | Action::ForwardAbort
             | Action::Close { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msrp::relay::Target;
+    use proptest::prelude::*;
+
+    fn forward(head: &[u8]) -> Forward {
+        Forward {
+            target: Target::Conn(1),
+            head_len: head.len(),
+            frame: head.to_vec(),
+            txn: None,
+            pending: None,
+            segs: BodySegs::default(),
+            watched: false,
+        }
+    }
+
+    /// The bytes `segs` stand for: ring pieces read from `bufs` by id.
+    fn bytes_of(segs: &BodySegs, bufs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in segs.as_slice() {
+            match p {
+                Piece::Owned(b) => v.extend_from_slice(b),
+                Piece::Ring { bid, off, len } => {
+                    let (_, b) = bufs.iter().find(|(id, _)| id == bid).expect("buffer");
+                    v.extend_from_slice(&b[*off as usize..(*off + *len) as usize]);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn locate_maps_buffer_and_spliced_bytes() {
+        let buf: Vec<u8> = (0..200u8).collect();
+        let mut r = RingInput::new(3, &buf);
+        // A slice of the buffer itself.
+        assert_eq!(r.locate(&buf[10..60], &(5..20)), Some((5, 15)));
+        // Not in the buffer: a copy elsewhere.
+        let other = buf.clone();
+        assert_eq!(r.locate(&other, &(0..10)), None);
+        assert_eq!(r.locate(&buf, &(10..300)), None);
+        // 4 held bytes, then a copy of the buffer's first 30.
+        let mut p = vec![9u8; 4];
+        p.extend_from_slice(&buf[..30]);
+        r.set_splice(Some((&p, 4)));
+        assert_eq!(r.locate(&p, &(0..10)), Some((4, 0)));
+        assert_eq!(r.locate(&p, &(6..10)), Some((6, 2)));
+        // Only held bytes: nothing in the buffer (and no underflow).
+        assert_eq!(r.locate(&p, &(0..3)), Some((3, 0)));
+        // A sub-slice of the spliced bytes (the engine's `rest`).
+        assert_eq!(r.locate(&p[2..], &(0..6)), Some((2, 0)));
+        r.set_splice(None);
+        assert_eq!(r.locate(&p, &(0..10)), None);
+    }
+
+    /// A body that begins in buffer A and ends in buffer B, with the
+    /// end-line candidate bytes of A held between the reads (as
+    /// `feed_plain` splices them): A's part and B's part by reference
+    /// (one hold each, however many ranges), the held bytes copied.
+    #[test]
+    fn a_body_across_two_buffers_is_referenced_in_both() {
+        let a: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..1000u32).map(|i| (i % 241) as u8 ^ 0x55).collect();
+        let mut pool = BufPool::default();
+        let mut f = forward(&a[..100]);
+        // Input A: body from 100; its last 40 bytes held back.
+        let mut ring = Some(RingInput::new(1, &a));
+        forward_body(&mut f, &a, 100..500, &mut ring, &mut pool);
+        forward_body(&mut f, &a, 500..960, &mut ring, &mut pool);
+        assert!(f.segs.is_empty(), "held before the input ended");
+        settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
+        assert_eq!(ring.as_ref().map(|r| r.holds), Some(1));
+        // Input B: the 40 held bytes with B's first 500 appended.
+        let mut ring = Some(RingInput::new(2, &b));
+        let mut p = a[960..].to_vec();
+        p.extend_from_slice(&b[..500]);
+        if let Some(r) = ring.as_mut() {
+            r.set_splice(Some((&p, 40)));
+        }
+        forward_body(&mut f, &p, 0..520, &mut ring, &mut pool);
+        settle_pending(&mut f, &p, ring.as_mut(), true, &mut pool);
+        if let Some(r) = ring.as_mut() {
+            r.set_splice(None);
+        }
+        // Then B in place from where the spliced read stopped.
+        forward_body(&mut f, &b[480..], 0..420, &mut ring, &mut pool);
+        settle_pending(&mut f, &b[480..], ring.as_mut(), true, &mut pool);
+        assert_eq!(ring.as_ref().map(|r| r.holds), Some(1), "one hold on B");
+        assert_eq!(f.frame.len(), f.head_len, "body copied into the frame");
+        let kinds: Vec<bool> = f.segs.as_slice().iter().map(Piece::is_ring).collect();
+        assert_eq!(kinds, [true, false, true]);
+        assert_eq!(f.segs.as_slice()[1].len(), 40);
+        assert_eq!(f.segs.ring_len(), 860 + 900);
+        let mut want = a[100..].to_vec();
+        want.extend_from_slice(&b[..900]);
+        assert_eq!(bytes_of(&f.segs, &[(1, &a), (2, &b)]), want);
+    }
+
+    /// Without a provided buffer (TLS, the hold cap reached) a body is
+    /// copied into the frame, as before; once copying, it stays copied.
+    #[test]
+    fn a_body_not_in_a_buffer_is_copied() {
+        let a = vec![7u8; 600];
+        let mut pool = BufPool::default();
+        let mut f = forward(b"HEAD");
+        forward_body(&mut f, &a, 0..300, &mut None, &mut pool);
+        let mut ring = Some(RingInput::new(1, &a));
+        forward_body(&mut f, &a, 300..600, &mut ring, &mut pool);
+        settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
+        assert!(f.segs.is_empty());
+        assert_eq!(f.frame.len(), 4 + 600);
+        assert_eq!(ring.map(|r| r.holds), Some(0));
+    }
+
+    /// A short tail of a body in a buffer is copied rather than held; a
+    /// body held so far and then not in a buffer goes on as copies.
+    #[test]
+    fn short_tails_are_copied_and_copies_follow_held_pieces() {
+        let a: Vec<u8> = (0..=255u8).cycle().take(2000).collect();
+        let mut pool = BufPool::default();
+        let mut f = forward(b"H");
+        let mut ring = Some(RingInput::new(1, &a));
+        forward_body(&mut f, &a, 1950..2000, &mut ring, &mut pool);
+        settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
+        assert_eq!(ring.as_ref().map(|r| r.holds), Some(0));
+        assert!(!f.segs.has_ring());
+        forward_body(&mut f, &a, 0..1000, &mut ring, &mut pool);
+        settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
+        assert_eq!(ring.as_ref().map(|r| r.holds), Some(1));
+        let copy = a[1000..1100].to_vec();
+        forward_body(&mut f, &copy, 0..100, &mut None, &mut pool);
+        let mut want = a[1950..].to_vec();
+        want.extend_from_slice(&a[..1100]);
+        assert_eq!(bytes_of(&f.segs, &[(1, &a)]), want);
+        assert_eq!(f.segs.as_slice().len(), 3);
+    }
+
+    #[test]
+    fn utf8_across_pieces() {
+        let s = "aé✓😀".as_bytes();
+        for cut in 0..=s.len() {
+            assert!(utf8_pieces([&s[..cut], &s[cut..]]), "cut at {cut}");
+        }
+        // A character in three pieces.
+        let e = "😀".as_bytes();
+        assert!(utf8_pieces([&e[..1], &e[1..2], &e[2..]]));
+        assert!(utf8_pieces([&e[..1], &[][..], &e[1..]]));
+        // Cut short at the very end, or invalid across a cut.
+        assert!(!utf8_pieces([&e[..3]]));
+        assert!(!utf8_pieces([&e[..2], b"a"]));
+        assert!(
+            !utf8_pieces([&[0xED, 0xA0][..], &[0x80][..]]),
+            "a surrogate"
+        );
+        assert!(!utf8_pieces([&[0xFF][..]]));
+        assert!(utf8_pieces(std::iter::empty()));
+    }
+
+    proptest! {
+        #[test]
+        fn utf8_pieces_agrees_with_the_whole(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+            text in "\\PC{0,40}",
+            cuts in prop::collection::vec(0usize..64, 0..5),
+        ) {
+            for whole in [bytes, text.into_bytes()] {
+                let mut at: Vec<usize> = cuts.iter().map(|c| c % (whole.len() + 1)).collect();
+                at.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for c in at {
+                    pieces.push(&whole[from..c]);
+                    from = c;
+                }
+                pieces.push(&whole[from..]);
+                prop_assert_eq!(
+                    utf8_pieces(pieces.iter().copied()),
+                    std::str::from_utf8(&whole).is_ok()
+                );
+            }
         }
     }
 }

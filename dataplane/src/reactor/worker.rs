@@ -7,7 +7,7 @@
 //! batch was handled gets exactly one send of everything it produced (corked).
 
 use super::bufring::BufRing;
-use super::conn::{Conn, ConnTable, Piece, Proto, Teardown, WsConn};
+use super::conn::{BodySegs, Conn, ConnTable, Piece, Proto, Teardown, WsConn};
 use super::flow::FlowWindow;
 use super::msrp::{self as glue, Effect, MsrpCtx, RingBody, RingInput};
 use super::stats::WorkerStats;
@@ -164,6 +164,9 @@ pub struct Worker {
     /// Connections whose output holds provided buffers: slot, generation,
     /// bytes sent and wall-clock ms when that last changed.
     pinned: Vec<(u32, u32, u64, u64)>,
+    /// Connections whose chunk in progress holds provided buffers across
+    /// inputs: slot, generation, since (unix ms).
+    fwd_pinned: Vec<(u32, u32, u64)>,
 }
 
 /// A forwarded frame waiting for its next hop's address.
@@ -253,6 +256,7 @@ impl Worker {
             dns_cache: HashMap::new(),
             dns_waiting: HashMap::new(),
             pinned: Vec::new(),
+            fwd_pinned: Vec::new(),
             shared,
         })
     }
@@ -578,14 +582,21 @@ impl Worker {
             let now_us = self.loop_us;
             // MSRP over plain TCP: forwarded bodies may stay in this buffer
             // (held until their targets have sent them).
-            let ring =
-                (can_hold && matches!(c.proto, Proto::Msrp(_))).then(|| RingInput::new(bid, data));
+            // So may those of a WebSocket MSRP session's messages, which
+            // are unmasked in place (when not spliced behind a partial frame).
+            let relays = match &c.proto {
+                Proto::Msrp(_) => true,
+                Proto::Ws(ws) => ws.msrp.is_some(),
+                _ => false,
+            };
+            let ring = (can_hold && relays).then(|| RingInput::new(bid, data));
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
                 effects: &mut self.msrp_effects,
                 now_us,
                 ring,
+                pool: &mut self.pool,
             };
             feed_plain(
                 c,
@@ -602,6 +613,18 @@ impl Worker {
                 self.stats.recv_buffers_held(self.bufs.held());
             }
             self.bufs.recycle(bid);
+            // A chunk that goes on in the next input may hold buffers
+            // meanwhile: watched, so a sender that stops mid-chunk does not
+            // pin them.
+            if let Some(c) = self.conns.get_any(t.index)
+                && let Some(f) = c.msrp_mut().and_then(|m| m.fwd.as_mut())
+                && !f.watched
+                && f.segs.has_ring()
+            {
+                f.watched = true;
+                self.fwd_pinned
+                    .push((t.index, t.generation, self.loop_unix_ms));
+            }
         }
         self.apply_msrp_effects(now);
         self.after_input(t.index, now);
@@ -656,6 +679,7 @@ impl Worker {
                         effects: &mut self.msrp_effects,
                         now_us: self.loop_us,
                         ring: None,
+                        pool: &mut self.pool,
                     };
                     feed_plain(
                         c,
@@ -898,6 +922,7 @@ impl Worker {
         self.publish_slots();
         self.check_relay_paused();
         self.check_pinned();
+        self.check_fwd_pinned();
         if now.saturating_sub(self.msrp_timer_ms) >= MSRP_TIMER_MS {
             self.msrp_timer_ms = now;
             let sweep = now.saturating_sub(self.msrp_sweep_ms)
@@ -1341,6 +1366,7 @@ impl Worker {
                     let _ = inbox.send(InboxMsg::MsrpResponse { frame });
                 }
             }
+            Effect::Drop(mut segs) => self.drop_pieces(segs.take()),
             Effect::Deliver {
                 target,
                 frame,
@@ -1350,21 +1376,41 @@ impl Worker {
                 window,
                 in_us,
             } => {
-                if let (Some(r), Target::Conn(conn)) = (ring, &target)
-                    && let Some(idx) = self.ring_target(*conn)
-                {
-                    // The common relay case: a plain TCP target on this
-                    // core takes the body where it was received.
-                    let c = self.conns.get_any(idx).expect("live");
-                    glue::queue_ring(c, frame, r, window, &mut self.pool, &mut self.displaced);
-                    // The head's buffer goes where every emptied buffer
-                    // goes (the output pool or the relay engine).
-                    self.recycle_displaced();
-                    self.stats.msrp_zero_copy(u64::from(r.len));
-                    self.relayed_in_us.push(in_us);
-                    self.mark_dirty(idx);
-                    return;
-                }
+                let ring = match (ring, &target) {
+                    (Some(r), Target::Conn(conn))
+                        if r.body_len() >= glue::RING_MIN && r.segs.has_ring() =>
+                    {
+                        match self.ring_target(*conn) {
+                            Some(idx) => {
+                                // The common relay case: a plain TCP or
+                                // WebSocket target on this core takes the
+                                // body where it was received.
+                                let by_ref = r.segs.ring_len() as u64;
+                                let c = self.conns.get_any(idx).expect("live");
+                                glue::queue_ring(
+                                    c,
+                                    frame,
+                                    r,
+                                    window,
+                                    &self.bufs,
+                                    &mut self.pool,
+                                    &mut self.displaced,
+                                    &mut self.stats,
+                                );
+                                // The head's buffer goes where every emptied
+                                // buffer goes (the output pool or the relay
+                                // engine).
+                                self.recycle_displaced();
+                                self.stats.msrp_zero_copy(by_ref);
+                                self.relayed_in_us.push(in_us);
+                                self.mark_dirty(idx);
+                                return;
+                            }
+                            None => Some(r),
+                        }
+                    }
+                    (r, _) => r,
+                };
                 // Anywhere else (another core, TLS, WebSocket, a next hop,
                 // a slow target): one owned frame.
                 let frame = self.materialize(frame, ring);
@@ -1883,6 +1929,10 @@ impl Worker {
         self.unregister_fixed(idx, c.fixed);
         close_fd(c.fd);
         self.stats.slot_close(idx);
+        if let Some(mut f) = c.msrp_mut().and_then(|m| m.fwd.take()) {
+            // A chunk it was sending, never finished: its held buffers go.
+            self.drop_pieces(f.segs.take());
+        }
         if let Some(m) = c.msrp_mut() {
             // Chunks it will never write give their senders' credit back.
             let mut wake = std::mem::take(&mut self.wake_list);
@@ -1994,7 +2044,7 @@ impl Worker {
 
     /// Output pieces that will not be (or have been) sent: buffers to the
     /// pool, holds on provided buffers released.
-    fn drop_pieces(&mut self, pieces: Vec<Piece>) {
+    fn drop_pieces(&mut self, pieces: impl IntoIterator<Item = Piece>) {
         let mut released = false;
         for p in pieces {
             match p {
@@ -2014,13 +2064,57 @@ impl Worker {
     /// a copy of the body, end-line) for a target that cannot take it by
     /// reference; the hold is released.
     fn materialize(&mut self, mut frame: Vec<u8>, ring: Option<RingBody>) -> Vec<u8> {
-        if let Some(r) = ring {
-            frame.extend_from_slice(self.bufs.held_bytes(r.bid, r.off, r.len));
+        if let Some(mut r) = ring {
+            for p in r.segs.take() {
+                match p {
+                    Piece::Owned(b) => {
+                        frame.extend_from_slice(&b);
+                        self.recycle_buf(b);
+                    }
+                    Piece::Ring { bid, off, len } => {
+                        frame.extend_from_slice(self.bufs.held_bytes(bid, off, len));
+                        self.bufs.release(bid);
+                    }
+                }
+            }
             frame.extend_from_slice(r.end.as_slice());
-            self.bufs.release(r.bid);
             self.stats.recv_buffers_held(self.bufs.held());
         }
         frame
+    }
+
+    /// Senders whose chunk in progress has held provided buffers across
+    /// inputs for a while: the rest of the chunk has not come (the sender
+    /// paused, or is slow). Those bodies are copied out and the buffers
+    /// released, so a sender pins none for long.
+    fn check_fwd_pinned(&mut self) {
+        let now = self.loop_unix_ms;
+        let mut i = 0;
+        while i < self.fwd_pinned.len() {
+            let (idx, generation, since) = self.fwd_pinned[i];
+            let Some(f) = self
+                .conns
+                .get_mut(idx, generation)
+                .and_then(|c| c.msrp_mut())
+                .and_then(|m| m.fwd.as_mut())
+            else {
+                self.fwd_pinned.swap_remove(i);
+                continue;
+            };
+            if !f.segs.has_ring() {
+                f.watched = false;
+                self.fwd_pinned.swap_remove(i);
+                continue;
+            }
+            if now.saturating_sub(since) < PIN_MAX_MS {
+                i += 1;
+                continue;
+            }
+            f.watched = false;
+            self.fwd_pinned.swap_remove(i);
+            unpin_segs(&mut f.segs, &mut self.bufs, &mut self.pool);
+            self.stats.recv_buffers_held(self.bufs.held());
+        }
     }
 
     /// Connection `id` of this core, if it may take a chunk whose body
@@ -2126,6 +2220,19 @@ impl Worker {
     }
 }
 
+/// Copy the ring pieces of a body in progress out of their provided
+/// buffers and release those.
+fn unpin_segs(segs: &mut BodySegs, bufs: &mut BufRing, pool: &mut BufPool) {
+    for p in segs.as_mut_slice() {
+        if let Piece::Ring { bid, off, len } = *p {
+            let mut b = pool.take();
+            b.extend_from_slice(bufs.held_bytes(bid, off, len));
+            bufs.release(bid);
+            *p = Piece::Owned(b);
+        }
+    }
+}
+
 /// Feed plaintext to the connection's engine. Returns bytes consumed; the
 /// rest is an incomplete handshake or frame.
 /// Feed plaintext to the connection's engine, keeping only the bytes of an
@@ -2161,7 +2268,17 @@ fn feed_plain(
             let take = step.min(data.len() - off);
             p.extend_from_slice(&data[off..off + take]);
             off += take;
+            // p[held..] is a copy of data[..off]: bodies read there may go
+            // by reference to the buffer (plain MSRP: WebSocket unmasks p).
+            if let Some(r) = ctx.ring.as_mut()
+                && matches!(c.proto, Proto::Msrp(_))
+            {
+                r.set_splice(Some((&p, held)));
+            }
             let consumed = process_plain(c, &mut p, now, shared, stats, c_idx, ctx).min(p.len());
+            if let Some(r) = ctx.ring.as_mut() {
+                r.set_splice(None);
+            }
             if c.teardown != Teardown::Open {
                 return;
             }
@@ -2435,6 +2552,40 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::net::UnixStream;
+
+    /// A body in progress whose sender stalled: its ring pieces become
+    /// copies of the same bytes and the buffer goes back (no hold left).
+    #[test]
+    fn unpinned_body_segments_are_copies_and_release_their_buffers() {
+        let ring = IoUring::new(8).expect("io_uring");
+        let mut bufs = BufRing::new(&ring, 0, 8, 64).expect("buffer ring");
+        let data = bufs.buffer(3, 64);
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut segs = BodySegs::default();
+        assert_eq!(segs.push_ring(3, 4, 10), Some(true));
+        segs.push_owned(b"held", Vec::new);
+        assert_eq!(segs.push_ring(3, 20, 6), Some(true));
+        bufs.hold(3, 2);
+        bufs.recycle(3);
+        assert_eq!(bufs.held(), 1);
+        let mut pool = BufPool::default();
+        unpin_segs(&mut segs, &mut bufs, &mut pool);
+        assert_eq!(bufs.held(), 0);
+        assert!(!segs.has_ring());
+        let mut got = Vec::new();
+        for p in segs.take() {
+            if let Piece::Owned(b) = p {
+                got.extend_from_slice(&b);
+            }
+        }
+        let mut want: Vec<u8> = (4..14).collect();
+        want.extend_from_slice(b"held");
+        want.extend(20..26);
+        assert_eq!(got, want);
+        bufs.unregister(&ring);
+    }
 
     #[test]
     fn file_table_is_sized_by_the_connection_limit() {
