@@ -672,7 +672,7 @@ mod tests {
         assert_eq!(s.push_ring(bid - 1, 1, 1), None);
         let taken: Vec<Piece> = s.take().collect();
         assert_eq!(taken.len(), MAX_SEGS);
-        assert!(s.is_empty() && s.len() == 0 && !s.has_ring());
+        assert!(s.is_empty() && s.as_slice().is_empty() && !s.has_ring());
     }
 
     use super::*;
