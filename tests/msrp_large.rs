@@ -461,6 +461,35 @@ async fn expect_sends(rd: &mut Reader, bodies: &[Vec<u8>], mut each: impl FnMut(
     }
 }
 
+/// While another pair is stalled: pair `a` → `b` on the same worker
+/// relays 300 SENDs intact, some of them from the receive buffer, and
+/// `most` tracks the receive buffers held meanwhile.
+async fn neighbour_relays_from_the_buffer(
+    srv: &Server,
+    a: Client,
+    b: &mut Client,
+    seed: u64,
+    most: &mut i64,
+) {
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let other = bodies(seed, 300);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (to, from) = (path(&a, b), a.uri.clone());
+    let writer = push_sends(a.wr, to, from, other.clone(), written);
+    within(
+        "the other pair's SENDs",
+        expect_sends(&mut b.rd, &other, || {
+            *most = (*most).max(srv.gauge(Counter::RecvBuffersHeld))
+        }),
+    )
+    .await;
+    let _w = writer.await.expect("writer");
+    assert!(
+        srv.counter(Counter::MsrpZeroCopyChunks) > chunks0,
+        "the other pair's chunks were all copied"
+    );
+}
+
 fn bodies(seed: u64, n: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| rng.bytes(4096)).collect()
@@ -558,23 +587,7 @@ async fn stalled_receiver_pins_no_more_than_a_share_of_receive_buffers() {
     // Its bodies were copied out of the receive buffers: it pins none.
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
     // The other pair relays normally meanwhile, bodies from the buffer.
-    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
-    let other = bodies(12, 300);
-    let w2 = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (to, from) = (path(&a2, &b2), a2.uri.clone());
-    let writer2 = push_sends(a2.wr, to, from, other.clone(), w2);
-    within(
-        "the other pair's SENDs",
-        expect_sends(&mut b2.rd, &other, || {
-            most = most.max(srv.gauge(Counter::RecvBuffersHeld))
-        }),
-    )
-    .await;
-    let _w2 = writer2.await.expect("writer");
-    assert!(
-        srv.counter(Counter::MsrpZeroCopyChunks) > chunks0,
-        "the other pair's chunks were all copied"
-    );
+    neighbour_relays_from_the_buffer(&srv, a2, &mut b2, 12, &mut most).await;
     assert!(most <= HOLD_CAP, "{most} receive buffers held");
     // b1 resumes: everything, in order, intact.
     within(
@@ -794,23 +807,7 @@ async fn stalled_websocket_receiver_pins_no_receive_buffer() {
         "all was taken while the receiver read nothing"
     );
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
-    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
-    let other = bodies(14, 300);
-    let w2 = std::sync::Arc::new(AtomicUsize::new(0));
-    let (to, from) = (path(&a2, &b2), a2.uri.clone());
-    let writer2 = push_sends(a2.wr, to, from, other.clone(), w2);
-    within(
-        "the other pair's SENDs",
-        expect_sends(&mut b2.rd, &other, || {
-            most = most.max(srv.gauge(Counter::RecvBuffersHeld))
-        }),
-    )
-    .await;
-    let _w2 = writer2.await.expect("writer");
-    assert!(
-        srv.counter(Counter::MsrpZeroCopyChunks) > chunks0,
-        "the other pair's chunks were all copied"
-    );
+    neighbour_relays_from_the_buffer(&srv, a2, &mut b2, 14, &mut most).await;
     assert!(most <= HOLD_CAP, "{most} receive buffers held");
     within("the stalled WebSocket's messages after resuming", async {
         for (i, body) in stalled.iter().enumerate() {
