@@ -295,12 +295,13 @@ const CHAIN_MIN: usize = 1024;
 /// sender's window: `c` owes that credit until the chunk is written. An
 /// emptied buffer the frame displaced goes to `spare` (for reuse, not
 /// freed).
-pub fn queue_frame(
+pub(super) fn queue_frame(
     c: &mut Conn,
     frame: Vec<u8>,
     window: Option<Arc<FlowWindow>>,
     stats: &mut WorkerStats,
     spare: &mut Vec<Vec<u8>>,
+    pool: &mut BufPool,
 ) -> bool {
     if c.teardown != Teardown::Open {
         return false;
@@ -311,16 +312,33 @@ pub fn queue_frame(
             if ws.msrp.is_none() || ws.session.state() != State::Open {
                 return false;
             }
+            if c.out.is_empty() && !BufPool::fits(&c.out) {
+                // Frames written into an output buffer that grows from
+                // nothing would be copied again by every reallocation.
+                spare.push(std::mem::replace(&mut c.out, pool.take()));
+            }
             write_frame(&mut c.out, &frame, true, stats);
             stats.messages_out(crate::config::SubProtocol::Msrp, 1);
             spare.push(frame);
         }
         Proto::Msrp(_) => {
             if c.out.is_empty() && c.chain.is_empty() {
-                // Take the frame's buffer as the output: no copy.
-                let displaced = std::mem::replace(&mut c.out, frame);
-                if displaced.capacity() > 0 {
-                    spare.push(displaced);
+                if BufPool::fits(&frame) || frame.len() >= CHAIN_MIN {
+                    // Take the frame's buffer as the output: no copy.
+                    let displaced = std::mem::replace(&mut c.out, frame);
+                    if displaced.capacity() > 0 {
+                        spare.push(displaced);
+                    }
+                } else {
+                    // A small frame in a small buffer: the frames queued
+                    // behind it would grow that buffer by reallocation,
+                    // copying everything again each time. One copy into a
+                    // pooled output buffer instead.
+                    if !BufPool::fits(&c.out) {
+                        spare.push(std::mem::replace(&mut c.out, pool.take()));
+                    }
+                    c.out.extend_from_slice(&frame);
+                    spare.push(frame);
                 }
             } else if c.tls.is_some() || frame.len() < CHAIN_MIN {
                 // TLS encrypts `out` as one plaintext; small frames cost

@@ -69,8 +69,17 @@ impl BufPool {
         b
     }
 
+    /// Whether `b` is large enough to be an output buffer (what
+    /// [`BufPool::take`] hands out): a batch of small frames fits without
+    /// reallocation.
+    pub(super) fn fits(b: &Vec<u8>) -> bool {
+        b.capacity() >= NEW_BUF
+    }
+
     pub(super) fn put(&mut self, mut b: Vec<u8>) {
-        if b.capacity() == 0
+        // Smaller buffers (the relay engine's) would grow by reallocation
+        // as output.
+        if !BufPool::fits(&b)
             || b.capacity() > POOL_BUF_MAX
             || self.bufs.len() >= POOL_MAX
             || self.bytes + b.capacity() > POOL_BYTES_MAX
@@ -1272,7 +1281,14 @@ impl Worker {
             Some((w, t)) => (Some(w), Some(t)),
             None => (None, None),
         };
-        let queued = glue::queue_frame(c, frame, window, &mut self.stats, &mut self.displaced);
+        let queued = glue::queue_frame(
+            c,
+            frame,
+            window,
+            &mut self.stats,
+            &mut self.displaced,
+            &mut self.pool,
+        );
         self.recycle_displaced();
         if !queued {
             return false;
@@ -1624,6 +1640,7 @@ impl Worker {
             Some(window.clone()),
             &mut self.stats,
             &mut self.displaced,
+            &mut self.pool,
         );
         if !queued {
             self.recycle_displaced();
@@ -2035,7 +2052,8 @@ impl Worker {
         // forwarded head and hop-by-hop response into a buffer) reuse
         // buffers; the pool, which keeps connections' output from growing
         // from nothing, is served first.
-        if self.pool.bufs.len() < POOL_RESERVE || !self.relay.wants_buffers() {
+        if BufPool::fits(&b) && (self.pool.bufs.len() < POOL_RESERVE || !self.relay.wants_buffers())
+        {
             self.pool.put(b);
         } else {
             self.relay.recycle(b);
@@ -2552,6 +2570,22 @@ mod tests {
     use super::*;
     use std::io::Read;
     use std::os::unix::net::UnixStream;
+
+    /// Output buffers are never small: a batch of frames queued behind a
+    /// small buffer would be copied again by every reallocation.
+    #[test]
+    fn the_output_pool_keeps_only_buffers_a_batch_fits_in() {
+        let mut pool = BufPool::default();
+        pool.put(Vec::with_capacity(1024));
+        pool.put(Vec::with_capacity(0));
+        assert!(pool.bufs.is_empty(), "a small buffer was pooled");
+        let big = Vec::with_capacity(NEW_BUF * 2);
+        let at = big.as_ptr();
+        pool.put(big);
+        let b = pool.take();
+        assert_eq!(b.as_ptr(), at, "the pooled buffer was not reused");
+        assert!(BufPool::fits(&pool.take()), "a new buffer is too small");
+    }
 
     /// A body in progress whose sender stalled: its ring pieces become
     /// copies of the same bytes and the buffer goes back (no hold left).
