@@ -245,6 +245,49 @@ impl HeaderName {
     }
 }
 
+impl HeaderName {
+    /// The known header a header line starts with (its name and the `:`
+    /// right after it), by the line's first letter and the names' lengths:
+    /// the common case, where no byte-by-byte name scan is needed (a known
+    /// name is all letters and dashes, so it is a valid `hname`).
+    fn known_at_start(line: &[u8]) -> Option<(HeaderName, usize)> {
+        use HeaderName::*;
+        let l = line;
+        match line.first()? | 0x20 {
+            b't' => name_at(l, b"to-path", ToPath),
+            b'f' => name_at(l, b"from-path", FromPath)
+                .or_else(|| name_at(l, b"failure-report", FailureReport)),
+            b'm' => name_at(l, b"message-id", MessageId)
+                .or_else(|| name_at(l, b"min-expires", MinExpires))
+                .or_else(|| name_at(l, b"max-expires", MaxExpires)),
+            b'b' => name_at(l, b"byte-range", ByteRange),
+            b's' => name_at(l, b"status", Status)
+                .or_else(|| name_at(l, b"success-report", SuccessReport)),
+            b'c' => name_at(l, b"content-type", ContentType),
+            b'e' => name_at(l, b"expires", Expires),
+            b'u' => name_at(l, b"use-path", UsePath),
+            b'a' => name_at(l, b"authorization", Authorization)
+                .or_else(|| name_at(l, b"authentication-info", AuthenticationInfo)),
+            b'w' => name_at(l, b"www-authenticate", WwwAuthenticate),
+            _ => None,
+        }
+    }
+}
+
+/// `then` and the name's length when `line` starts with `lower` (in any
+/// letter case) followed by `:`.
+#[inline(always)]
+fn name_at<const N: usize>(
+    line: &[u8],
+    lower: &[u8; N],
+    then: HeaderName,
+) -> Option<(HeaderName, usize)> {
+    if line.get(N) != Some(&b':') {
+        return None;
+    }
+    lower_is(line.get(..N)?, lower, then).map(|h| (h, N))
+}
+
 /// `then` when `name` is `lower` in any letter case. Compared a word at
 /// a time (overlapping words for lengths that are not a multiple of 8): a
 /// name byte is ORed with 0x20 only where `lower` has a letter, so a dash
@@ -712,8 +755,17 @@ fn index_header_line(
     }
     let content_end = nl - 1;
     let line = rest.get(..content_end).unwrap_or(&[]);
-    let (name_len, vstart, vend) = parse_header_line(line)?;
-    let name = HeaderName::classify(line.get(..name_len).unwrap_or(&[]));
+    let (name, name_len, vstart, vend) = match HeaderName::known_at_start(line) {
+        Some((name, colon)) => {
+            let (vs, ve) = header_value(line, colon);
+            (name, colon, vs, ve)
+        }
+        None => {
+            let (name_len, vs, ve) = parse_header_line(line)?;
+            let name = HeaderName::classify(line.get(..name_len).unwrap_or(&[]));
+            (name, name_len, vs, ve)
+        }
+    };
     if let Some(f) = head.first.get_mut(name as usize)
         && name != HeaderName::Other
     {
@@ -816,6 +868,14 @@ fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
     if line.get(colon) != Some(&b':') {
         return Err(Malformed::HeaderSyntax);
     }
+    let (vs, ve) = header_value(line, colon);
+    Ok((colon, vs, ve))
+}
+
+/// The value's trimmed bounds within `line`, whose name ends with the `:`
+/// at `colon`.
+#[inline(always)]
+fn header_value(line: &[u8], colon: usize) -> (usize, usize) {
     let mut vs = colon + 1;
     while line.get(vs).is_some_and(|&b| b == b' ' || b == b'\t') {
         vs += 1;
@@ -824,7 +884,7 @@ fn parse_header_line(line: &[u8]) -> Result<(usize, usize, usize), Malformed> {
     while ve > vs && line.get(ve - 1).is_some_and(|&b| b == b' ' || b == b'\t') {
         ve -= 1;
     }
-    Ok((colon, vs, ve))
+    (vs, ve)
 }
 
 #[cfg(test)]
@@ -990,6 +1050,76 @@ From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
                 "{}",
                 String::from_utf8_lossy(name)
             );
+        }
+    }
+
+    /// The known-name shortcut agrees with the full header-line parse
+    /// (name scan, then classification) wherever it answers.
+    #[test]
+    fn known_header_names_at_line_start_agree_with_the_full_parse() {
+        let slow = |line: &[u8]| {
+            parse_header_line(line)
+                .ok()
+                .map(|(n, ..)| (HeaderName::classify(&line[..n]), n))
+        };
+        for line in [
+            &b"To-Path: msrp://a:1/x;tcp"[..],
+            b"to-path:msrp://a:1/x;tcp",
+            b"FROM-PATH: x",
+            b"Message-ID: 12339sdqwer",
+            b"Byte-Range: 1-16/16",
+            b"Content-Type: text/plain",
+            b"Failure-Report: yes",
+            b"Success-Report: no",
+            b"Status: 000 200 OK",
+            b"Expires: 900",
+            b"Min-Expires: 60",
+            b"Max-Expires: 3600",
+            b"Use-Path: msrp://r:2855/s;tcp",
+            b"Authorization: Digest x",
+            b"Authentication-Info: y",
+            b"WWW-Authenticate: Digest z",
+        ] {
+            let fast = HeaderName::known_at_start(line);
+            assert!(fast.is_some(), "{}", String::from_utf8_lossy(line));
+            assert_eq!(fast, slow(line), "{}", String::from_utf8_lossy(line));
+        }
+        // Not known names: the shortcut declines, the full parse decides.
+        for line in [
+            &b"To-Pathx: a"[..],
+            b"To-Path : a",
+            b"To_Path: a",
+            b"To\rPath: a",
+            b"X-Thing: a",
+            b"Status",
+            b"",
+        ] {
+            assert_eq!(
+                HeaderName::known_at_start(line),
+                None,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_known_name_shortcut_never_disagrees(
+            name in proptest::sample::select(vec!["To-Path", "to-path", "From-Path", "Message-ID", "Byte-Range", "Status", "Expires", "Use-Path", "X-Y"]),
+            edit in proptest::collection::vec((0usize..20, proptest::sample::select(vec![b'-', b'_', b':', b' ', b'\r', b'A', b'z', b'\t'])), 0..3),
+        ) {
+            let mut line = format!("{name}: value").into_bytes();
+            for (at, b) in edit {
+                if let Some(c) = line.get_mut(at) {
+                    *c = b;
+                }
+            }
+            if let Some((h, n)) = HeaderName::known_at_start(&line) {
+                let (n2, ..) = parse_header_line(&line).expect("a known name parses");
+                proptest::prop_assert_eq!(n, n2);
+                proptest::prop_assert_eq!(h, HeaderName::classify(&line[..n2]));
+            }
         }
     }
 
