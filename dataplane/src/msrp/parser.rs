@@ -600,6 +600,7 @@ impl FrameParser {
         let end_line = self.needle.get(2..self.needle_len).unwrap_or(&[]);
         let mut pos = first_line_end;
         let mut header_err = None;
+        let crlf = CrLf::new();
         let head_end = loop {
             let rest = window.get(pos..).unwrap_or(&[]);
             // Header lines start with a letter: only a line starting with a
@@ -615,7 +616,7 @@ impl FrameParser {
             // The line ends at its first CR, which must be followed by LF:
             // a CR anywhere else is malformed (RFC 4975 §9 `utf8text`).
             // Searching CR and LF together checks that for free.
-            let nl = match memchr::memchr2(b'\r', b'\n', rest) {
+            let nl = match crlf.find(rest) {
                 None => break None,
                 Some(i) if rest.get(i) == Some(&b'\r') && rest.get(i + 1) == Some(&b'\n') => i + 1,
                 Some(i) if rest.get(i) == Some(&b'\r') && i + 1 == rest.len() => break None,
@@ -735,6 +736,33 @@ impl FrameParser {
         self.state = State::Idle;
         self.frames += 1;
         Event::End { len, flag }
+    }
+}
+
+/// Finds a head line's CR or LF. Built once per head: `memchr::memchr2`
+/// goes through its dispatch and sets up its needles on every (short)
+/// header line's search.
+struct CrLf {
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<memchr::arch::x86_64::avx2::memchr::Two>,
+}
+
+impl CrLf {
+    #[inline]
+    fn new() -> CrLf {
+        CrLf {
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::memchr::Two::new(b'\r', b'\n'),
+        }
+    }
+
+    #[inline]
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(two) = &self.avx2 {
+            return two.find(hay);
+        }
+        memchr::memchr2(b'\r', b'\n', hay)
     }
 }
 
