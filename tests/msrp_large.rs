@@ -461,6 +461,35 @@ async fn expect_sends(rd: &mut Reader, bodies: &[Vec<u8>], mut each: impl FnMut(
     }
 }
 
+/// A sender writes 16 MiB of 4 KiB SENDs (more than the sockets and the
+/// relay's window take) to a receiver that reads nothing: returns once its
+/// progress has stopped and the relay holds no receive buffer for it (its
+/// bodies were copied out), with the bodies and the writer. `most` tracks
+/// the receive buffers held meanwhile.
+async fn stall_sender(
+    srv: &Server,
+    wr: OwnedWriteHalf,
+    to: Vec<String>,
+    from: String,
+    seed: u64,
+    most: &mut i64,
+) -> (Vec<Vec<u8>>, tokio::task::JoinHandle<OwnedWriteHalf>) {
+    let stalled = bodies(seed, 4096);
+    let total: usize = stalled.len() * (4096 + 200);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = push_sends(wr, to, from, stalled.clone(), written.clone());
+    let last = until_stalled(&written, Duration::from_millis(100), || {
+        *most = (*most).max(srv.gauge(Counter::RecvBuffersHeld));
+    })
+    .await;
+    assert!(
+        last < total,
+        "all was taken while the receiver read nothing"
+    );
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    (stalled, writer)
+}
+
 /// While another pair is stalled: pair `a` → `b` on the same worker
 /// relays 300 SENDs intact, some of them from the receive buffer, and
 /// `most` tracks the receive buffers held meanwhile.
@@ -568,24 +597,9 @@ async fn stalled_receiver_pins_no_more_than_a_share_of_receive_buffers() {
     let mut b1 = authed(addr, "bob1", "bob", "builder").await;
     let a2 = authed(addr, "alice2", "alice", "wonderland").await;
     let mut b2 = authed(addr, "bob2", "bob", "builder").await;
-    // 16 MiB: more than the sockets and the relay's window take.
-    let stalled = bodies(11, 4096);
-    let total: usize = stalled.len() * (4096 + 200);
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (to, from) = (path(&a1, &b1), a1.uri.clone());
-    let writer1 = push_sends(a1.wr, to, from, stalled.clone(), written.clone());
     let mut most = 0;
-    // b1 reads nothing: wait until its sender's progress stops.
-    let last = until_stalled(&written, Duration::from_millis(100), || {
-        most = most.max(srv.gauge(Counter::RecvBuffersHeld));
-    })
-    .await;
-    assert!(
-        last < total,
-        "all was taken while the receiver read nothing"
-    );
-    // Its bodies were copied out of the receive buffers: it pins none.
-    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    let (to, from) = (path(&a1, &b1), a1.uri.clone());
+    let (stalled, writer1) = stall_sender(&srv, a1.wr, to, from, 11, &mut most).await;
     // The other pair relays normally meanwhile, bodies from the buffer.
     neighbour_relays_from_the_buffer(&srv, a2, &mut b2, 12, &mut most).await;
     assert!(most <= HOLD_CAP, "{most} receive buffers held");
@@ -792,21 +806,9 @@ async fn stalled_websocket_receiver_pins_no_receive_buffer() {
     b1.authed_as("bob", "builder").await;
     let a2 = authed(srv.addrs[0], "alice2", "alice", "wonderland").await;
     let mut b2 = authed(srv.addrs[0], "bob2", "bob", "builder").await;
-    let stalled = bodies(13, 4096);
-    let total: usize = stalled.len() * (4096 + 200);
-    let written = std::sync::Arc::new(AtomicUsize::new(0));
-    let to = vec![a1.relay_uri.clone(), b1.relay_uri.clone(), b1.uri.clone()];
-    let writer1 = push_sends(a1.wr, to, a1.uri.clone(), stalled.clone(), written.clone());
     let mut most = 0;
-    let last = until_stalled(&written, Duration::from_millis(100), || {
-        most = most.max(srv.gauge(Counter::RecvBuffersHeld));
-    })
-    .await;
-    assert!(
-        last < total,
-        "all was taken while the receiver read nothing"
-    );
-    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    let to = vec![a1.relay_uri.clone(), b1.relay_uri.clone(), b1.uri.clone()];
+    let (stalled, writer1) = stall_sender(&srv, a1.wr, to, a1.uri.clone(), 13, &mut most).await;
     neighbour_relays_from_the_buffer(&srv, a2, &mut b2, 14, &mut most).await;
     assert!(most <= HOLD_CAP, "{most} receive buffers held");
     within("the stalled WebSocket's messages after resuming", async {
