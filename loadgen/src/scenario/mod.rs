@@ -6,5 +6,6 @@
 //! `main.rs`, and a `report` function that fills the scenario's fields.
 
 pub mod msrp_relay;
+pub mod units;
 pub mod ws_connect;
 pub mod ws_echo;

@@ -30,9 +30,7 @@
 //! (coordinated omission). `--window` is then only a cap on SENDs in
 //! flight, so a dead relay cannot make the client queue without bound.
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
@@ -41,7 +39,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::engine::{
     Clock, ErrorLog, OpenLoop, Phase, PhaseState, Scenario, ThreadCtx, wait_phase,
@@ -53,6 +50,7 @@ use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
 use crate::report::{self, SecondHists};
 use crate::rng::Rng;
+use crate::scenario::units::{self, Hists, UnitsThread, run_units};
 use crate::ws::WsIo;
 
 /// RFC 4975 §7.1.1 Failure-Report values.
@@ -168,23 +166,9 @@ impl MsrpStats {
 }
 
 /// One worker thread's results.
-pub struct MsrpThread {
-    pub hist: Histogram<u64>,
-    pub seconds: SecondHists,
-    pub stats: MsrpStats,
-    pub errors: ErrorLog,
-}
+pub type MsrpThread = UnitsThread<MsrpStats>;
 
-struct Hists {
-    measured: Histogram<u64>,
-    seconds: SecondHists,
-}
-
-struct Shared {
-    hist: RefCell<Hists>,
-    stats: RefCell<MsrpStats>,
-    errors: RefCell<ErrorLog>,
-}
+type Shared = units::Shared<MsrpStats>;
 
 impl Scenario for MsrpRelay {
     type Thread = MsrpThread;
@@ -195,36 +179,11 @@ impl Scenario for MsrpRelay {
     }
 
     async fn run_thread(self: Arc<Self>, ctx: ThreadCtx) -> MsrpThread {
-        let ctx = Rc::new(ctx);
-        let sh = Rc::new(Shared {
-            hist: RefCell::new(Hists {
-                measured: report::new_histogram(),
-                seconds: SecondHists::default(),
-            }),
-            stats: RefCell::new(MsrpStats::default()),
-            errors: RefCell::new(ErrorLog::default()),
-        });
-        let sem = Rc::new(Semaphore::new(self.connect_concurrency.max(1)));
-        let mut set = JoinSet::new();
-        for idx in ctx.units.clone() {
-            set.spawn_local(pair_task(
-                self.clone(),
-                ctx.clone(),
-                sh.clone(),
-                sem.clone(),
-                idx,
-            ));
-        }
-        while set.join_next().await.is_some() {}
-        drop(set);
-        let sh = Rc::try_unwrap(sh).unwrap_or_else(|_| unreachable!("all tasks joined"));
-        let h = sh.hist.into_inner();
-        MsrpThread {
-            hist: h.measured,
-            seconds: h.seconds,
-            stats: sh.stats.into_inner(),
-            errors: sh.errors.into_inner(),
-        }
+        let concurrency = self.connect_concurrency;
+        run_units(ctx, concurrency, |ctx, sh, sem, idx| {
+            pair_task(self.clone(), ctx, sh, sem, idx)
+        })
+        .await
     }
 }
 

@@ -13,9 +13,7 @@
 //!   time used is `min(actual, intended + slack)`), because tokio's timer
 //!   has 1 ms granularity and that delay is the client's, not the server's.
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
@@ -24,7 +22,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Sleep;
 
 use crate::engine::{Clock, ErrorLog, OpenLoop, Phase, Scenario, ThreadCtx, wait_phase};
@@ -32,6 +29,7 @@ use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
 use crate::report::{self, SecondHists};
 use crate::rng::Rng;
+use crate::scenario::units::{self, Hists, UnitsThread, run_units};
 use crate::ws::frame::{self, OP_BINARY, OP_TEXT};
 use crate::ws::{Event, WsIo};
 
@@ -81,25 +79,9 @@ impl EchoStats {
 }
 
 /// One worker thread's results.
-pub struct EchoThread {
-    pub hist: Histogram<u64>,
-    pub seconds: SecondHists,
-    pub stats: EchoStats,
-    pub errors: ErrorLog,
-}
+pub type EchoThread = UnitsThread<EchoStats>;
 
-/// Latency histograms of one thread: the measured window's and the
-/// per-second ones.
-struct Hists {
-    measured: Histogram<u64>,
-    seconds: SecondHists,
-}
-
-struct Shared {
-    hist: RefCell<Hists>,
-    stats: RefCell<EchoStats>,
-    errors: RefCell<ErrorLog>,
-}
+type Shared = units::Shared<EchoStats>;
 
 impl Scenario for WsEcho {
     type Thread = EchoThread;
@@ -109,36 +91,11 @@ impl Scenario for WsEcho {
     }
 
     async fn run_thread(self: Arc<Self>, ctx: ThreadCtx) -> EchoThread {
-        let ctx = Rc::new(ctx);
-        let sh = Rc::new(Shared {
-            hist: RefCell::new(Hists {
-                measured: report::new_histogram(),
-                seconds: SecondHists::default(),
-            }),
-            stats: RefCell::new(EchoStats::default()),
-            errors: RefCell::new(ErrorLog::default()),
-        });
-        let sem = Rc::new(Semaphore::new(self.connect_concurrency.max(1)));
-        let mut set = JoinSet::new();
-        for idx in ctx.units.clone() {
-            set.spawn_local(conn_task(
-                self.clone(),
-                ctx.clone(),
-                sh.clone(),
-                sem.clone(),
-                idx,
-            ));
-        }
-        while set.join_next().await.is_some() {}
-        drop(set);
-        let sh = Rc::try_unwrap(sh).unwrap_or_else(|_| unreachable!("all tasks joined"));
-        let h = sh.hist.into_inner();
-        EchoThread {
-            hist: h.measured,
-            seconds: h.seconds,
-            stats: sh.stats.into_inner(),
-            errors: sh.errors.into_inner(),
-        }
+        let concurrency = self.connect_concurrency;
+        run_units(ctx, concurrency, |ctx, sh, sem, idx| {
+            conn_task(self.clone(), ctx, sh, sem, idx)
+        })
+        .await
     }
 }
 
