@@ -48,9 +48,9 @@ use crate::msrp::digest;
 use crate::msrp::io::{MsrpIo, StreamIo};
 use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
-use crate::report::{self, SecondHists};
+use crate::report;
 use crate::rng::Rng;
-use crate::scenario::units::{self, Hists, UnitsThread, run_units};
+use crate::scenario::units::{self, Counters, Hists, UnitsThread, run_units};
 use crate::ws::WsIo;
 
 /// RFC 4975 §7.1.1 Failure-Report values.
@@ -144,8 +144,8 @@ pub struct MsrpStats {
     pub closed_by_server: u64,
 }
 
-impl MsrpStats {
-    pub fn add(&mut self, o: &MsrpStats) {
+impl Counters for MsrpStats {
+    fn add(&mut self, o: &MsrpStats) {
         self.sent += o.sent;
         self.received += o.received;
         self.lost += o.lost;
@@ -965,16 +965,12 @@ impl MsrpRelay {
         config: serde_json::Value,
         nthreads: usize,
     ) -> report::Report {
-        let mut hist = report::new_histogram();
-        let mut seconds = SecondHists::default();
-        let mut stats = MsrpStats::default();
-        let mut errors = ErrorLog::default();
-        for t in &threads {
-            let _ = hist.add(&t.hist);
-            seconds.merge(&t.seconds);
-            stats.add(&t.stats);
-            errors.merge(&t.errors);
-        }
+        let UnitsThread {
+            hist,
+            seconds,
+            stats,
+            errors,
+        } = UnitsThread::merge(&threads);
         let mut r = report::Report::base(
             "msrp-relay",
             config,
@@ -1014,6 +1010,7 @@ impl MsrpRelay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::SecondHists;
 
     fn state(window: usize) -> PairState {
         let mut rng = Rng::from_os(0);

@@ -27,12 +27,36 @@ pub struct Shared<S> {
     pub errors: RefCell<ErrorLog>,
 }
 
+/// A scenario's counters: summed over units, then over threads.
+pub trait Counters: Default {
+    fn add(&mut self, other: &Self);
+}
+
 /// One worker thread's results.
 pub struct UnitsThread<S> {
     pub hist: Histogram<u64>,
     pub seconds: SecondHists,
     pub stats: S,
     pub errors: ErrorLog,
+}
+
+impl<S: Counters> UnitsThread<S> {
+    /// All threads' results together, for the report.
+    pub fn merge(threads: &[UnitsThread<S>]) -> UnitsThread<S> {
+        let mut all = UnitsThread {
+            hist: report::new_histogram(),
+            seconds: SecondHists::default(),
+            stats: S::default(),
+            errors: ErrorLog::default(),
+        };
+        for t in threads {
+            let _ = all.hist.add(&t.hist);
+            all.seconds.merge(&t.seconds);
+            all.stats.add(&t.stats);
+            all.errors.merge(&t.errors);
+        }
+        all
+    }
 }
 
 /// Runs `task(ctx, shared, connect permits, unit index)` for each of the

@@ -24,12 +24,12 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 
-use crate::engine::{Clock, ErrorLog, OpenLoop, Phase, Scenario, ThreadCtx, wait_phase};
+use crate::engine::{Clock, OpenLoop, Phase, Scenario, ThreadCtx, wait_phase};
 use crate::net::{ConnError, Connector};
 use crate::payload::{self, Body, Verdict};
-use crate::report::{self, SecondHists};
+use crate::report;
 use crate::rng::Rng;
-use crate::scenario::units::{self, Hists, UnitsThread, run_units};
+use crate::scenario::units::{self, Counters, Hists, UnitsThread, run_units};
 use crate::ws::frame::{self, OP_BINARY, OP_TEXT};
 use crate::ws::{Event, WsIo};
 
@@ -65,8 +65,8 @@ pub struct EchoStats {
     pub closed_by_server: u64,
 }
 
-impl EchoStats {
-    pub fn add(&mut self, o: &EchoStats) {
+impl Counters for EchoStats {
+    fn add(&mut self, o: &EchoStats) {
         self.sent += o.sent;
         self.received += o.received;
         self.lost += o.lost;
@@ -462,16 +462,12 @@ impl WsEcho {
         config: serde_json::Value,
         nthreads: usize,
     ) -> report::Report {
-        let mut hist = report::new_histogram();
-        let mut seconds = SecondHists::default();
-        let mut stats = EchoStats::default();
-        let mut errors = ErrorLog::default();
-        for t in &threads {
-            let _ = hist.add(&t.hist);
-            seconds.merge(&t.seconds);
-            stats.add(&t.stats);
-            errors.merge(&t.errors);
-        }
+        let UnitsThread {
+            hist,
+            seconds,
+            stats,
+            errors,
+        } = UnitsThread::merge(&threads);
         let mut r = report::Report::base(
             "ws-echo",
             config,
@@ -512,6 +508,7 @@ pub fn integrity_failed(r: &report::Report) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::SecondHists;
 
     #[test]
     fn quotas_sum_to_count() {
