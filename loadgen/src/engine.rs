@@ -865,10 +865,23 @@ async fn control<T>(
     });
     let drain_start = Instant::now();
     let mut stalls = 0;
+    // A unit learns of the Drain phase at its next poll: one that was in
+    // the middle of a poll may still send after the phase changed. Nothing
+    // in flight therefore counts only when seen twice, a sleep apart (by
+    // then every unit has polled and stopped sending).
+    let mut none_in_flight_before = false;
     loop {
         let t = Totals::of(counters);
-        if t.inflight == 0 || t.open() == 0 {
+        if t.open() == 0 {
             break;
+        }
+        if t.inflight == 0 {
+            if none_in_flight_before {
+                break;
+            }
+            none_in_flight_before = true;
+        } else {
+            none_in_flight_before = false;
         }
         if drain_start.elapsed() >= cfg.drain {
             break;
