@@ -524,11 +524,9 @@ fn bodies(seed: u64, n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|_| rng.bytes(4096)).collect()
 }
 
-/// Plain TCP to plain TCP on one worker, the common relay case: chunk
-/// bodies go out from the buffer they were received in (counted), intact,
-/// and every held buffer goes back.
-#[tokio::test]
-async fn small_sends_relay_from_the_receive_buffer() {
+/// One worker with its default pool of 256 receive buffers, and an
+/// AUTHed sender and receiver on it (plain TCP).
+async fn zero_copy_pair() -> (Server, Client, Client) {
     let srv = ServerConfig::new()
         .workers(1)
         .listen_msrp()
@@ -537,7 +535,16 @@ async fn small_sends_relay_from_the_receive_buffer() {
         .start();
     let addr = srv.addrs[0];
     let a = authed(addr, "alice", "alice", "wonderland").await;
-    let mut b = authed(addr, "bob", "bob", "builder").await;
+    let b = authed(addr, "bob", "bob", "builder").await;
+    (srv, a, b)
+}
+
+/// Plain TCP to plain TCP on one worker, the common relay case: chunk
+/// bodies go out from the buffer they were received in (counted), intact,
+/// and every held buffer goes back.
+#[tokio::test]
+async fn small_sends_relay_from_the_receive_buffer() {
+    let (srv, a, mut b) = zero_copy_pair().await;
     let n = 400;
     let sent = bodies(7, n);
     let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
@@ -669,15 +676,7 @@ where
 /// given back.
 #[tokio::test]
 async fn bodies_across_two_receive_buffers_relay_without_a_copy() {
-    let srv = ServerConfig::new()
-        .workers(1)
-        .listen_msrp()
-        .msrp_users(REALM, USERS)
-        .reactor("recv_buffers = 256")
-        .start();
-    let addr = srv.addrs[0];
-    let a = authed(addr, "alice", "alice", "wonderland").await;
-    let mut b = authed(addr, "bob", "bob", "builder").await;
+    let (srv, a, mut b) = zero_copy_pair().await;
     let n = 480;
     let sent = sized_bodies(21, n, &[4096, 3000, 5000, 4096]);
     let total: usize = sent.iter().map(Vec::len).sum();

@@ -247,45 +247,28 @@ impl HeaderName {
 
 impl HeaderName {
     /// The known header a header line starts with (its name and the `:`
-    /// right after it), by the line's first letter and the names' lengths:
-    /// the common case, where no byte-by-byte name scan is needed (a known
-    /// name is all letters and dashes, so it is a valid `hname`).
+    /// right after it): the common case, where no byte-by-byte name scan
+    /// is needed (a known name is all letters and dashes, so it is a valid
+    /// `hname`). Only the lengths of the known names are listed here, by
+    /// first letter; [`HeaderName::classify`] holds their spellings.
     fn known_at_start(line: &[u8]) -> Option<(HeaderName, usize)> {
-        use HeaderName::*;
-        let l = line;
+        let at = |len: usize| {
+            let name = line.get(..len).filter(|_| line.get(len) == Some(&b':'))?;
+            Some((HeaderName::classify(name), len)).filter(|(h, _)| *h != HeaderName::Other)
+        };
         match line.first()? | 0x20 {
-            b't' => name_at(l, b"to-path", ToPath),
-            b'f' => name_at(l, b"from-path", FromPath)
-                .or_else(|| name_at(l, b"failure-report", FailureReport)),
-            b'm' => name_at(l, b"message-id", MessageId)
-                .or_else(|| name_at(l, b"min-expires", MinExpires))
-                .or_else(|| name_at(l, b"max-expires", MaxExpires)),
-            b'b' => name_at(l, b"byte-range", ByteRange),
-            b's' => name_at(l, b"status", Status)
-                .or_else(|| name_at(l, b"success-report", SuccessReport)),
-            b'c' => name_at(l, b"content-type", ContentType),
-            b'e' => name_at(l, b"expires", Expires),
-            b'u' => name_at(l, b"use-path", UsePath),
-            b'a' => name_at(l, b"authorization", Authorization)
-                .or_else(|| name_at(l, b"authentication-info", AuthenticationInfo)),
-            b'w' => name_at(l, b"www-authenticate", WwwAuthenticate),
+            b't' | b'e' => at(7),
+            b'f' => at(9).or_else(|| at(14)),
+            b'm' => at(10).or_else(|| at(11)),
+            b'b' => at(10),
+            b's' => at(6).or_else(|| at(14)),
+            b'c' => at(12),
+            b'u' => at(8),
+            b'a' => at(13).or_else(|| at(19)),
+            b'w' => at(16),
             _ => None,
         }
     }
-}
-
-/// `then` and the name's length when `line` starts with `lower` (in any
-/// letter case) followed by `:`.
-#[inline(always)]
-fn name_at<const N: usize>(
-    line: &[u8],
-    lower: &[u8; N],
-    then: HeaderName,
-) -> Option<(HeaderName, usize)> {
-    if line.get(N) != Some(&b':') {
-        return None;
-    }
-    lower_is(line.get(..N)?, lower, then).map(|h| (h, N))
 }
 
 /// `then` when `name` is `lower` in any letter case. Compared a word at

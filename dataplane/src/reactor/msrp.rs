@@ -312,11 +312,7 @@ pub(super) fn queue_frame(
             if ws.msrp.is_none() || ws.session.state() != State::Open {
                 return false;
             }
-            if c.out.is_empty() && !BufPool::fits(&c.out) {
-                // Frames written into an output buffer that grows from
-                // nothing would be copied again by every reallocation.
-                spare.push(std::mem::replace(&mut c.out, pool.take()));
-            }
+            spare.extend(pool.make_output(&mut c.out));
             write_frame(&mut c.out, &frame, true, stats);
             stats.messages_out(crate::config::SubProtocol::Msrp, 1);
             spare.push(frame);
@@ -334,9 +330,7 @@ pub(super) fn queue_frame(
                     // behind it would grow that buffer by reallocation,
                     // copying everything again each time. One copy into a
                     // pooled output buffer instead.
-                    if !BufPool::fits(&c.out) {
-                        spare.push(std::mem::replace(&mut c.out, pool.take()));
-                    }
+                    spare.extend(pool.make_output(&mut c.out));
                     c.out.extend_from_slice(&frame);
                     spare.push(frame);
                 }

@@ -76,6 +76,17 @@ impl BufPool {
         b.capacity() >= NEW_BUF
     }
 
+    /// Makes an empty output buffer `out` a pooled one (a batch of frames
+    /// written into a buffer that grows from small would be copied again
+    /// by every reallocation); the small buffer it replaces, if it had any
+    /// capacity, is returned for reuse.
+    pub(super) fn make_output(&mut self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        if !out.is_empty() || BufPool::fits(out) {
+            return None;
+        }
+        Some(std::mem::replace(out, self.take())).filter(|b| b.capacity() > 0)
+    }
+
     pub(super) fn put(&mut self, mut b: Vec<u8>) {
         // Smaller buffers (the relay engine's) would grow by reallocation
         // as output.
@@ -327,6 +338,8 @@ impl Worker {
             self.cqes = cqes;
             self.drain_inbox(now);
             self.flush_all(now);
+            // Buffers set aside this turn (displaced output) go back.
+            self.recycle_displaced();
             self.record_relay_latency();
             let mut rearm = std::mem::take(&mut self.rearm);
             for &(idx, g) in &rearm {
@@ -573,10 +586,10 @@ impl Worker {
             self.bufs.recycle(bid);
             return;
         }
-        if c.out.capacity() == 0 {
-            // Output is written into a pooled buffer, not a fresh allocation
-            // per message (flush hands it to the send; on_send pools it).
-            c.out = self.pool.take();
+        // Output is written into a pooled buffer, not a fresh allocation
+        // per message (flush hands it to the send; on_send pools it).
+        if let Some(small) = self.pool.make_output(&mut c.out) {
+            self.displaced.push(small);
         }
         if c.tls.is_some() {
             self.on_ciphertext(t.index, bid, n, now);
@@ -1958,7 +1971,8 @@ impl Worker {
             // Its sessions die with it; transactions waiting on it fail.
             let id = m.conn.id;
             let waiting = std::mem::take(&mut m.waiting);
-            let mut handed_over = std::mem::take(&mut m.handed_over);
+            // (Collected: an empty map allocates nothing.)
+            let handed_over: Vec<(u8, TxnId)> = m.handed_over.take().collect();
             if c.outbound {
                 self.outbound.retain(|_, v| v.0 != idx);
             }
@@ -1973,7 +1987,7 @@ impl Worker {
             }
             // Other cores' transactions it never answered: their cores
             // report them now (408, as for this core's own above).
-            for (core, t) in handed_over.take() {
+            for (core, t) in handed_over {
                 self.fail_on(core, Some(t), 408, now);
             }
             glue::run_detached(
@@ -2585,6 +2599,19 @@ mod tests {
         let b = pool.take();
         assert_eq!(b.as_ptr(), at, "the pooled buffer was not reused");
         assert!(BufPool::fits(&pool.take()), "a new buffer is too small");
+        // An empty small output is replaced (and handed back); an output
+        // with bytes in it, or a pooled-size one, is left alone.
+        let mut out = Vec::with_capacity(100);
+        assert_eq!(
+            pool.make_output(&mut out).map(|b| b.capacity() >= 100),
+            Some(true)
+        );
+        assert!(BufPool::fits(&out));
+        let mut none = Vec::new();
+        assert!(pool.make_output(&mut none).is_none() && BufPool::fits(&none));
+        let mut busy = vec![1u8];
+        assert!(pool.make_output(&mut busy).is_none() && busy.capacity() < NEW_BUF);
+        assert!(pool.make_output(&mut out).is_none());
     }
 
     /// A body in progress whose sender stalled: its ring pieces become
