@@ -400,6 +400,7 @@ pub struct FrameParser {
     /// The bytes being fed are known to be UTF-8 (see
     /// [`FrameParser::set_input_is_utf8`]).
     input_is_utf8: bool,
+    crlf: CrLf,
 }
 
 impl FrameParser {
@@ -420,6 +421,7 @@ impl FrameParser {
             needle_len: 0,
             frames: 0,
             input_is_utf8: false,
+            crlf: CrLf::new(),
         }
     }
 
@@ -583,7 +585,7 @@ impl FrameParser {
         let end_line = self.needle.get(2..self.needle_len).unwrap_or(&[]);
         let mut pos = first_line_end;
         let mut header_err = None;
-        let crlf = CrLf::new();
+        let crlf = &self.crlf;
         let head_end = loop {
             let rest = window.get(pos..).unwrap_or(&[]);
             // Header lines start with a letter: only a line starting with a
@@ -722,9 +724,11 @@ impl FrameParser {
     }
 }
 
-/// Finds a head line's CR or LF. Built once per head: `memchr::memchr2`
-/// goes through its dispatch and sets up its needles on every (short)
-/// header line's search.
+/// Finds a head line's CR or LF. Built once per connection:
+/// `memchr::memchr2` goes through its dispatch and sets up its needles on
+/// every (short) header line's search, and building this searcher per head
+/// cost a copy of its vectors.
+#[derive(Debug)]
 struct CrLf {
     #[cfg(target_arch = "x86_64")]
     avx2: Option<memchr::arch::x86_64::avx2::memchr::Two>,
