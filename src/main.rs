@@ -60,17 +60,31 @@ enum Command {
 }
 
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+static HUP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::Relaxed);
 }
 
+extern "C" fn on_hup(_: libc::c_int) {
+    HUP.store(true, Ordering::Relaxed);
+}
+
 /// How often the main thread also checks that the data plane still runs.
 const STOP_POLL: Duration = Duration::from_millis(250);
 
-/// Block SIGTERM and SIGINT in the calling thread (and the threads it
-/// starts afterwards); returns the set for [`wait_stop_signal`].
-fn block_stop_signals() -> libc::sigset_t {
+/// What a signal asks of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SignalAsk {
+    /// SIGTERM, SIGINT.
+    Stop,
+    /// SIGHUP: read the users file again.
+    Reload,
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in the calling thread (and the threads
+/// it starts afterwards); returns the set for [`wait_signal`].
+fn block_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it and
     // pthread_sigmask only changes this thread's mask.
     unsafe {
@@ -78,21 +92,34 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-/// Wait up to `timeout` for one of `set`'s (blocked) signals; `true` if one
-/// came.
-fn wait_stop_signal(set: &libc::sigset_t, timeout: Duration) -> bool {
+/// Wait up to `timeout` for one of `set`'s (blocked) signals.
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<SignalAsk> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
     // SAFETY: `set` and `ts` are live for the call; no siginfo is asked for.
     let r = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
-    r == libc::SIGTERM || r == libc::SIGINT
+    match r {
+        libc::SIGTERM | libc::SIGINT => Some(SignalAsk::Stop),
+        libc::SIGHUP => Some(SignalAsk::Reload),
+        _ => None,
+    }
+}
+
+/// Read the users file again; the outcome goes to the log (and the stats
+/// region's reload counters, which the management API reads).
+fn reload_users(dp: &Dataplane) {
+    match dp.reload_users() {
+        Ok(n) => tracing::info!(users = n, "users file reloaded"),
+        Err(e) => tracing::warn!(error = %e, "users file not reloaded; the users in force stay"),
+    }
 }
 
 fn main() {
@@ -256,11 +283,14 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
     unsafe {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        // Not ignored, or a blocked SIGHUP would be discarded: a thread
+        // started before the mask (none should be) runs the handler.
+        libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t);
     }
     // Blocked here, before any thread starts (they inherit the mask): the
     // signals stay pending for the main thread's wait below, which then
     // sleeps until one comes instead of waking 50 times a second.
-    let stop_signals = block_stop_signals();
+    let signals = block_signals();
 
     let config_path = config.map(Path::to_path_buf);
     let mgmt_settings = match cfg.mgmt.enabled {
@@ -292,11 +322,24 @@ fn run(config: Option<&Path>) -> anyhow::Result<()> {
         }
     };
     tracing::info!(workers, "rtedge running");
+    // The management API asks for reloads through the region's control
+    // words (it may run in another process).
+    let control = dp.shared().region.clone();
+    let mut reloads_asked = control.control().users_reload_requests();
     loop {
-        if SIGNALLED.load(Ordering::Relaxed) || wait_stop_signal(&stop_signals, STOP_POLL) {
+        let ask = wait_signal(&signals, STOP_POLL);
+        if SIGNALLED.load(Ordering::Relaxed) || ask == Some(SignalAsk::Stop) {
             tracing::info!("shutting down: closing WebSocket peers with 1001");
             dp.request_shutdown();
             break;
+        }
+        let asked = control.control().users_reload_requests();
+        if ask == Some(SignalAsk::Reload)
+            || HUP.swap(false, Ordering::Relaxed)
+            || asked != reloads_asked
+        {
+            reloads_asked = asked;
+            reload_users(&dp);
         }
         if dp.is_finished() {
             break;
@@ -312,15 +355,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_blocked_stop_signal_is_waited_for() {
-        // Only this test thread blocks SIGTERM, and the signal is sent to
-        // it alone, so the rest of the test process is not affected.
-        let set = block_stop_signals();
+    fn blocked_signals_are_waited_for_and_told_apart() {
+        // Only this test thread blocks them, and the signals are sent to it
+        // alone, so the rest of the test process is not affected.
+        let set = block_signals();
         let t0 = std::time::Instant::now();
-        assert!(!wait_stop_signal(&set, Duration::from_millis(30)));
+        assert_eq!(wait_signal(&set, Duration::from_millis(30)), None);
         assert!(t0.elapsed() >= Duration::from_millis(25));
-        // SAFETY: signals this thread, where SIGTERM is blocked (pending).
+        // SAFETY: signals this thread, where both are blocked (pending).
+        unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+        assert_eq!(
+            wait_signal(&set, Duration::from_secs(5)),
+            Some(SignalAsk::Reload)
+        );
+        // SAFETY: as above.
         unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGTERM) };
-        assert!(wait_stop_signal(&set, Duration::from_secs(5)));
+        assert_eq!(
+            wait_signal(&set, Duration::from_secs(5)),
+            Some(SignalAsk::Stop)
+        );
     }
 }

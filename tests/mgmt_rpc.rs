@@ -116,6 +116,7 @@ async fn methods_work_over_rpc() {
         "ws.disable",
         "ws.enable",
         "msrp.cmaplist",
+        "auth.reload",
     ] {
         assert!(methods.contains(&json!(m)), "{m}");
     }

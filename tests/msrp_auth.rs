@@ -2,15 +2,19 @@
 //! the real binary: every outcome of an AUTH addressed to the relay — 401
 //! challenge, stale nonce, 403 and the per-connection failure cap, 423 with
 //! Min-Expires / Max-Expires, 200 with Use-Path, Expires and
-//! Authentication-Info, and the default Expires. The client is the
-//! independent text client of `tests/common/msrp.rs`.
+//! Authentication-Info, and the default Expires — and the users file read
+//! again while running. The client is the independent text client of
+//! `tests/common/msrp.rs`.
 
 mod common;
+mod mgmt_common;
 
 use common::msrp::{
-    Client, QUIET, REALM, auth_frame, authorization, md5_hex, param, relay_config, send_frame,
+    Client, QUIET, REALM, USERS, auth_frame, authorization, md5_hex, param, relay_config,
+    send_frame,
 };
-use dataplane::region::{AuthResult, Counter, MsrpStatus};
+use common::{users_file, write_users};
+use dataplane::region::{AuthResult, Counter, MsrpStatus, ReloadResult};
 use std::time::Duration;
 
 /// AUTH without credentials: 401 whose `WWW-Authenticate` is a Digest
@@ -273,4 +277,113 @@ async fn auth_for_a_further_hop_is_forwarded() {
     assert_eq!(b.read().await.body, b"after");
     assert_eq!(a.read().await.status(), Some(200));
     a.quiet(QUIET).await;
+}
+
+/// A and B relay through sessions they AUTHed; A keeps sending while the
+/// users file changes under the relay.
+async fn relays(a: &mut Client, b: &mut Client, n: usize) {
+    let body = format!("message {n} after the users changed").into_bytes();
+    a.send(&send_frame(
+        &format!("rl{n:02}"),
+        &[&a.relay_uri, &b.relay_uri, &b.uri],
+        &a.uri,
+        &format!("rl-m{n}"),
+        &body,
+    ))
+    .await;
+    let got = b.read().await;
+    assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    assert_eq!(got.body, body);
+    assert_eq!(a.read().await.status(), Some(200));
+}
+
+/// The users file is read again on SIGHUP and on the management API's
+/// `POST /api/auth/reload` (JSON-RPC `auth.reload`): new AUTHs are checked
+/// against the new file, while the connections and sessions granted before
+/// go on relaying (the issue: "reloading it does not drop connections"). A
+/// file that does not load changes nothing: the API answers 422, the
+/// failure is counted and logged, and the users in force stay.
+#[tokio::test]
+async fn reloading_the_users_file_keeps_connections_and_sessions() {
+    let srv = relay_config(1).with_mgmt().start();
+    let addr = srv.addrs[0];
+    assert_eq!(srv.gauge(Counter::Users), USERS.len() as i64);
+    let mut a = common::msrp::authed(addr, "a", "alice", "wonderland").await;
+    let mut b = common::msrp::authed(addr, "b", "bob", "builder").await;
+    relays(&mut a, &mut b, 1).await;
+    // Each step on the heap: a debug build's poll frame of one long test
+    // body overflows the test thread's stack.
+    Box::pin(reload_on_sighup(&srv, &mut a, &mut b)).await;
+    Box::pin(a_bad_file_keeps_the_users(&srv, &mut a, &mut b)).await;
+    Box::pin(reload_over_json_rpc(&srv, &mut a, &mut b)).await;
+}
+
+/// SIGHUP: alice's password changes, bob is gone, carol arrives.
+async fn reload_on_sighup(srv: &common::Server, a: &mut Client, b: &mut Client) {
+    let addr = srv.addrs[0];
+    write_users(
+        &users_file(srv.config.dir.path()),
+        &[("alice", "looking-glass"), ("carol", "cheshire")],
+    );
+    srv.signal(libc::SIGHUP);
+    srv.wait_counter(Counter::UsersReloads(ReloadResult::Ok), 1)
+        .await;
+    srv.wait_gauge(Counter::Users, 2).await;
+    let mut c = Client::connect(addr, "c").await;
+    let r = c.auth_with("alice", "wonderland", None).await;
+    assert_eq!(r.status(), Some(403), "the old password: {r:?}");
+    let r = c.auth_with("bob", "builder", None).await;
+    assert_eq!(r.status(), Some(403), "a removed user: {r:?}");
+    let mut d = Client::connect(addr, "d").await;
+    d.authed_as("carol", "cheshire").await;
+    let mut e = Client::connect(addr, "e").await;
+    e.authed_as("alice", "looking-glass").await;
+    // Granted before the reload: still relaying, both ways round.
+    relays(a, b, 2).await;
+    relays(b, a, 3).await;
+    assert!(srv.log().contains("users file reloaded"), "{}", srv.log());
+}
+
+/// A file that does not load (an entry without a password), through the
+/// REST API: 422, counted and logged, and the users in force stay.
+async fn a_bad_file_keeps_the_users(srv: &common::Server, a: &mut Client, b: &mut Client) {
+    let http = mgmt_common::Http::new(srv.mgmt.expect("management service"), None);
+    let file = users_file(srv.config.dir.path());
+    std::fs::write(&file, "[[user]]\nname = \"carol\"\n").expect("write");
+    let r = http.post("/api/auth/reload", "").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("did not load"), "{}", r.body);
+    assert_eq!(srv.counter(Counter::UsersReloads(ReloadResult::Failed)), 1);
+    assert!(
+        srv.log().contains("users file not reloaded"),
+        "{}",
+        srv.log()
+    );
+    let mut f = Client::connect(srv.addrs[0], "f").await;
+    f.authed_as("carol", "cheshire").await;
+    relays(a, b, 4).await;
+}
+
+/// Fixed, through JSON-RPC `auth.reload`: the answer says how many users
+/// are in force.
+async fn reload_over_json_rpc(srv: &common::Server, a: &mut Client, b: &mut Client) {
+    let http = mgmt_common::Http::new(srv.mgmt.expect("management service"), None);
+    write_users(
+        &users_file(srv.config.dir.path()),
+        &[("alice", "wonderland")],
+    );
+    let r = http
+        .post("/RPC", r#"{"jsonrpc":"2.0","method":"auth.reload","id":1}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["result"]["users"], 1, "{v}");
+    assert_eq!(srv.counter(Counter::UsersReloads(ReloadResult::Ok)), 2);
+    let mut g = Client::connect(srv.addrs[0], "g").await;
+    g.authed_as("alice", "wonderland").await;
+    assert_eq!(
+        g.auth_with("carol", "cheshire", None).await.status(),
+        Some(403)
+    );
+    relays(a, b, 5).await;
 }

@@ -432,6 +432,40 @@ async fn http_digest_authentication() {
     srv.wait_counter(Counter::Handshakes(H::Accepted), 1).await;
 }
 
+/// SIGHUP reads the users file again: the next handshakes are checked
+/// against the new users, and a session opened before stays open.
+#[tokio::test]
+async fn reloaded_users_apply_to_new_handshakes_only() {
+    let realm = "e2e.example";
+    let srv = ServerConfig::new().auth(realm, &[("alice", "one")]).start();
+    let a = srv.addr();
+    let nonce_now = || async { md5_nonce(&exchange(a, &request("GET", "/ws", a, &[])).await) };
+    let handshake = |pw: &'static str, nonce: String| async move {
+        let authz = digest_authorization("alice", realm, pw, &nonce, "/ws");
+        let mut r = Raw::connect(a).await;
+        r.send(request("GET", "/ws", a, &[("Authorization", Some(&authz))]).as_bytes())
+            .await;
+        let resp = r.read_response().await;
+        (r, resp)
+    };
+    let (mut before, resp) = handshake("one", nonce_now().await).await;
+    assert_status(&resp, 101, "the first password");
+
+    write_users(&users_file(srv.config.dir.path()), &[("alice", "two")]);
+    srv.signal(libc::SIGHUP);
+    srv.wait_counter(
+        Counter::UsersReloads(dataplane::region::ReloadResult::Ok),
+        1,
+    )
+    .await;
+    let (_, resp) = handshake("one", nonce_now().await).await;
+    assert_status(&resp, 401, "the old password after the reload");
+    let (mut after, resp) = handshake("two", nonce_now().await).await;
+    assert_status(&resp, 101, "the new password");
+    after.echo_roundtrip(op::TEXT, b"new").await;
+    before.echo_roundtrip(op::TEXT, b"still open").await;
+}
+
 #[tokio::test]
 async fn oversize_request_head_gets_431() {
     let srv = ServerConfig::new()

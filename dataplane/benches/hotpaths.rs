@@ -146,7 +146,7 @@ Sec-WebSocket-Protocol: sip\r\n\
 \r\n";
 
 fn handshake_group(c: &mut Criterion) {
-    use dataplane::auth::{CredentialStore, NonceManager};
+    use dataplane::auth::{CredentialStore, NonceManager, Users};
     use dataplane::config::{CorsMode, SubProtocol};
     use dataplane::ws::handshake::{HandshakeAuth, HandshakePolicy, Outcome, process};
 
@@ -215,7 +215,7 @@ fn handshake_group(c: &mut Criterion) {
     let authed = HandshakePolicy {
         auth: Some(HandshakeAuth {
             realm: "rtedge".into(),
-            store: Arc::new(store),
+            store: Arc::new(Users::fixed(store)),
             nonces,
         }),
         ..open.clone()
@@ -238,7 +238,7 @@ fn handshake_group(c: &mut Criterion) {
 /// and the receiver's 32 200s — per message: two frames parsed, one
 /// forwarded, one hop-by-hop 200 written.
 fn msrp_group(c: &mut Criterion) {
-    use dataplane::auth::{CredentialStore, NonceManager};
+    use dataplane::auth::{CredentialStore, NonceManager, Users};
     use dataplane::msrp::auth::UsePath;
     use dataplane::msrp::parser::ParserLimits;
     use dataplane::msrp::relay::{Action, Env, MsrpConn, RelayConfig, RelayCore};
@@ -277,7 +277,7 @@ fn msrp_group(c: &mut Criterion) {
         "127.0.0.1:40002".into(),
         false,
     );
-    let store = CredentialStore::empty("bench");
+    let store = Users::fixed(CredentialStore::empty("bench"));
     let nonces = NonceManager::new([1; 32], 300);
     let body = [b'x'; 100];
     let mut sends = Vec::new();

@@ -9,8 +9,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dataplane::region::{
-    COMMAND_DATA_MAX, Command, CommandKind, ConnState, MSRP_SESSION_SLOTS, Protocol, Region,
-    SESSION_ID_CAP, conn_id_core, unix_time_ms,
+    COMMAND_DATA_MAX, Command, CommandKind, ConnState, Counter, MSRP_SESSION_SLOTS, Protocol,
+    Region, ReloadResult, SESSION_ID_CAP, conn_id_core, unix_time_ms,
 };
 use serde_json::{Value, json};
 use simd_json::prelude::*;
@@ -70,6 +70,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/ws/disable", post(ws_disable))
         .route("/api/ws/enable", post(ws_enable))
         .route("/api/msrp/sessions", get(msrp_sessions))
+        .route("/api/auth/reload", post(auth_reload))
         .route(
             "/api/msrp/sessions/{id}",
             axum::routing::delete(msrp_session_delete),
@@ -478,6 +479,59 @@ async fn ws_disable(State(app): State<Arc<App>>) -> ApiResult {
 
 async fn ws_enable(State(app): State<Arc<App>>) -> ApiResult {
     ok(set_ws_enabled(&app.regions.get(), true))
+}
+
+// ------------------------------------------------------------------ users
+
+/// How long a reload request waits for the process to answer (its main
+/// thread looks every 250 ms).
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `auth.reload`: ask the process to read the users file again (the same
+/// as SIGHUP) and wait for the answer, which the reload counters in the
+/// stats region give. Blocks up to [`RELOAD_WAIT`]: call it off the
+/// runtime's thread.
+pub(crate) fn reload_users(region: &Region) -> Result<Value, ApiError> {
+    let ok_word = Counter::UsersReloads(ReloadResult::Ok).index();
+    let failed_word = Counter::UsersReloads(ReloadResult::Failed).index();
+    let counts = || {
+        let s = region.snapshot_counters();
+        (s.raw(ok_word), s.raw(failed_word))
+    };
+    let before = counts();
+    region.control().request_users_reload();
+    let deadline = std::time::Instant::now() + RELOAD_WAIT;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (ok, failed) = counts();
+        if failed != before.1 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the users file did not load (rtedge's log says why); the users in force stay",
+            ));
+        }
+        if ok != before.0 {
+            let users = region.snapshot_counters().raw(Counter::Users.index());
+            return Ok(json!({"reloaded": true, "users": users}));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the data plane did not answer the reload request",
+            ));
+        }
+    }
+}
+
+async fn auth_reload(State(app): State<Arc<App>>) -> ApiResult {
+    let region = app.regions.get();
+    match tokio::task::spawn_blocking(move || reload_users(&region)).await {
+        Ok(r) => ok(r?),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+        )),
+    }
 }
 
 // ------------------------------------------------------------------ MSRP

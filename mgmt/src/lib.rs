@@ -20,6 +20,7 @@
 //! | POST | `/api/ws/connections/{id}/close`, `/ping`, `/pong` | `ws.close`, `ws.ping`, `ws.pong` |
 //! | POST | `/api/ws/disable`, `/api/ws/enable` | `ws.disable`, `ws.enable` |
 //! | GET | `/api/msrp/sessions`, DELETE `/api/msrp/sessions/{id}` | `msrp.cmaplist` |
+//! | POST | `/api/auth/reload` | `auth.reload`: read the users file again (as SIGHUP) |
 //! | GET | `/api/events` | server-sent events: opened, closed, rejected |
 //! | POST | `/RPC` | Kamailio-compatible JSON-RPC 2.0 |
 

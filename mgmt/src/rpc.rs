@@ -44,6 +44,7 @@ const METHODS: &[&str] = &[
     "ws.disable",
     "ws.enable",
     "msrp.cmaplist",
+    "auth.reload",
     "system.listMethods",
 ];
 
@@ -254,6 +255,12 @@ fn dispatch(app: &App, method: &str, p: &Params<'_>) -> Result<Value, RpcError> 
             p.only(&[])?;
             Ok(api::msrp_list(&region()))
         }
+        // Blocks until the process answers: `handle` runs calls off the
+        // runtime's thread.
+        "auth.reload" => {
+            p.only(&[])?;
+            Ok(api::reload_users(&region())?)
+        }
         "system.listMethods" => {
             p.only(&[])?;
             Ok(json!(METHODS))
@@ -311,6 +318,17 @@ fn call(app: &App, req: &OwnedValue) -> Option<(Value, StatusCode)> {
 }
 
 pub(crate) async fn handle(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    // Off the (single) runtime thread: a call may wait for the data plane
+    // (`auth.reload`), and metrics scrapes must not wait behind it.
+    tokio::task::spawn_blocking(move || handle_blocking(&app, body))
+        .await
+        .unwrap_or_else(|e| {
+            let e = RpcError::new(INTERNAL_ERROR, e.to_string());
+            (e.http_status(), axum::Json(error_response(Value::Null, &e))).into_response()
+        })
+}
+
+fn handle_blocking(app: &App, body: Bytes) -> Response {
     let mut buf = body.to_vec();
     let parsed = match simd_json::to_owned_value(&mut buf) {
         Ok(v) => v,
@@ -326,14 +344,14 @@ pub(crate) async fn handle(State(app): State<Arc<App>>, body: Bytes) -> Response
         }
         let replies: Vec<Value> = batch
             .iter()
-            .filter_map(|r| call(&app, r).map(|(v, _)| v))
+            .filter_map(|r| call(app, r).map(|(v, _)| v))
             .collect();
         if replies.is_empty() {
             return StatusCode::NO_CONTENT.into_response();
         }
         return (StatusCode::OK, axum::Json(Value::Array(replies))).into_response();
     }
-    match call(&app, &parsed) {
+    match call(app, &parsed) {
         Some((v, status)) => (status, axum::Json(v)).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }

@@ -95,6 +95,23 @@ impl TestCert {
     }
 }
 
+/// The users file a [`ServerConfig`] in `dir` writes (`[auth] users_file`).
+pub fn users_file(dir: &Path) -> PathBuf {
+    dir.join("users.toml")
+}
+
+/// Writes a users file of `(name, password)` entries (the format of
+/// `[auth] users_file`).
+pub fn write_users(file: &Path, users: &[(&str, &str)]) {
+    let mut text = String::new();
+    for (name, pw) in users {
+        text.push_str(&format!(
+            "[[user]]\nname = \"{name}\"\npassword = \"{pw}\"\n"
+        ));
+    }
+    std::fs::write(file, text).expect("write users file");
+}
+
 /// Builder of a test configuration. Defaults: 2 workers, workers not pinned,
 /// one `ws` listener on an ephemeral loopback port, sub-protocol `echo`,
 /// management off, a region file in the test's own directory.
@@ -185,18 +202,7 @@ impl ServerConfig {
     /// Requires HTTP auth on the handshake against a users file with `users`
     /// (`(name, password)`), in `realm`.
     pub fn auth(mut self, realm: &str, users: &[(&str, &str)]) -> Self {
-        let file = self.dir.path().join("users.toml");
-        let mut text = String::new();
-        for (name, pw) in users {
-            text.push_str(&format!(
-                "[[user]]\nname = \"{name}\"\npassword = \"{pw}\"\n"
-            ));
-        }
-        std::fs::write(&file, text).expect("write users file");
-        self.auth = vec![
-            format!("realm = \"{realm}\""),
-            format!("users_file = {:?}", file.display().to_string()),
-        ];
+        self = self.msrp_users(realm, users);
         self.websocket.push("require_auth = true".into());
         self
     }
@@ -230,14 +236,8 @@ impl ServerConfig {
     /// A users file with `users` in `realm` for MSRP AUTH (the WebSocket
     /// handshake stays open).
     pub fn msrp_users(mut self, realm: &str, users: &[(&str, &str)]) -> Self {
-        let file = self.dir.path().join("users.toml");
-        let mut text = String::new();
-        for (name, pw) in users {
-            text.push_str(&format!(
-                "[[user]]\nname = \"{name}\"\npassword = \"{pw}\"\n"
-            ));
-        }
-        std::fs::write(&file, text).expect("write users file");
+        let file = users_file(self.dir.path());
+        write_users(&file, users);
         self.auth = vec![
             format!("realm = \"{realm}\""),
             format!("users_file = {:?}", file.display().to_string()),

@@ -5,6 +5,7 @@
 //! (RFC 4976 §5, which reuses RFC 2617 Digest with the method `AUTH`).
 //!
 //! - [`store`]: [`CredentialStore`], the users file.
+//! - [`users`]: [`Users`], the store in force and its reload.
 //! - [`digest`]: HTTP Digest (RFC 7616, RFC 2617, RFC 2069 compatibility):
 //!   stateless nonces ([`NonceManager`]), `Authorization` parsing
 //!   ([`parse_digest_authorization`]), verification ([`verify_digest`]),
@@ -42,13 +43,15 @@
 //!
 //! # Reloading
 //!
-//! A [`CredentialStore`] is immutable once loaded. The reactors hold an
-//! `Arc<CredentialStore>`; to reload, load a new store from the file and swap
-//! the `Arc` (connections mid-handshake keep the store they started with).
+//! A [`CredentialStore`] is immutable once loaded. [`Users`] holds the one in
+//! force and replaces it whole when the file is reloaded (SIGHUP or the
+//! management API); an AUTH or a handshake is checked against the store it
+//! took, and connections are not touched.
 
 pub mod basic;
 pub mod digest;
 pub mod store;
+pub mod users;
 
 pub use basic::{basic_challenge, parse_basic};
 pub use digest::{
@@ -56,6 +59,7 @@ pub use digest::{
     NonceManager, challenge, parse_digest_authorization, verify_digest,
 };
 pub use store::{AuthError, CredentialStore};
+pub use users::{ReloadError, Users};
 
 /// Constant-time equality of two byte strings of public length.
 ///

@@ -46,7 +46,7 @@ use super::parser::{
 use super::session_map::{InsertError, Miss, SESSION_RANDOM, SessionEntry, SessionId, SessionMap};
 use super::uri::{LocalAuthorities, MsrpUri, PeerUri};
 use super::uri_cache::UriCache;
-use crate::auth::{CredentialStore, NonceManager};
+use crate::auth::{NonceManager, Users};
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +203,8 @@ pub enum Stat {
 
 /// External inputs: credentials, nonces, time and randomness.
 pub struct Env<'a> {
-    pub store: &'a CredentialStore,
+    /// The users in force (an AUTH takes the current store).
+    pub store: &'a Users,
     pub nonces: &'a NonceManager,
     /// Monotonic milliseconds.
     pub now_ms: u64,
@@ -1083,8 +1084,9 @@ impl RelayCore {
         let mut r = [0u8; SESSION_RANDOM];
         (env.rng)(&mut r);
         let sid = SessionId::generate(self.core, &r);
+        let store = env.store.current();
         let aenv = AuthEnv {
-            store: env.store,
+            store: &store,
             nonces: env.nonces,
             now_secs: env.unix_secs,
             use_path: &conn.use_path,

@@ -20,13 +20,13 @@ pub mod timer;
 pub mod token;
 pub mod worker;
 
-use crate::auth::{CredentialStore, NonceManager};
+use crate::auth::{CredentialStore, NonceManager, Users};
 use crate::config::{Config, Transport};
 use crate::msrp::auth::AuthPolicy;
 use crate::msrp::relay::RelayConfig;
 use crate::msrp::session_map::SessionId;
 use crate::msrp::uri::LocalAuthorities;
-use crate::region::Region;
+use crate::region::{Counter, Region, ReloadResult};
 use crate::transport::TlsAcceptor;
 use crate::ws::handshake::{HandshakeAuth, HandshakePolicy};
 use crate::ws::session::SessionConfig;
@@ -89,9 +89,9 @@ pub struct Shared {
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
     /// Per core: entries all its connections' [`conn::HandedOver`] hold.
     pub handed_over: Vec<Arc<std::sync::atomic::AtomicUsize>>,
-    /// MSRP AUTH credentials (`[auth] users_file`; empty without one, so
-    /// every AUTH is challenged and then refused).
-    pub msrp_store: Arc<CredentialStore>,
+    /// AUTH and handshake credentials (`[auth] users_file`; empty without
+    /// one, so every AUTH is challenged and then refused), reloadable.
+    pub users: Arc<Users>,
     pub msrp_nonces: NonceManager,
     pub relay_config: RelayConfig,
     start: Instant,
@@ -177,7 +177,7 @@ impl Dataplane {
 
         let store = match &config.auth.users_file {
             Some(path) => Some(Arc::new(
-                CredentialStore::load(path, &config.auth.realm)
+                Users::load(path, &config.auth.realm)
                     .map_err(|e| StartError::Auth(e.to_string()))?,
             )),
             None => None,
@@ -194,8 +194,11 @@ impl Dataplane {
         } else {
             None
         };
-        let msrp_store =
-            store.unwrap_or_else(|| Arc::new(CredentialStore::empty(&config.auth.realm)));
+        let users = store
+            .unwrap_or_else(|| Arc::new(Users::fixed(CredentialStore::empty(&config.auth.realm))));
+        region
+            .core(0)
+            .set(Counter::Users, users.current().len() as u64);
         let mut relay_config = RelayConfig {
             auth: AuthPolicy {
                 realm: config.auth.realm.clone(),
@@ -294,7 +297,7 @@ impl Dataplane {
             resolver,
             inboxes,
             handed_over: (0..workers).map(|_| Arc::default()).collect(),
-            msrp_store,
+            users,
             msrp_nonces,
             relay_config,
             start: Instant::now(),
@@ -369,6 +372,25 @@ impl Dataplane {
         for i in &self.shared.inboxes {
             i.wake();
         }
+    }
+
+    /// Read the users file again (SIGHUP, or a reload the management API
+    /// asked for) and put it in force for every new AUTH and handshake;
+    /// connections and sessions are not touched. On error the users in
+    /// force stay. Counted in the stats region, in core 0's block: no
+    /// worker writes these words, so call this from one thread only (the
+    /// main thread does).
+    pub fn reload_users(&self) -> Result<usize, crate::auth::ReloadError> {
+        let stats = self.shared.region.core(0);
+        let r = self.shared.users.reload();
+        match &r {
+            Ok(n) => {
+                stats.inc(Counter::UsersReloads(ReloadResult::Ok));
+                stats.set(Counter::Users, *n as u64);
+            }
+            Err(_) => stats.inc(Counter::UsersReloads(ReloadResult::Failed)),
+        }
+        r
     }
 
     /// Ask worker `core` to open an outbound connection.

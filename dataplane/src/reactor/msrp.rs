@@ -217,7 +217,7 @@ pub fn fill_random(buf: &mut [u8]) {
 /// The engine's environment: credentials, nonces, worker time, randomness.
 pub fn env<'a>(shared: &'a Shared, now_ms: u64, rng: &'a mut dyn FnMut(&mut [u8])) -> Env<'a> {
     Env {
-        store: &shared.msrp_store,
+        store: &shared.users,
         nonces: &shared.msrp_nonces,
         now_ms,
         // From the caller's clock reading, not a new one (an environment

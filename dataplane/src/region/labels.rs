@@ -225,6 +225,14 @@ label_enum!(
     }
 );
 
+label_enum!(
+    /// Result of a users-file reload (label `result`).
+    ReloadResult, "result" {
+        Ok = "ok",
+        Failed = "failed",
+    }
+);
+
 label_enum!(@enum
     /// State of a connection slot.
     ConnState {

@@ -13,7 +13,7 @@ use super::sessions::{MSRP_SESSION_SLOTS, SESSION_SLOT_SIZE};
 pub const MAGIC: [u8; 8] = *b"RTEDGE\0\x01";
 /// Layout version. Bump whenever anything in the layout changes (including
 /// appending a counter or histogram).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Bytes reserved for the fixed part of the header (fields below + spare).
 pub(crate) const FIXED_HEADER: usize = 256;

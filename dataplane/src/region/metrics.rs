@@ -7,7 +7,7 @@
 
 use super::labels::{
     AuthResult, CloseCode, HandshakeReason, Label, MsrpMethod, MsrpStatus, Opcode, RejectReason,
-    SubProtocol, TlsResult, Transport,
+    ReloadResult, SubProtocol, TlsResult, Transport,
 };
 
 /// Prometheus metric type of a family.
@@ -261,6 +261,10 @@ define_counters! {
         "MSRP body bytes forwarded from the receive buffer they arrived in (no copy).";
     RecvBuffersHeld => Gauge, "recv_buffers_held",
         "Provided receive buffers held by queued output (forwarded MSRP bodies not yet sent).";
+    UsersReloads(ReloadResult) => Counter, "users_reloads_total",
+        "Reloads of the users file (SIGHUP or the management API), by result; a failed one keeps the users in force.";
+    Users => Gauge, "users",
+        "Users in force (from [auth] users_file).";
 }
 
 /// The counter family descriptors, in layout order.

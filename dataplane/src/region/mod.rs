@@ -67,7 +67,7 @@ use memmap2::{MmapOptions, MmapRaw};
 pub use events::{EVENT_CAPACITY, EVENT_TEXT_CAP, Event, EventKind, EventRecord};
 pub use labels::{
     AuthResult, CloseCode, ConnState, HandshakeReason, Label, MsrpMethod, MsrpStatus, Opcode,
-    Protocol, RejectReason, SubProtocol, TlsResult, Transport,
+    Protocol, RejectReason, ReloadResult, SubProtocol, TlsResult, Transport,
 };
 pub use layout::{
     CELL_SIZE, DEFAULT_RING_CAPACITY, HeaderInfo, LAYOUT_VERSION, MAGIC, MAX_CORES,
@@ -201,6 +201,9 @@ pub struct Control {
     sip_enabled: AtomicU32,
     xmpp_enabled: AtomicU32,
     shutdown_requested: AtomicU32,
+    /// Reloads of the users file asked for (a count: the process reloads
+    /// when it changes).
+    users_reload_requests: AtomicU32,
 }
 
 const _: () = assert!(size_of::<Control>() <= layout::CONTROL_SIZE);
@@ -252,11 +255,20 @@ impl Control {
     pub fn request_shutdown(&self) {
         self.shutdown_requested.store(1, Ordering::Release);
     }
+    /// Ask the process to reload the users file.
+    pub fn request_users_reload(&self) {
+        self.users_reload_requests.fetch_add(1, Ordering::Release);
+    }
+    /// Reloads asked for so far.
+    pub fn users_reload_requests(&self) -> u32 {
+        self.users_reload_requests.load(Ordering::Acquire)
+    }
     fn init(&self) {
         for p in Protocol::ALL {
             self.set_enabled(*p, true);
         }
         self.shutdown_requested.store(0, Ordering::Relaxed);
+        self.users_reload_requests.store(0, Ordering::Relaxed);
     }
 }
 

@@ -119,7 +119,7 @@ fn descriptors_are_consistent() {
     }
     let c = Counter::InboxMessages;
     assert_eq!(c.index(), c.descriptor().base);
-    let c = Counter::RecvBuffersHeld;
+    let c = Counter::Users;
     assert_eq!(c.index(), COUNTER_COUNT - 1);
     assert_eq!(
         Counter::MsrpResponses(MsrpStatus::NoSession)
@@ -906,6 +906,8 @@ fn all_counters() -> Vec<Counter> {
     v.push(Counter::MsrpZeroCopyChunks);
     v.push(Counter::MsrpZeroCopyBytes);
     v.push(Counter::RecvBuffersHeld);
+    v.extend(ReloadResult::ALL.iter().map(|&t| Counter::UsersReloads(t)));
+    v.push(Counter::Users);
     v
 }
 

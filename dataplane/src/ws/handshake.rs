@@ -76,8 +76,8 @@ use sha1::{Digest, Sha1};
 use std::sync::Arc;
 
 use crate::auth::{
-    CredentialStore, DigestAlgorithm, DigestResult, NonceManager, basic_challenge, challenge,
-    parse_basic, parse_digest_authorization, verify_digest,
+    DigestAlgorithm, DigestResult, NonceManager, Users, basic_challenge, challenge, parse_basic,
+    parse_digest_authorization, verify_digest,
 };
 use crate::config::{CorsMode, SubProtocol, WebSocket};
 
@@ -125,8 +125,8 @@ impl HandshakePolicy {
 #[derive(Debug, Clone)]
 pub struct HandshakeAuth {
     pub realm: String,
-    /// Swap the `Arc` to reload users.
-    pub store: Arc<CredentialStore>,
+    /// The users in force (reloadable).
+    pub store: Arc<Users>,
     pub nonces: NonceManager,
 }
 
@@ -556,7 +556,7 @@ fn auth_rejection(
     now_secs: u64,
 ) -> Outcome {
     let nonce = auth.nonces.issue(now_secs);
-    let algorithms: &[DigestAlgorithm] = if auth.store.supports_sha256() {
+    let algorithms: &[DigestAlgorithm] = if auth.store.current().supports_sha256() {
         &[DigestAlgorithm::Sha256, DigestAlgorithm::Md5]
     } else {
         &[DigestAlgorithm::Md5]
@@ -608,7 +608,7 @@ fn authenticate(
             return Err(AuthError::Failed);
         }
         match verify_digest(
-            &auth.store,
+            &auth.store.current(),
             &creds,
             "GET",
             &auth.realm,
@@ -623,6 +623,7 @@ fn authenticate(
         let (user, password) = parse_basic(value).ok_or(AuthError::Failed)?;
         if auth
             .store
+            .current()
             .check_password_in_realm(&user, &auth.realm, &password)
         {
             Ok(user)
@@ -887,6 +888,7 @@ pub fn process(buf: &[u8], policy: &HandshakePolicy, enabled: bool, now_secs: u6
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::CredentialStore;
     use crate::auth::DigestAlgorithm;
     use md5::Md5;
     use sha2::Sha256;
@@ -1541,7 +1543,9 @@ mod tests {
         let mut p = policy();
         p.auth = Some(HandshakeAuth {
             realm: "rtedge".into(),
-            store: Arc::new(CredentialStore::from_toml(users, "rtedge").unwrap()),
+            store: Arc::new(Users::fixed(
+                CredentialStore::from_toml(users, "rtedge").unwrap(),
+            )),
             nonces: NonceManager::new([42; 32], 300),
         });
         p

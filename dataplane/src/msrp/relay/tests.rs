@@ -6,7 +6,7 @@ use crate::msrp::auth::tests::{auth2, nonce_of, policy, store};
 
 struct World {
     core: RelayCore,
-    store: CredentialStore,
+    store: Users,
     nonces: NonceManager,
     now: u64,
     seed: u8,
@@ -22,7 +22,7 @@ impl World {
         };
         World {
             core: RelayCore::new(cfg, 0, 1024),
-            store: store(),
+            store: Users::fixed(store()),
             nonces: NonceManager::new([3; 32], 30),
             now: 1_000_000,
             seed: 1,
