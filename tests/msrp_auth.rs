@@ -117,6 +117,26 @@ async fn wrong_password_is_403_and_the_failure_cap_closes() {
     assert_eq!(srv.gauge(Counter::MsrpSessionsActive), 1);
 }
 
+/// `[msrp] auth_max_failures` sets the cap: 1 closes the connection at the
+/// first 403; 0 never closes it for failures.
+#[tokio::test]
+async fn the_failure_cap_is_configurable() {
+    let srv = relay_config(1).msrp("auth_max_failures = 1").start();
+    let mut c = Client::connect(srv.addrs[0], "mallory").await;
+    assert_eq!(c.auth_with("alice", "no", None).await.status(), Some(403));
+    assert!(c.expect_closed().await.is_empty());
+
+    let srv = relay_config(1).msrp("auth_max_failures = 0").start();
+    let mut c = Client::connect(srv.addrs[0], "patient").await;
+    for i in 0..5 {
+        let r = c.auth_with("alice", "no", None).await;
+        assert_eq!(r.status(), Some(403), "attempt {i}: {r:?}");
+    }
+    c.authed_as("alice", "wonderland").await;
+    srv.wait_counter(Counter::MsrpAuth(AuthResult::Failed), 5)
+        .await;
+}
+
 /// `Expires` outside `[auth_min_expires, auth_max_expires]`: 423 with
 /// `Min-Expires` or `Max-Expires` naming the bound (RFC 4976 §6.3); the
 /// bounds themselves are granted as asked.

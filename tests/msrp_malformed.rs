@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::msrp::{Client, QUIET, authed, relay, send_frame};
+use common::msrp::{Client, QUIET, authed, relay, relay_config, send_frame, send_frame_with};
 use common::{Server, within};
 use dataplane::region::{Counter, MsrpStatus};
 use futures_util::{SinkExt, StreamExt};
@@ -168,6 +168,37 @@ async fn oversized_header_block_closes() {
     closes_silently(&srv, f.as_bytes()).await;
     b.quiet(QUIET).await;
     neighbours_relay(&mut a, &mut b, 1).await;
+}
+
+/// `[msrp] max_head_size` and `max_headers` set the parser's limits: a
+/// head over 1 KiB closes (as one over the default 16 KiB does), a sixth
+/// header line when five are allowed gets 400, and frames within both
+/// relay.
+#[tokio::test]
+async fn head_limits_are_configurable() {
+    let srv = relay_config(1)
+        .msrp("max_head_size = 1024")
+        .msrp("max_headers = 5")
+        .start();
+    let (mut a, mut b) = pair(&srv).await;
+    let to = [a.relay_uri.as_str(), b.relay_uri.as_str(), b.uri.as_str()];
+    let from = "msrp://127.0.0.1:9/x;tcp";
+    let pad = "p".repeat(1100);
+    closes_silently(
+        &srv,
+        &send_frame_with("hl01", &to, from, "m1", &[("X-Pad", &pad)], b"big head"),
+    )
+    .await;
+    answers_400(
+        &srv,
+        &send_frame_with("hl02", &to, from, "m2", &[("X-Six", "6")], b"six headers"),
+        "MSRP hl02 400 Bad Request",
+    )
+    .await;
+    // Five header lines and a head under 1 KiB: relayed.
+    neighbours_relay(&mut a, &mut b, 1).await;
+    srv.wait_counter(Counter::MsrpResponses(MsrpStatus::BadRequest), 1)
+        .await;
 }
 
 /// A first line that is not `"MSRP" SP transact-id SP …` (RFC 4975 §9):

@@ -192,6 +192,19 @@ async fn chain_of_two_relays() {
     b.quiet(QUIET).await;
     assert_eq!(relay1.counter(Counter::MsrpFailureReports), 0);
     assert_eq!(relay2.counter(Counter::MsrpFailureReports), 0);
+    // The connection slots (the management API's connection dump) show
+    // each MSRP connection's role: relay1's client with its user and
+    // session, and its outbound connection to relay2 as the next hop.
+    let infos: Vec<String> = relay1
+        .region()
+        .connections()
+        .iter()
+        .map(|c| c.info.as_str().to_string())
+        .collect();
+    let client = format!("msrp client alice {}", a.session());
+    assert!(infos.contains(&client), "{client} not in {infos:?}");
+    let hop = format!("msrp next-hop msrp://{}", relay2.addrs[0]);
+    assert!(infos.contains(&hop), "{hop} not in {infos:?}");
 }
 
 /// A → relay1 → relay2 → B where relay2 is reached over `msrps`: relay1

@@ -311,6 +311,15 @@ pub struct Msrp {
     /// Seconds to wait for the response to a forwarded request before a
     /// failure REPORT with 408 (RFC 4975 §7.1.1 suggests 30 s).
     pub transaction_timeout: u64,
+    /// AUTHs refused with 403 on one connection before it is closed (0:
+    /// never closed for that).
+    pub auth_max_failures: u32,
+    /// Largest head (first line and header block) of a frame, in bytes: a
+    /// larger one is answered 400 and its frame skipped to its end-line.
+    pub max_head_size: usize,
+    /// Most header lines in a frame (To-Path and From-Path included); more
+    /// get 400.
+    pub max_headers: usize,
 }
 
 impl Default for Msrp {
@@ -326,6 +335,9 @@ impl Default for Msrp {
             next_hop_ca_file: None,
             nonce_lifetime: 300,
             transaction_timeout: 30,
+            auth_max_failures: 3,
+            max_head_size: 16 << 10,
+            max_headers: 64,
         }
     }
 }
@@ -572,6 +584,16 @@ impl Config {
         if m.transaction_timeout == 0 {
             return Err(invalid("msrp.transaction_timeout", "must be ≥ 1 (seconds)"));
         }
+        // A head holds at least a first line, To-Path and From-Path.
+        if !(1024..=(1 << 20)).contains(&m.max_head_size) {
+            return Err(invalid(
+                "msrp.max_head_size",
+                "must be within 1024..=1048576 bytes",
+            ));
+        }
+        if !(2..=1024).contains(&m.max_headers) {
+            return Err(invalid("msrp.max_headers", "must be within 2..=1024"));
+        }
         let r = &self.reactor;
         if !r.recv_buffers.is_power_of_two() {
             return Err(invalid("reactor.recv_buffers", "must be a power of two"));
@@ -706,6 +728,32 @@ path = "/tmp/x.region"
         }
         let d = parse("").unwrap().msrp;
         assert_eq!((d.nonce_lifetime, d.transaction_timeout), (300, 30));
+    }
+
+    #[test]
+    fn msrp_head_limits_are_bounded() {
+        for (key, bad, good) in [
+            ("max_head_size", 1023, 1024),
+            ("max_head_size", (1 << 20) + 1, 1 << 20),
+            ("max_headers", 1, 2),
+            ("max_headers", 1025, 1024),
+        ] {
+            let e = parse(&format!("[msrp]\n{key} = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("msrp.{key}")), "{e}");
+            assert!(parse(&format!("[msrp]\n{key} = {good}\n")).is_ok());
+        }
+        let d = parse("").unwrap().msrp;
+        assert_eq!(
+            (d.max_head_size, d.max_headers, d.auth_max_failures),
+            (16384, 64, 3)
+        );
+        assert_eq!(
+            parse("[msrp]\nauth_max_failures = 0\n")
+                .unwrap()
+                .msrp
+                .auth_max_failures,
+            0
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod worker;
 use crate::auth::{CredentialStore, NonceManager, Users};
 use crate::config::{Config, Transport};
 use crate::msrp::auth::AuthPolicy;
+use crate::msrp::parser::ParserLimits;
 use crate::msrp::relay::RelayConfig;
 use crate::msrp::session_map::SessionId;
 use crate::msrp::uri::LocalAuthorities;
@@ -204,7 +205,11 @@ impl Dataplane {
                 realm: config.auth.realm.clone(),
                 min_expires: config.msrp.auth_min_expires,
                 max_expires: config.msrp.auth_max_expires,
-                ..AuthPolicy::default()
+                max_failures: config.msrp.auth_max_failures,
+            },
+            limits: ParserLimits {
+                max_head: config.msrp.max_head_size,
+                max_headers: config.msrp.max_headers,
             },
             rechunk_size: config.msrp.max_chunk_size,
             max_unsplit: config.msrp.max_chunk_size,

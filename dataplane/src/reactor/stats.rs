@@ -291,6 +291,12 @@ impl WorkerStats {
         });
     }
 
+    /// Replace slot `idx`'s info text (an MSRP connection's role and
+    /// session, for the connection dump).
+    pub fn slot_info(&mut self, idx: u32, info: &str) {
+        self.core().slot_update(idx, |w| w.set_info(info));
+    }
+
     pub fn slot_update(&mut self, idx: u32, c: &Conn) {
         let closing = c.teardown != super::conn::Teardown::Open;
         self.core().slot_update(idx, |w| {

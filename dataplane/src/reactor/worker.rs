@@ -517,7 +517,9 @@ impl Worker {
                 &conn,
                 false,
             ));
-            self.stats.slot_ws_open(idx, SubProtocol::Msrp, "msrp");
+            // The role; the AUTHed user and session follow once granted.
+            self.stats
+                .slot_ws_open(idx, SubProtocol::Msrp, "msrp client");
         }
         conn.fixed = self.register_fixed(idx, fd);
         self.conns.insert(idx, conn);
@@ -1139,6 +1141,11 @@ impl Worker {
                 };
                 let (_, generation, idx) = split_conn_id(e.conn);
                 let conn_id = conns.get_mut(idx, generation).map_or(0, |c| c.id);
+                if conn_id != 0 {
+                    // The connection's role and its latest session, for
+                    // the connection dump.
+                    stats.slot_info(idx, &format!("msrp client {} {}", e.user, id.as_str()));
+                }
                 stats.msrp_session_put(
                     slot,
                     &crate::region::MsrpSessionInfo {
@@ -1626,6 +1633,9 @@ impl Worker {
                     let generation = c.generation;
                     let st = glue::new_state(&self.shared, self.core, idx, generation, c, false);
                     c.proto = Proto::Msrp(st);
+                    let scheme = if secure { "msrps" } else { "msrp" };
+                    let role = format!("msrp next-hop {scheme}://{h}:{}", addr.port());
+                    self.stats.slot_ws_open(idx, SubProtocol::Msrp, &role);
                     self.outbound.insert((addr, secure), (idx, generation));
                     if secure {
                         // A handshake that stalls is given up like an
