@@ -131,6 +131,18 @@ impl Transport {
     pub fn is_tls(self) -> bool {
         matches!(self, Transport::Wss | Transport::Msrps)
     }
+    /// Where a listener without `address` listens: loopback, on the
+    /// transport's usual port (2855 is MSRP's registered port for `msrp`
+    /// and `msrps` alike, RFC 4975 §15.5; 5060 is SIP's, RFC 3261 §19.1.2).
+    pub fn default_address(self) -> SocketAddr {
+        let port = match self {
+            Transport::Ws => 8080,
+            Transport::Wss => 8443,
+            Transport::Msrp | Transport::Msrps => 2855,
+            Transport::SipUdp | Transport::SipTcp => 5060,
+        };
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
     pub fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
@@ -144,7 +156,7 @@ impl Transport {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "ListenEntry")]
 pub struct Listen {
     pub transport: Transport,
     pub address: SocketAddr,
@@ -152,6 +164,31 @@ pub struct Listen {
     pub tls_cert: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// A `[[listen]]` entry as written: `address` may be left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenEntry {
+    transport: Transport,
+    address: Option<SocketAddr>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+}
+
+impl From<ListenEntry> for Listen {
+    fn from(e: ListenEntry) -> Listen {
+        Listen {
+            transport: e.transport,
+            address: e
+                .address
+                .unwrap_or_else(|| e.transport.default_address()),
+            tls_cert: e.tls_cert,
+            tls_key: e.tls_key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -728,6 +765,20 @@ path = "/tmp/x.region"
         }
         let d = parse("").unwrap().msrp;
         assert_eq!((d.nonce_lifetime, d.transaction_timeout), (300, 30));
+    }
+
+    #[test]
+    fn a_listener_without_address_is_on_loopback_at_its_usual_port() {
+        let c = parse(
+            "[[listen]]\ntransport = \"msrp\"\n[[listen]]\ntransport = \"ws\"\n\
+             [auth]\nusers_file = \"u.toml\"\n",
+        )
+        .unwrap();
+        let addrs: Vec<String> = c.listen.iter().map(|l| l.address.to_string()).collect();
+        assert_eq!(addrs, ["127.0.0.1:2855", "127.0.0.1:8080"]);
+        // Printed with the address (check-config shows the effective one).
+        assert!(c.to_toml().contains("address = \"127.0.0.1:2855\""));
+        assert!(parse("[[listen]]\ntransport = \"ws\"\nadress = \"127.0.0.1:1\"\n").is_err());
     }
 
     #[test]
