@@ -182,9 +182,7 @@ impl From<ListenEntry> for Listen {
     fn from(e: ListenEntry) -> Listen {
         Listen {
             transport: e.transport,
-            address: e
-                .address
-                .unwrap_or_else(|| e.transport.default_address()),
+            address: e.address.unwrap_or_else(|| e.transport.default_address()),
             tls_cert: e.tls_cert,
             tls_key: e.tls_key,
         }

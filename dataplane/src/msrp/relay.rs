@@ -284,6 +284,24 @@ pub struct MsrpConn {
     websocket: bool,
     /// The first line was looked at for SIP (a TCP port may carry both).
     first_line_seen: bool,
+    /// The route of this connection's last relayed request (a session
+    /// sends along the same paths every time).
+    route: Option<RouteMemo>,
+}
+
+/// A routing decision and what it was made from: the request's To-Path
+/// and first From-Path URI, and the session map as it was (its generation;
+/// the earliest expiry of the sessions consulted). The same paths at the
+/// same generation, before that expiry, route the same way: every check
+/// (ours, the session, 403 toward-client, 506 binding) would pass again.
+#[derive(Debug)]
+struct RouteMemo {
+    to_path: Vec<u8>,
+    from_first: Vec<u8>,
+    generation: u64,
+    until_ms: u64,
+    target: Target,
+    pops: usize,
 }
 
 impl MsrpConn {
@@ -303,6 +321,7 @@ impl MsrpConn {
             cur: Current::None,
             websocket,
             first_line_seen: websocket,
+            route: None,
         }
     }
 
@@ -723,6 +742,21 @@ impl RelayCore {
         if method == Method::Auth && to.len == 1 {
             return self.on_auth(conn, head, env, actions);
         }
+        let to_path = head.to_path().unwrap_or(&[]);
+        if let Some(m) = &conn.route
+            && m.generation == self.sessions.generation()
+            && env.now_ms < m.until_ms
+            && m.to_path == to_path
+            && head.from_first() == Some(m.from_first.as_slice())
+        {
+            let route = Route {
+                target: m.target.clone(),
+                pops: m.pops,
+                to_first: to.get(0).unwrap_or(&[]),
+                from_first: head.from_first().unwrap_or(&[]),
+            };
+            return self.forward(conn, head, method, failure, route, env, actions);
+        }
         // RFC 4976 §6.2: the first To-Path URI must be ours. (URIs come
         // from the per-core memo: a session repeats its paths.)
         let local = &self.cfg.local;
@@ -748,6 +782,8 @@ impl RelayCore {
             return self.reject(head, 481, actions);
         }
         let next = to.get(1).and_then(|u| self.uris.parse(u, local).ok());
+        // The earliest expiry of the sessions this decision looks at.
+        let mut until = u64::MAX;
         let (target, pops) = match self.sessions.lookup(&sid, env.now_ms) {
             Err(Miss::NoSession) => return self.reject(head, 481, actions),
             Err(Miss::OtherCore(core)) => {
@@ -760,6 +796,7 @@ impl RelayCore {
             }
             Ok(e) if e.conn == conn.id => {
                 // From our client: on to the next hop.
+                until = e.expires_ms;
                 let Some((next, next_local)) = next else {
                     return self.reject(head, 400, actions);
                 };
@@ -774,6 +811,7 @@ impl RelayCore {
                         match self.sessions.lookup(&sid2, env.now_ms) {
                             Ok(e2) => {
                                 let c2 = e2.conn;
+                                until = until.min(e2.expires_ms);
                                 if !toward_client(&e2.peer_uri, to.get(2)) {
                                     return self.reject(head, 403, actions);
                                 }
@@ -816,6 +854,7 @@ impl RelayCore {
             Ok(e) => {
                 // Toward our client, and only to it (RFC 4976 §6.2, §9).
                 let c = e.conn;
+                until = e.expires_ms;
                 if to.len != 2 || !next.is_some_and(|(n, _)| e.peer_uri.same_authority(&n)) {
                     return self.reject(head, 403, actions);
                 }
@@ -825,6 +864,25 @@ impl RelayCore {
                 (Target::Conn(c), 1)
             }
         };
+        if !matches!(target, Target::NextHop { .. }) {
+            // Read after the decision: a first bind moved the generation.
+            let m = conn.route.get_or_insert_with(|| RouteMemo {
+                to_path: Vec::new(),
+                from_first: Vec::new(),
+                generation: 0,
+                until_ms: 0,
+                target: Target::Conn(0),
+                pops: 0,
+            });
+            m.to_path.clear();
+            m.to_path.extend_from_slice(to_path);
+            m.from_first.clear();
+            m.from_first.extend_from_slice(from_first);
+            m.generation = self.sessions.generation();
+            m.until_ms = until;
+            m.target = target.clone();
+            m.pops = pops;
+        }
         let route = Route {
             target,
             pops,

@@ -139,6 +139,10 @@ pub struct SessionMap {
     /// [`SessionMap::drain_changes`], when tracked (the reactor publishes
     /// them to the stats region).
     changes: Option<Vec<SessionId>>,
+    /// Bumped by every change a routing decision depends on (an entry
+    /// added, removed, its expiry or binding changed): a decision made at
+    /// one generation holds while the generation is the same.
+    generation: u64,
 }
 
 impl SessionMap {
@@ -151,7 +155,14 @@ impl SessionMap {
             map: HashMap::default(),
             by_conn: HashMap::new(),
             changes: None,
+            generation: 0,
         }
+    }
+
+    /// See the field: compare two readings to know whether anything a
+    /// route was decided on has changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Start recording changed ids for [`SessionMap::drain_changes`].
@@ -160,6 +171,7 @@ impl SessionMap {
     }
 
     fn changed(&mut self, id: SessionId) {
+        self.generation += 1;
         if let Some(c) = self.changes.as_mut() {
             c.push(id);
         }
@@ -242,6 +254,7 @@ impl SessionMap {
                 Some(b) => b == conn,
                 None => {
                     e.bound = Some(conn);
+                    self.generation += 1;
                     true
                 }
             },
@@ -254,6 +267,7 @@ impl SessionMap {
         for e in self.map.values_mut() {
             if e.bound == Some(conn) {
                 e.bound = None;
+                self.generation += 1;
             }
         }
     }
@@ -364,6 +378,42 @@ mod tests {
         assert_eq!(m.remove_connection(10), 1);
         assert!(m.is_empty());
         assert_eq!(m.remove_connection(10), 0);
+    }
+
+    #[test]
+    fn every_change_a_route_depends_on_moves_the_generation() {
+        let mut m = SessionMap::new(1, 4);
+        let a = entry(1, 1, 10, 1000);
+        let mut seen = vec![m.generation()];
+        let mut moved = |m: &SessionMap, what: &str| {
+            let g = m.generation();
+            assert!(!seen.contains(&g), "{what} did not move the generation");
+            seen.push(g);
+        };
+        m.insert(a.clone()).unwrap();
+        moved(&m, "insert");
+        assert!(m.bind(&a.id, 77));
+        moved(&m, "first bind");
+        let g = m.generation();
+        // Reads and a bind to the same connection change nothing.
+        assert!(m.bind(&a.id, 77));
+        assert!(!m.bind(&a.id, 78));
+        let _ = m.lookup(&a.id, 0);
+        assert_eq!(m.generation(), g);
+        m.unbind_connection(77);
+        moved(&m, "unbind");
+        assert!(m.refresh(&a.id, 2000));
+        moved(&m, "refresh");
+        m.remove(&a.id).unwrap();
+        moved(&m, "remove");
+        m.insert(entry(1, 2, 11, 5)).unwrap();
+        moved(&m, "second insert");
+        assert_eq!(m.sweep(5), 1);
+        moved(&m, "sweep");
+        m.insert(entry(1, 3, 12, 50)).unwrap();
+        moved(&m, "third insert");
+        assert_eq!(m.remove_connection(12), 1);
+        moved(&m, "connection closed");
     }
 
     #[test]

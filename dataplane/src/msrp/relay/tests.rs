@@ -469,6 +469,93 @@ fn unknown_session_481_and_silent_cases() {
     assert!(!closes(&acts));
 }
 
+/// A connection's remembered route (the same paths as its last request)
+/// never outlives what it was decided on: once the target's session
+/// expires, is dropped or loses its connection, or the sender's own
+/// session is dropped, the same paths get 481 — each of them checked
+/// right after a request that went out by the remembered route.
+#[test]
+fn a_remembered_route_follows_the_session_map() {
+    let mut w = World::new();
+    let mut tid = 0;
+    let mut send_same = |w: &mut World, a: &mut MsrpConn, to: &str| {
+        tid += 1;
+        w.feed(a, &send(&format!("rm{tid:03}"), to, ALICE, "", "x"))
+    };
+    let relays_to = |acts: &[Action]| forward_head(acts).map(|f| f.0.clone());
+    let is_481 = |acts: &[Action]| {
+        replies(acts)
+            .first()
+            .is_some_and(|r| String::from_utf8_lossy(r).split(' ').nth(2) == Some("481"))
+    };
+
+    // B's session expires first (B AUTHed an hour before A; no sweep ran).
+    let (mut a, mut b) = (w.conn(1), w.conn(2));
+    let ub = w.login(&mut b);
+    w.now += 1_800_000;
+    let ua = w.login(&mut a);
+    let to = format!("{ua} {ub} {BOB}");
+    for _ in 0..2 {
+        assert_eq!(
+            relays_to(&send_same(&mut w, &mut a, &to)),
+            Some(Target::Conn(2))
+        );
+    }
+    w.now += 1_800_000;
+    let acts = send_same(&mut w, &mut a, &to);
+    assert!(is_481(&acts), "B's session expired: {acts:?}");
+
+    // B's session dropped (the management API's DELETE), then B's
+    // connection closed.
+    for how in ["dropped", "closed"] {
+        let mut b = w.conn(3);
+        let ub = w.login(&mut b);
+        let to = format!("{ua} {ub} {BOB}");
+        for _ in 0..2 {
+            assert_eq!(
+                relays_to(&send_same(&mut w, &mut a, &to)),
+                Some(Target::Conn(3))
+            );
+        }
+        if how == "dropped" {
+            let sid = SessionId::parse(session_of(&ub).as_bytes()).unwrap();
+            assert!(w.core.sessions.remove(&sid).is_some());
+        } else {
+            let mut acts = Vec::new();
+            w.env_run(|core, e| core.on_conn_closed(3, e, &mut acts));
+        }
+        assert!(is_481(&send_same(&mut w, &mut a, &to)), "B's session {how}");
+    }
+
+    // A's own session dropped.
+    let mut b = w.conn(4);
+    let ub = w.login(&mut b);
+    let to = format!("{ua} {ub} {BOB}");
+    for _ in 0..2 {
+        assert_eq!(
+            relays_to(&send_same(&mut w, &mut a, &to)),
+            Some(Target::Conn(4))
+        );
+    }
+    let sid = SessionId::parse(session_of(&ua).as_bytes()).unwrap();
+    assert!(w.core.sessions.remove(&sid).is_some());
+    assert!(
+        is_481(&send_same(&mut w, &mut a, &to)),
+        "A's session dropped"
+    );
+}
+
+/// The session id at the end of a relay URI (`…/id;tcp`).
+fn session_of(uri: &str) -> String {
+    uri.rsplit('/')
+        .next()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn expired_or_closed_session_is_gone() {
     let mut w = World::new();
