@@ -68,6 +68,11 @@ pub struct RelayConfig {
     /// To-Path URI naming one of them is ours. Empty: only the first
     /// To-Path URI's authority is known to be ours.
     pub local: LocalAuthorities,
+    /// Bodies at least this long mostly go out from the buffer they were
+    /// received in (the reactor's zero-copy path), not behind the head: a
+    /// forwarded head's buffer reserves no room for them (a body appended
+    /// there grows it once). 0: always reserve.
+    pub body_by_reference_min: usize,
 }
 
 impl Default for RelayConfig {
@@ -80,6 +85,7 @@ impl Default for RelayConfig {
             rechunk_size: 64 << 10,
             max_unsplit: 1 << 20,
             local: LocalAuthorities::default(),
+            body_by_reference_min: 0,
         }
     }
 }
@@ -936,6 +942,12 @@ impl RelayCore {
         let body = byte_range
             .and_then(|r| r.end.map(|e| e.saturating_sub(r.start) + 1))
             .map_or(0, |n| (n as usize).min(most));
+        let by_reference = self.cfg.body_by_reference_min;
+        let body = if by_reference > 0 && body >= by_reference {
+            0
+        } else {
+            body
+        };
         // At least 1 KiB: a recycled buffer then fits any small chunk.
         let mut out =
             self.buffer((head.block.len() + 64 + body + super::parser::MAX_END_LINE).max(1024));

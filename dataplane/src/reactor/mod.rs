@@ -214,6 +214,7 @@ impl Dataplane {
             rechunk_size: config.msrp.max_chunk_size,
             max_unsplit: config.msrp.max_chunk_size,
             transaction_timeout_ms: config.msrp.transaction_timeout.saturating_mul(1000),
+            body_by_reference_min: msrp::RING_MIN,
             ..RelayConfig::default()
         };
         let msrp_nonces = NonceManager::new(random_secret(), config.msrp.nonce_lifetime);

@@ -34,7 +34,7 @@ const WHEEL_SLOTS: usize = 4096;
 /// Ciphertext rustls has not accepted yet, at most.
 const MAX_TLS_PENDING: usize = 256 * 1024;
 /// Output buffers kept for reuse per worker.
-const POOL_MAX: usize = 256;
+const POOL_MAX: usize = 1024;
 /// Pooled buffers kept for connections' output before any goes to the
 /// relay engine.
 const POOL_RESERVE: usize = 32;
@@ -44,7 +44,7 @@ const NEW_BUF: usize = 4096;
 const POOL_BUF_MAX: usize = 64 * 1024;
 /// Bytes of pooled buffers per worker, at most: the pool holds touched
 /// memory, so it must not keep what a burst of large output needed.
-const POOL_BYTES_MAX: usize = 1024 * 1024;
+const POOL_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Size of the ring's fixed-file table, at most (kernel memory: 8 bytes a
 /// slot). Connections in slots beyond it use their plain descriptor.
 const FIXED_FILES_MAX: u32 = 1 << 16;

@@ -295,6 +295,34 @@ fn frames_are_written_into_recycled_buffers() {
     }));
 }
 
+/// A forwarded head's buffer has room for the body behind it, unless the
+/// body is long enough to go out from the receive buffer
+/// (`body_by_reference_min`): then it is sized for the head alone (a 4 KiB
+/// buffer per chunk in flight would overflow every buffer pool).
+#[test]
+fn head_buffers_reserve_room_only_for_bodies_sent_behind_them() {
+    let body = "b".repeat(4096);
+    let head_capacity = |by_reference: usize| {
+        let mut w = World::new();
+        w.core.cfg.body_by_reference_min = by_reference;
+        let (mut a, mut b) = (w.conn(1), w.conn(2));
+        let ua = w.login(&mut a);
+        let ub = w.login(&mut b);
+        let f = send("6aef", &format!("{ua} {ub} {BOB}"), ALICE, "", &body);
+        let acts = w.feed(&mut a, &f);
+        acts.iter()
+            .find_map(|a| match a {
+                Action::ForwardHead { head, .. } => Some(head.capacity()),
+                _ => None,
+            })
+            .expect("forwarded")
+    };
+    assert!(head_capacity(0) >= 4096, "{}", head_capacity(0));
+    assert!(head_capacity(1024) < 4096, "{}", head_capacity(1024));
+    // Shorter bodies are still written behind the head.
+    assert!(head_capacity(8192) >= 4096);
+}
+
 /// Two listeners of one relay (TCP and WebSocket, different ports): a URI
 /// of either is "ours" (RFC 4975 §6.1 against every local authority), so
 /// the hairpin works without `use_path_addr`; a first URI naming someone
