@@ -132,8 +132,9 @@ def main():
     o.append(
         f"Machine: nproc {os.cpu_count()}, CPU \"{cpu_model()}\", kernel "
         f"{platform.release()}. Load average (1/5/15 min): {env.get('LOAD_START')} at "
-        f"the start, {env.get('LOAD_END')} at the end. Shared VM: other engineers "
-        "were compiling; compare CPU µs/msg more than msg/s.\n"
+        f"the start, {env.get('LOAD_END')} at the end. A shared VM: the "
+        "hypervisor's other guests and steal time vary between runs; compare "
+        "CPU µs/msg more than msg/s.\n"
     )
     procs = sorted(
         {f["procs"] for (c, s), vs in runs.items() if s == "kamailio"
