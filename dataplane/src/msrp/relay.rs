@@ -749,17 +749,19 @@ impl RelayCore {
             return self.on_auth(conn, head, env, actions);
         }
         let to_path = head.to_path().unwrap_or(&[]);
+        let from_first = head.from_first();
         if let Some(m) = &conn.route
+            && let Some(from_first) = from_first
             && m.generation == self.sessions.generation()
             && env.now_ms < m.until_ms
             && m.to_path == to_path
-            && head.from_first() == Some(m.from_first.as_slice())
+            && m.from_first == from_first
         {
             let route = Route {
                 target: m.target.clone(),
                 pops: m.pops,
                 to_first: to.get(0).unwrap_or(&[]),
-                from_first: head.from_first().unwrap_or(&[]),
+                from_first,
             };
             return self.forward(conn, head, method, failure, route, env, actions);
         }
@@ -770,10 +772,7 @@ impl RelayCore {
         else {
             return self.reject(head, 400, actions);
         };
-        let Some(from_first) = head
-            .from_first()
-            .filter(|u| self.uris.parse(u, local).is_ok())
-        else {
+        let Some(from_first) = from_first.filter(|u| self.uris.parse(u, local).is_ok()) else {
             return self.reject(head, 400, actions);
         };
         // RFC 4975 §6.1 comparison against every authority of ours.
