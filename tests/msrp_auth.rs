@@ -302,19 +302,7 @@ async fn auth_for_a_further_hop_is_forwarded() {
 /// A and B relay through sessions they AUTHed; A keeps sending while the
 /// users file changes under the relay.
 async fn relays(a: &mut Client, b: &mut Client, n: usize) {
-    let body = format!("message {n} after the users changed").into_bytes();
-    a.send(&send_frame(
-        &format!("rl{n:02}"),
-        &[&a.relay_uri, &b.relay_uri, &b.uri],
-        &a.uri,
-        &format!("rl-m{n}"),
-        &body,
-    ))
-    .await;
-    let got = b.read().await;
-    assert_eq!(got.method(), Some("SEND"), "{got:?}");
-    assert_eq!(got.body, body);
-    assert_eq!(a.read().await.status(), Some(200));
+    common::msrp::relays_one(a, b, "rl", n).await;
 }
 
 /// The users file is read again on SIGHUP and on the management API's

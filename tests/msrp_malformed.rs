@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::msrp::{Client, QUIET, authed, relay, relay_config, send_frame, send_frame_with};
+use common::msrp::{
+    Client, QUIET, authed, relay, relay_config, relays_one, send_frame, send_frame_with,
+};
 use common::{Server, within};
 use dataplane::region::{Counter, MsrpStatus};
 use futures_util::{SinkExt, StreamExt};
@@ -15,18 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// A and B keep relaying (a fresh SEND each time, `n` makes it unique).
 async fn neighbours_relay(a: &mut Client, b: &mut Client, n: usize) {
-    let body = format!("neighbour check #{n}");
-    a.send(&send_frame(
-        &format!("nb{n:02}x"),
-        &[&a.relay_uri, &b.relay_uri, &b.uri],
-        &a.uri,
-        &format!("nb{n}"),
-        body.as_bytes(),
-    ))
-    .await;
-    let got = b.read().await;
-    assert_eq!(got.body, body.as_bytes(), "{got:?}");
-    assert_eq!(a.read().await.status(), Some(200));
+    relays_one(a, b, "nb", n).await;
 }
 
 async fn pair(srv: &Server) -> (Client, Client) {

@@ -503,6 +503,25 @@ pub fn send_frame_with(
     s
 }
 
+/// A sends B one SEND through their sessions (`tag` and `n` make its
+/// transaction and message ids unique): B gets the body intact, A the
+/// relay's 200. The check that a pair still relays.
+pub async fn relays_one(a: &mut Client, b: &mut Client, tag: &str, n: usize) {
+    let body = format!("{tag} check #{n}").into_bytes();
+    a.send(&send_frame(
+        &format!("{tag}{n:02}x"),
+        &[&a.relay_uri, &b.relay_uri, &b.uri],
+        &a.uri,
+        &format!("{tag}-m{n}"),
+        &body,
+    ))
+    .await;
+    let got = b.read().await;
+    assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    assert_eq!(got.body, body, "{got:?}");
+    assert_eq!(a.read().await.status(), Some(200));
+}
+
 /// A response (RFC 4975 §7.2) to the request `req` as received by `me`:
 /// To-Path is the first From-Path URI (the previous hop; SEND responses go
 /// hop by hop, RFC 4976 §6.4.1).

@@ -505,10 +505,10 @@ fn unknown_session_481_and_silent_cases() {
 #[test]
 fn a_remembered_route_follows_the_session_map() {
     let mut w = World::new();
-    let mut tid = 0;
-    let mut send_same = |w: &mut World, a: &mut MsrpConn, to: &str| {
-        tid += 1;
-        w.feed(a, &send(&format!("rm{tid:03}"), to, ALICE, "", "x"))
+    let tid = std::cell::Cell::new(0);
+    let send_same = |w: &mut World, a: &mut MsrpConn, to: &str| {
+        tid.set(tid.get() + 1);
+        w.feed(a, &send(&format!("rm{:03}", tid.get()), to, ALICE, "", "x"))
     };
     let relays_to = |acts: &[Action]| forward_head(acts).map(|f| f.0.clone());
     let is_481 = |acts: &[Action]| {
@@ -533,18 +533,22 @@ fn a_remembered_route_follows_the_session_map() {
     let acts = send_same(&mut w, &mut a, &to);
     assert!(is_481(&acts), "B's session expired: {acts:?}");
 
-    // B's session dropped (the management API's DELETE), then B's
-    // connection closed.
-    for how in ["dropped", "closed"] {
-        let mut b = w.conn(3);
+    // A new B (connection `id`) that A has just sent to twice, the second
+    // time by the remembered route.
+    let remembered = |w: &mut World, a: &mut MsrpConn, id: u64| {
+        let mut b = w.conn(id);
         let ub = w.login(&mut b);
         let to = format!("{ua} {ub} {BOB}");
         for _ in 0..2 {
-            assert_eq!(
-                relays_to(&send_same(&mut w, &mut a, &to)),
-                Some(Target::Conn(3))
-            );
+            assert_eq!(relays_to(&send_same(w, a, &to)), Some(Target::Conn(id)));
         }
+        (ub, to)
+    };
+
+    // B's session dropped (the management API's DELETE), then B's
+    // connection closed.
+    for how in ["dropped", "closed"] {
+        let (ub, to) = remembered(&mut w, &mut a, 3);
         if how == "dropped" {
             let sid = SessionId::parse(session_of(&ub).as_bytes()).unwrap();
             assert!(w.core.sessions.remove(&sid).is_some());
@@ -556,15 +560,7 @@ fn a_remembered_route_follows_the_session_map() {
     }
 
     // A's own session dropped.
-    let mut b = w.conn(4);
-    let ub = w.login(&mut b);
-    let to = format!("{ua} {ub} {BOB}");
-    for _ in 0..2 {
-        assert_eq!(
-            relays_to(&send_same(&mut w, &mut a, &to)),
-            Some(Target::Conn(4))
-        );
-    }
+    let (_, to) = remembered(&mut w, &mut a, 4);
     let sid = SessionId::parse(session_of(&ua).as_bytes()).unwrap();
     assert!(w.core.sessions.remove(&sid).is_some());
     assert!(
