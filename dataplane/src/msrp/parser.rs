@@ -401,6 +401,7 @@ pub struct FrameParser {
     /// [`FrameParser::set_input_is_utf8`]).
     input_is_utf8: bool,
     crlf: CrLf,
+    cr: Cr,
 }
 
 impl FrameParser {
@@ -422,6 +423,7 @@ impl FrameParser {
             frames: 0,
             input_is_utf8: false,
             crlf: CrLf::new(),
+            cr: Cr::new(),
         }
     }
 
@@ -491,19 +493,32 @@ impl FrameParser {
     /// The first position in `hay` where the current end-line pattern
     /// (`CRLF "-------" tid`) occurs, or where a truncated one starts at
     /// the end of `hay` (the caller holds those bytes back).
+    ///
+    /// Every end-line starts with its CR: a body without CRs (most text
+    /// and chat) is scanned with a one-byte search, 4–5 times faster than
+    /// the 9-byte one (measured: 40–60 against 215 ns per 4 KiB). A body
+    /// with many CRs (CRLF text, binary) would stop that search at each:
+    /// after [`CR_MISSES`] of them the 9-byte search takes over.
     fn find_end(&self, hay: &[u8]) -> Option<usize> {
         let needle = self.needle.get(..self.needle_len).unwrap_or(&[]);
         let mut from = 0;
-        while let Some(i) = END_PREFIX.find(hay.get(from..).unwrap_or(&[])) {
+        let mut misses = 0;
+        loop {
+            let rest = hay.get(from..).unwrap_or(&[]);
+            let i = if misses < CR_MISSES {
+                self.cr.find(rest)?
+            } else {
+                END_PREFIX.find(rest)?
+            };
             let at = from + i;
             let rest = hay.get(at..).unwrap_or(&[]);
             let n = rest.len().min(needle.len());
             if rest.get(..n) == needle.get(..n) {
                 return Some(at);
             }
+            misses += 1;
             from = at + 1;
         }
-        None
     }
 
     fn parse_head(&mut self, data: &[u8]) -> Result<Option<Event>, FatalError> {
@@ -750,6 +765,35 @@ impl CrLf {
             return two.find(hay);
         }
         memchr::memchr2(b'\r', b'\n', hay)
+    }
+}
+
+/// CRs in a body that are not its end-line before [`FrameParser::find_end`]
+/// switches from the one-byte search to the 9-byte one.
+const CR_MISSES: usize = 8;
+
+/// Finds a body's CRs (built once per connection, like [`CrLf`]).
+#[derive(Debug)]
+struct Cr {
+    #[cfg(target_arch = "x86_64")]
+    avx2: Option<memchr::arch::x86_64::avx2::memchr::One>,
+}
+
+impl Cr {
+    fn new() -> Cr {
+        Cr {
+            #[cfg(target_arch = "x86_64")]
+            avx2: memchr::arch::x86_64::avx2::memchr::One::new(b'\r'),
+        }
+    }
+
+    #[inline]
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(one) = &self.avx2 {
+            return one.find(hay);
+        }
+        memchr::memchr(b'\r', hay)
     }
 }
 
@@ -1211,6 +1255,36 @@ From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
         }
         let mut p = FrameParser::new(ParserLimits::default());
         assert!(matches!(p.advance(f), Ok(Some(Event::Head { .. }))));
+    }
+
+    #[test]
+    fn bodies_with_many_crs_are_delimited_the_same() {
+        // More CRs than the one-byte search tolerates, lookalikes among
+        // them, then the end-line: the 9-byte search takes over and finds
+        // the same end, wherever the input is split.
+        let mut body = Vec::new();
+        for i in 0..3 * CR_MISSES {
+            body.extend_from_slice(format!("line {i}\r\n-------abc$\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"last\r\r\n-------abcd+x");
+        let mut f =
+            b"MSRP abcd SEND\r\nTo-Path: msrp://a:1/x;tcp\r\nFrom-Path: msrp://b:2/y;tcp\r\n\
+Content-Type: text/plain\r\n\r\n"
+                .to_vec();
+        f.extend_from_slice(&body);
+        f.extend_from_slice(b"\r\n-------abcd$\r\n");
+        for split in [0, 1, 7, 64] {
+            let (evs, err) = run(&f, split, ParserLimits::default());
+            assert_eq!(err, None);
+            assert_eq!(body_of(&evs), body, "split {split}");
+            assert!(matches!(
+                evs.last().unwrap().0,
+                Event::End {
+                    flag: Flag::Last,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]
