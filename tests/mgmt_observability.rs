@@ -172,6 +172,8 @@ fn deploy_files_are_valid() {
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "Restart=on-failure",
         "ExecStart=/usr/local/bin/rtedge run --config /etc/rtedge/rtedge.toml",
+        // `systemctl reload rtedge` reads the users file again.
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ] {
         assert!(unit.contains(line), "rtedge.service lacks {line}");
     }
