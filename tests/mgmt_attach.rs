@@ -187,6 +187,33 @@ async fn attached_commands_reach_the_reactors() {
     );
 }
 
+/// An attached service asks the data plane to reload its users file
+/// through the region's control word (the data plane's main thread reads
+/// the file) and reports the outcome: 200 with the users in force, 422 for
+/// a file that does not load.
+#[tokio::test]
+async fn attached_service_reloads_the_users_file() {
+    let users = TempDir::new("users");
+    let file = users_file(users.path());
+    write_users(&file, &[("alice", "one")]);
+    let srv = MgmtServer::start(Opts {
+        mgmt_enabled: false,
+        users_file: Some(file.clone()),
+        ..Opts::default()
+    });
+    let att = Attached::start(&srv.region_path, &[]);
+    let http = att.http();
+    http.wait_ready().await;
+    write_users(&file, &[("alice", "two"), ("bob", "three")]);
+    let r = http.post("/api/auth/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["users"], 2, "{}", r.body);
+    std::fs::write(&file, "[[user]]\nname = \"carol\"\n").expect("write");
+    http.post("/api/auth/reload", "")
+        .await
+        .expect_error(422, "did not load");
+}
+
 /// Echo clients run continuously while an attached service is scraped,
 /// streamed from and then killed with SIGKILL (twice); no client notices.
 #[tokio::test]

@@ -133,6 +133,8 @@ pub struct Opts {
     pub mgmt_enabled: bool,
     /// Extra `[websocket]` lines.
     pub websocket: Vec<String>,
+    /// `[auth] users_file`.
+    pub users_file: Option<PathBuf>,
 }
 
 impl Default for Opts {
@@ -143,6 +145,7 @@ impl Default for Opts {
             mgmt_listen: "127.0.0.1:0".into(),
             mgmt_enabled: true,
             websocket: Vec::new(),
+            users_file: None,
         }
     }
 }
@@ -179,6 +182,12 @@ impl MgmtServer {
         ));
         if let Some(t) = &opts.token {
             text.push_str(&format!("token = \"{t}\"\n"));
+        }
+        if let Some(f) = &opts.users_file {
+            text.push_str(&format!(
+                "\n[auth]\nusers_file = {:?}\n",
+                f.display().to_string()
+            ));
         }
         text.push_str(&format!(
             "\n[region]\npath = {:?}\nslots_per_core = 4096\n\n[log]\nlevel = \"info\"\n",
