@@ -310,6 +310,52 @@ struct RouteMemo {
     pops: usize,
 }
 
+impl RouteMemo {
+    /// The remembered decision, when it was made from these paths at this
+    /// generation and none of its sessions has expired since.
+    fn recall(
+        &self,
+        to_path: &[u8],
+        from_first: &[u8],
+        generation: u64,
+        now_ms: u64,
+    ) -> Option<(Target, usize)> {
+        (self.generation == generation
+            && now_ms < self.until_ms
+            && self.to_path == to_path
+            && self.from_first == from_first)
+            .then(|| (self.target.clone(), self.pops))
+    }
+
+    /// Remember a decision in `slot` (its buffers reused).
+    fn remember(
+        slot: &mut Option<RouteMemo>,
+        to_path: &[u8],
+        from_first: &[u8],
+        generation: u64,
+        until_ms: u64,
+        target: &Target,
+        pops: usize,
+    ) {
+        let m = slot.get_or_insert_with(|| RouteMemo {
+            to_path: Vec::new(),
+            from_first: Vec::new(),
+            generation,
+            until_ms,
+            target: target.clone(),
+            pops,
+        });
+        m.to_path.clear();
+        m.to_path.extend_from_slice(to_path);
+        m.from_first.clear();
+        m.from_first.extend_from_slice(from_first);
+        m.generation = generation;
+        m.until_ms = until_ms;
+        m.target = target.clone();
+        m.pops = pops;
+    }
+}
+
 impl MsrpConn {
     pub fn new(
         id: u64,
@@ -750,16 +796,15 @@ impl RelayCore {
         }
         let to_path = head.to_path().unwrap_or(&[]);
         let from_first = head.from_first();
-        if let Some(m) = &conn.route
-            && let Some(from_first) = from_first
-            && m.generation == self.sessions.generation()
-            && env.now_ms < m.until_ms
-            && m.to_path == to_path
-            && m.from_first == from_first
+        if let Some(from_first) = from_first
+            && let Some((target, pops)) = conn
+                .route
+                .as_ref()
+                .and_then(|m| m.recall(to_path, from_first, self.sessions.generation(), env.now_ms))
         {
             let route = Route {
-                target: m.target.clone(),
-                pops: m.pops,
+                target,
+                pops,
                 to_first: to.get(0).unwrap_or(&[]),
                 from_first,
             };
@@ -870,23 +915,16 @@ impl RelayCore {
             }
         };
         if !matches!(target, Target::NextHop { .. }) {
-            // Read after the decision: a first bind moved the generation.
-            let m = conn.route.get_or_insert_with(|| RouteMemo {
-                to_path: Vec::new(),
-                from_first: Vec::new(),
-                generation: 0,
-                until_ms: 0,
-                target: Target::Conn(0),
-                pops: 0,
-            });
-            m.to_path.clear();
-            m.to_path.extend_from_slice(to_path);
-            m.from_first.clear();
-            m.from_first.extend_from_slice(from_first);
-            m.generation = self.sessions.generation();
-            m.until_ms = until;
-            m.target = target.clone();
-            m.pops = pops;
+            // The generation read after the decision: a first bind moved it.
+            RouteMemo::remember(
+                &mut conn.route,
+                to_path,
+                from_first,
+                self.sessions.generation(),
+                until,
+                &target,
+                pops,
+            );
         }
         let route = Route {
             target,

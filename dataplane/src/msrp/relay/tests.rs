@@ -550,7 +550,7 @@ fn a_remembered_route_follows_the_session_map() {
     for how in ["dropped", "closed"] {
         let (ub, to) = remembered(&mut w, &mut a, 3);
         if how == "dropped" {
-            let sid = SessionId::parse(session_of(&ub).as_bytes()).unwrap();
+            let sid = session_of(&ub);
             assert!(w.core.sessions.remove(&sid).is_some());
         } else {
             let mut acts = Vec::new();
@@ -561,7 +561,7 @@ fn a_remembered_route_follows_the_session_map() {
 
     // A's own session dropped.
     let (_, to) = remembered(&mut w, &mut a, 4);
-    let sid = SessionId::parse(session_of(&ua).as_bytes()).unwrap();
+    let sid = session_of(&ua);
     assert!(w.core.sessions.remove(&sid).is_some());
     assert!(
         is_481(&send_same(&mut w, &mut a, &to)),
@@ -569,15 +569,13 @@ fn a_remembered_route_follows_the_session_map() {
     );
 }
 
-/// The session id at the end of a relay URI (`…/id;tcp`).
-fn session_of(uri: &str) -> String {
-    uri.rsplit('/')
-        .next()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string()
+/// The session id of one of our relay URIs.
+fn session_of(uri: &str) -> SessionId {
+    MsrpUri::parse(uri.as_bytes())
+        .ok()
+        .and_then(|u| u.session_id)
+        .and_then(SessionId::parse)
+        .expect("a relay URI with a session id")
 }
 
 #[test]
