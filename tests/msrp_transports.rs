@@ -207,6 +207,68 @@ async fn chain_of_two_relays() {
     assert!(infos.contains(&hop), "{hop} not in {infos:?}");
 }
 
+/// A → relay1 → relay2 → B with 4 KiB bodies: once relay1's outbound
+/// connection to relay2 is open, relay1 writes each body to it from the
+/// buffer it received it in (counted), as it does toward its own
+/// clients; every body arrives intact and every held buffer goes back.
+#[tokio::test]
+async fn chain_relays_bodies_from_the_receive_buffer() {
+    let relay1 = relay_config(1).start();
+    let relay2 = relay_config(1).start();
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect(relay2.addrs[0], "b").await;
+    b.authed_as("bob", "builder").await;
+    let (ar, br, bu, au) = (
+        a.relay_uri.clone(),
+        b.relay_uri.clone(),
+        b.uri.clone(),
+        a.uri.clone(),
+    );
+    let body =
+        |i: usize| -> Vec<u8> { (0..4096).map(|k| b'a' + ((i * 7 + k) % 26) as u8).collect() };
+    let send = |i: usize| {
+        send_frame(
+            &format!("zc{i:04}x"),
+            &[&ar, &br, &bu],
+            &au,
+            &format!("m-zc{i}"),
+            &body(i),
+        )
+    };
+    // The first SEND opens the outbound connection (it goes as a copy).
+    a.send(&send(0)).await;
+    let got = b.read().await;
+    assert_eq!(got.body, body(0));
+    b.send(&response_to(&got, 200, "OK", &bu)).await;
+    let chunks0 = relay1.counter(Counter::MsrpZeroCopyChunks);
+    let n = 40;
+    for batch in (1..=n).collect::<Vec<_>>().chunks(4) {
+        let wire: Vec<u8> = batch.iter().flat_map(|&i| send(i)).collect();
+        a.send(&wire).await;
+        for &i in batch {
+            let got = b.read().await;
+            assert_eq!(got.method(), Some("SEND"), "{got:?}");
+            assert_eq!(got.header("Message-ID"), Some(format!("m-zc{i}").as_str()));
+            assert!(got.body == body(i), "message {i}: the body arrived altered");
+            b.send(&response_to(&got, 200, "OK", &bu)).await;
+        }
+    }
+    for i in 0..=n {
+        let ok = a.read().await;
+        assert_eq!(ok.first, format!("MSRP zc{i:04}x 200 OK"), "{ok:?}");
+    }
+    let chunks = relay1.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    eprintln!("relay1 sent {chunks} of {n} bodies to relay2 without a copy");
+    assert!(
+        chunks >= n as u64 / 2,
+        "{chunks} of {n} chunks went to the next hop without a copy"
+    );
+    a.quiet(QUIET).await;
+    assert_eq!(relay1.counter(Counter::MsrpFailureReports), 0);
+    relay1.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
 /// A → relay1 → relay2 → B where relay2 is reached over `msrps`: relay1
 /// opens a TLS connection to it and checks its certificate against
 /// `[msrp] next_hop_ca_file` (RFC 4976 §6.3: msrps is TLS hop by hop).

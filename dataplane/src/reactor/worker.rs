@@ -1412,15 +1412,31 @@ impl Worker {
                 window,
                 in_us,
             } => {
-                let ring = match (ring, &target) {
-                    (Some(r), Target::Conn(conn))
-                        if r.body_len() >= glue::RING_MIN && r.segs.has_ring() =>
-                    {
-                        match self.ring_target(*conn) {
+                let ring = match ring {
+                    Some(r) if r.body_len() >= glue::RING_MIN && r.segs.has_ring() => {
+                        let found = match &target {
+                            Target::Conn(conn) => self.ring_target(*conn),
+                            Target::NextHop {
+                                secure: false,
+                                host,
+                                port,
+                                ..
+                            } => self.next_hop_ring_target(host, *port, now),
+                            _ => None,
+                        };
+                        match found {
                             Some(idx) => {
                                 // The common relay case: a plain TCP or
-                                // WebSocket target on this core takes the
-                                // body where it was received.
+                                // WebSocket target on this core (a client
+                                // of ours or an open outbound connection
+                                // to the next hop) takes the body where it
+                                // was received.
+                                if let (Target::NextHop { .. }, Some(t)) = (&target, &txn) {
+                                    let generation =
+                                        self.conns.get_any(idx).map_or(0, |c| c.generation);
+                                    self.relay
+                                        .set_downstream(t, conn_id(self.core, idx, generation));
+                                }
                                 let by_ref = r.segs.ring_len() as u64;
                                 let c = self.conns.get_any(idx).expect("live");
                                 glue::queue_ring(
@@ -1445,10 +1461,10 @@ impl Worker {
                             None => Some(r),
                         }
                     }
-                    (r, _) => r,
+                    r => r,
                 };
-                // Anywhere else (another core, TLS, WebSocket, a next hop,
-                // a slow target): one owned frame.
+                // Anywhere else (another core, TLS, a next hop still
+                // connecting or resolving, a slow target): one owned frame.
                 let frame = self.materialize(frame, ring);
                 self.deliver(target, frame, txn, from_conn, window, in_us, now);
             }
@@ -1525,16 +1541,10 @@ impl Worker {
         now: u64,
     ) -> bool {
         let me = self.core as u8;
-        if let Some(ip) = resolver::literal(host) {
-            let addr = SocketAddr::new(ip, port);
+        if let Some(addr) = self.next_hop_addr(host, port, now) {
             return self.forward_to(addr, secure, host, frame, txn, window, in_us, now);
         }
         let key = (host.to_ascii_lowercase(), port);
-        if let Some(&(addr, until)) = self.dns_cache.get(&key)
-            && until > now
-        {
-            return self.forward_to(addr, secure, host, frame, txn, window, in_us, now);
-        }
         let q = self.dns_waiting.entry(key).or_default();
         if q.len() >= DNS_QUEUE_MAX {
             self.fail_on(me, txn, 408, now);
@@ -2161,6 +2171,27 @@ impl Worker {
 
     /// Connection `id` of this core, if it may take a chunk whose body
     /// stays in a provided buffer.
+    /// The open outbound connection to plain `msrp://host:port` if it can
+    /// take a body by reference (see [`Self::ring_target`]).
+    fn next_hop_ring_target(&mut self, host: &str, port: u16, now: u64) -> Option<u32> {
+        let addr = self.next_hop_addr(host, port, now)?;
+        let &(idx, generation) = self.outbound.get(&(addr, false))?;
+        let c = self.conns.get_mut(idx, generation)?;
+        glue::takes_ring(c).then_some(idx)
+    }
+
+    /// `host:port` as an address without asking the resolver: a literal,
+    /// or a name resolved before and not yet expired.
+    fn next_hop_addr(&self, host: &str, port: u16, now: u64) -> Option<SocketAddr> {
+        if let Some(ip) = resolver::literal(host) {
+            return Some(SocketAddr::new(ip, port));
+        }
+        let key = (host.to_ascii_lowercase(), port);
+        self.dns_cache
+            .get(&key)
+            .and_then(|&(addr, until)| (until > now).then_some(addr))
+    }
+
     fn ring_target(&mut self, id: u64) -> Option<u32> {
         let (core, generation, idx) = split_conn_id(id);
         let c = self.conns.get_mut(idx, generation)?;
