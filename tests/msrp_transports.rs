@@ -207,6 +207,101 @@ async fn chain_of_two_relays() {
     assert!(infos.contains(&hop), "{hop} not in {infos:?}");
 }
 
+/// Both ways at once with bodies of mixed sizes, B on a TLS transport:
+/// the relay seals each large frame for B into records as it queues it
+/// and keeps small ones (its own 200s to B, small SENDs) as plaintext
+/// until the flush. Every frame arrives intact and in the order the relay
+/// wrote it: A's SENDs in order, B's 200s in order.
+async fn mixed_sizes_both_ways(a: &mut Client, b: &mut Client) {
+    const SIZES: [usize; 6] = [100, 1500, 4096, 300, 9000, 2048];
+    let n = 60;
+    let body = |tag: &str, i: usize| -> Vec<u8> {
+        let seed = tag.len() * 13 + i * 7;
+        (0..SIZES[i % SIZES.len()])
+            .map(|k| b'a' + ((seed + k) % 26) as u8)
+            .collect()
+    };
+    let burst = |from: &Client, to: &Client, tag: &str| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                send_frame(
+                    &format!("{tag}{i:04}"),
+                    &[&from.relay_uri, &to.relay_uri, &to.uri],
+                    &from.uri,
+                    &format!("m-{tag}{i}"),
+                    &body(tag, i),
+                )
+            })
+            .collect()
+    };
+    let (a_burst, b_burst) = (burst(a, b, "mxa"), burst(b, a, "mxb"));
+    send_burst(b, &b_burst).await;
+    send_burst(a, &a_burst).await;
+    for (me, tag, peer_tag) in [(&mut *b, "mxb", "mxa"), (&mut *a, "mxa", "mxb")] {
+        let (mut sends, mut oks) = (0, 0);
+        let mut answers = Vec::new();
+        while sends < n || oks < n {
+            let f = me.read().await;
+            if f.method() == Some("SEND") {
+                assert_eq!(
+                    f.header("Message-ID"),
+                    Some(format!("m-{peer_tag}{sends}").as_str()),
+                    "SENDs out of order"
+                );
+                assert!(
+                    f.body == body(peer_tag, sends),
+                    "SEND {sends}: body altered"
+                );
+                let uri = me.uri.clone();
+                answers.push(response_to(&f, 200, "OK", &uri));
+                sends += 1;
+            } else {
+                assert_eq!(f.first, format!("MSRP {tag}{oks:04} 200 OK"), "{f:?}");
+                oks += 1;
+            }
+        }
+        send_burst(me, &answers).await;
+    }
+    a.quiet(QUIET).await;
+    b.quiet(QUIET).await;
+}
+
+/// `frames` in one write on a byte stream; over WebSocket one message
+/// each (RFC 7977 §5.3: one chunk per message).
+async fn send_burst(c: &mut Client, frames: &[Vec<u8>]) {
+    if c.relay_uri.ends_with(";ws") {
+        for f in frames {
+            c.send(f).await;
+        }
+    } else {
+        c.send(&frames.concat()).await;
+    }
+}
+
+#[tokio::test]
+async fn mixed_sizes_both_ways_to_msrps() {
+    let srv = all_transports(1);
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let mut a = Client::connect(srv.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_tls(srv.addrs[1], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    mixed_sizes_both_ways(&mut a, &mut b).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 0);
+}
+
+#[tokio::test]
+async fn mixed_sizes_both_ways_to_wss() {
+    let srv = all_transports(1);
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let mut a = Client::connect_tls(srv.addrs[1], "a", &der).await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_wss(srv.addrs[3], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    mixed_sizes_both_ways(&mut a, &mut b).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 0);
+}
+
 /// A → relay1 → relay2 → B with 4 KiB bodies: once relay1's outbound
 /// connection to relay2 is open, relay1 writes each body to it from the
 /// buffer it received it in (counted), as it does toward its own

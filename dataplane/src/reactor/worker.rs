@@ -1878,7 +1878,22 @@ impl Worker {
             if let Some(m) = c.msrp_mut() {
                 m.owed.output_taken();
             }
-            let buf = if let Some(tls) = c.tls.as_mut() {
+            if let Some(tls) = c.tls.as_mut()
+                && !c.chain.is_empty()
+            {
+                // Records sealed as frames were queued: what came after
+                // them goes behind, and all leave in one writev.
+                if !c.out.is_empty() {
+                    tls.write(&c.out, &mut c.wire);
+                    c.out.clear();
+                }
+                if !c.wire.is_empty() {
+                    c.chain.push(Piece::Owned(std::mem::take(&mut c.wire)));
+                }
+            }
+            let buf = if let Some(tls) = c.tls.as_mut()
+                && c.chain.is_empty()
+            {
                 let mut buf = self.pool.take();
                 buf.extend_from_slice(&c.wire);
                 c.wire.clear();

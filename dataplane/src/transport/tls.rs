@@ -9,7 +9,7 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -162,6 +162,12 @@ pub struct TlsSession {
 
 /// Largest plaintext handed to rustls before its records are flushed.
 const PLAINTEXT_CHUNK: usize = 16 * 1024;
+/// Largest plaintext of one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
+const RECORD_PLAINTEXT_MAX: usize = 16 * 1024;
+/// Bytes a record adds to its plaintext, at most for the AEAD suites
+/// rustls offers: header 5, explicit nonce 8 (TLS 1.2), tag 16, inner
+/// content type 1 (TLS 1.3).
+const RECORD_OVERHEAD_MAX: usize = 5 + 8 + 16 + 1;
 
 impl TlsSession {
     /// Feed received ciphertext. Decrypted bytes are appended to `plain`;
@@ -222,11 +228,62 @@ impl TlsSession {
 
     /// Encrypt `plain` into `wire`.
     pub fn write(&mut self, plain: &[u8], wire: &mut Vec<u8>) {
-        for chunk in plain.chunks(PLAINTEXT_CHUNK) {
-            // The chunk fits rustls's buffer limit because records are
-            // flushed after each one.
-            let _ = self.conn.writer().write_all(chunk);
+        self.write_parts(&[plain], wire);
+    }
+
+    /// Encrypt `parts`, one after another, into `wire`: records span the
+    /// parts (rustls copies them into each record once), so a frame and
+    /// the output before it need not be joined first.
+    pub fn write_parts(&mut self, parts: &[&[u8]], wire: &mut Vec<u8>) {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        // Room for every record up front: `wire` grown record by record
+        // was reallocated (copied) several times per flush, and into fresh
+        // pages each time (measured at 10 × 4 KiB over msrps: about 10 %
+        // of the relay's CPU in realloc copies and page faults).
+        wire.reserve(total + total.div_ceil(RECORD_PLAINTEXT_MAX) * RECORD_OVERHEAD_MAX);
+        let (mut part, mut off) = (0, 0);
+        while part < parts.len() {
+            // At most PLAINTEXT_CHUNK per call: rustls buffers no more
+            // than its limit before the records are taken.
+            let mut slices = Vec::with_capacity(parts.len() - part);
+            let mut room = PLAINTEXT_CHUNK;
+            for (i, p) in parts.iter().enumerate().skip(part) {
+                let from = if i == part { off } else { 0 };
+                let take = p.len().saturating_sub(from).min(room);
+                if let Some(s) = p.get(from..from + take)
+                    && !s.is_empty()
+                {
+                    slices.push(IoSlice::new(s));
+                }
+                room -= take;
+                if room == 0 {
+                    break;
+                }
+            }
+            if slices.is_empty() {
+                break;
+            }
+            let mut n = self.conn.writer().write_vectored(&slices).unwrap_or(0);
             self.write_records(wire);
+            if n == 0 {
+                break;
+            }
+            // Step past the n bytes taken.
+            while n > 0 && part < parts.len() {
+                let left = parts[part].len() - off;
+                if n >= left {
+                    n -= left;
+                    part += 1;
+                    off = 0;
+                } else {
+                    off += n;
+                    n = 0;
+                }
+            }
+            while part < parts.len() && parts[part].len() == off {
+                part += 1;
+                off = 0;
+            }
         }
     }
 
@@ -326,7 +383,12 @@ mod tests {
         // Server → client, larger than rustls's default buffer limit.
         let mut wire = Vec::new();
         server.write(&vec![9u8; 200_000], &mut wire);
-        let mut rd = &wire[..];
+        assert_eq!(client_reads(&mut client, &wire), vec![9u8; 200_000]);
+    }
+
+    /// Decrypts `wire` as the client and returns the plaintext.
+    fn client_reads(client: &mut rustls::ClientConnection, wire: &[u8]) -> Vec<u8> {
+        let mut rd = wire;
         let mut back = Vec::new();
         while !rd.is_empty() {
             client.read_tls(&mut rd).unwrap();
@@ -339,7 +401,47 @@ mod tests {
                 back.extend_from_slice(&buf[..n]);
             }
         }
-        assert_eq!(back.len(), 200_000);
+        back
+    }
+
+    /// Parts of every size (empty ones, one over a record, several over
+    /// rustls's buffer limit together) arrive as their concatenation, in
+    /// as few records as their total needs.
+    #[test]
+    fn parts_are_encrypted_as_one_plaintext() {
+        let (acceptor, mut client) = acceptor_and_client();
+        let mut server = acceptor.session().unwrap();
+        for _ in 0..10 {
+            let c2s = pump_client(&mut client);
+            let (mut plain, mut wire) = (Vec::new(), Vec::new());
+            server.read(&c2s, &mut plain, &mut wire).unwrap();
+            if !wire.is_empty() {
+                client.read_tls(&mut &wire[..]).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            if !server.is_handshaking() && !client.is_handshaking() {
+                break;
+            }
+        }
+        assert!(!server.is_handshaking());
+        let parts: Vec<Vec<u8>> = [0, 5, 40_000, 0, 17_000, 3, 70_000, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|k| (i * 31 + k % 251) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let mut wire = Vec::new();
+        server.write_parts(&refs, &mut wire);
+        let total: usize = parts.iter().map(Vec::len).sum();
+        assert_eq!(client_reads(&mut client, &wire), parts.concat());
+        // Records of up to 16 KiB plaintext, 22 bytes of overhead each in
+        // TLS 1.3: parts share records rather than each taking its own.
+        let records = total.div_ceil(16 * 1024);
+        assert!(
+            wire.len() <= total + records * 22,
+            "{} bytes for {total}",
+            wire.len()
+        );
     }
 
     #[test]
