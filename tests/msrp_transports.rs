@@ -288,6 +288,12 @@ async fn mixed_sizes_both_ways_to_msrps() {
     b.authed_as("bob", "builder").await;
     mixed_sizes_both_ways(&mut a, &mut b).await;
     assert_eq!(srv.counter(Counter::MsrpFailureReports), 0);
+    // A's large bodies came in over plain TCP: the relay encrypted them
+    // for B from the buffer it received them in, and gave every buffer
+    // back.
+    let by_ref = srv.counter(Counter::MsrpZeroCopyChunks);
+    assert!(by_ref > 0, "no body encrypted from its receive buffer");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }
 
 #[tokio::test]
@@ -310,10 +316,31 @@ async fn mixed_sizes_both_ways_to_wss() {
 async fn chain_relays_bodies_from_the_receive_buffer() {
     let relay1 = relay_config(1).start();
     let relay2 = relay_config(1).start();
-    let mut a = Client::connect(relay1.addrs[0], "a").await;
-    a.authed_as("alice", "wonderland").await;
     let mut b = Client::connect(relay2.addrs[0], "b").await;
     b.authed_as("bob", "builder").await;
+    chain_from_the_receive_buffer(&relay1, b).await;
+}
+
+/// The same with relay2 reached over `msrps`: relay1 encrypts each body
+/// for it from the buffer it received it in.
+#[tokio::test]
+async fn chain_over_msrps_encrypts_bodies_from_the_receive_buffer() {
+    let relay2 = relay_config(1).listen_msrps().start();
+    let cert = relay2.config.cert.as_ref().expect("cert");
+    let (der, ca) = (cert.der.clone(), cert.cert_pem.display().to_string());
+    let relay1 = relay_config(1)
+        .msrp(&format!("next_hop_ca_file = {ca:?}"))
+        .start();
+    let mut b = Client::connect_tls(relay2.addrs[2], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    chain_from_the_receive_buffer(&relay1, b).await;
+}
+
+/// A (plain TCP, on `relay1`) sends B (AUTHed on relay2) 41 SENDs of
+/// 4 KiB; see [`chain_relays_bodies_from_the_receive_buffer`].
+async fn chain_from_the_receive_buffer(relay1: &Server, mut b: Client) {
+    let mut a = Client::connect(relay1.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
     let (ar, br, bu, au) = (
         a.relay_uri.clone(),
         b.relay_uri.clone(),

@@ -411,8 +411,9 @@ pub(super) const RING_MIN: usize = 1024;
 const RING_PENDING_MAX: usize = 256 * 1024;
 
 /// Whether connection `c` may take a chunk whose body stays in a provided
-/// buffer: plain TCP MSRP, or a plain WebSocket MSRP session (RFC 7977)
-/// that is open, either keeping up with its output.
+/// buffer: TCP MSRP, or a WebSocket MSRP session (RFC 7977) that is open,
+/// either keeping up with its output; over TLS once its handshake is done
+/// (the body is encrypted from the buffer at once).
 pub fn takes_ring(c: &Conn) -> bool {
     let proto = match &c.proto {
         Proto::Msrp(_) => true,
@@ -421,7 +422,7 @@ pub fn takes_ring(c: &Conn) -> bool {
     };
     proto
         && c.teardown == Teardown::Open
-        && c.tls.is_none()
+        && c.tls.as_ref().is_none_or(|t| !t.is_handshaking())
         && !c.paused
         && !c.connecting
         && c.pending_output() < RING_PENDING_MAX
@@ -476,7 +477,9 @@ pub fn utf8_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> bool {
 /// [`write_ws`]), read where the body lies; the frame is queued whole, so
 /// control frames written later (pings, pongs, Close) follow it, never
 /// inside it (RFC 6455 §5.4). Emptied buffers go to `spare`, as with
-/// [`queue_frame`].
+/// [`queue_frame`]. Over TLS the chunk is encrypted at once, read where
+/// the body lies: the pieces it was read from are returned, for the
+/// caller to release.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn queue_ring(
     c: &mut Conn,
@@ -487,8 +490,9 @@ pub(super) fn queue_ring(
     pool: &mut BufPool,
     spare: &mut Vec<Vec<u8>>,
     stats: &mut WorkerStats,
-) {
+) -> Vec<Piece> {
     let len = head.len() + body.len();
+    let queued_before = c.chain.len();
     if matches!(c.proto, Proto::Ws(_)) {
         let text = utf8_pieces(
             std::iter::once(head.as_slice())
@@ -524,10 +528,43 @@ pub(super) fn queue_ring(
     c.chain.extend(body.segs.take());
     c.out = pool.take();
     c.out.extend_from_slice(body.end.as_slice());
+    // TLS: encrypted now, from where the body lies; the pieces go back.
+    let sealed = if c.tls.is_some() {
+        let plain: Vec<Piece> = c.chain.drain(queued_before..).collect();
+        seal_pieces(c, &plain, bufs);
+        plain
+    } else {
+        Vec::new()
+    };
     if let Some(m) = c.msrp_mut() {
         m.owed.push(window, len);
     }
     c.frames_out += 1;
+    sealed
+}
+
+/// Encrypts `plain` and then `c`'s plaintext output (a TLS connection
+/// past its handshake) into records queued behind the records before
+/// them, as [`seal_behind_output`] does for one frame.
+fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
+    let Some(tls) = c.tls.as_mut() else {
+        return;
+    };
+    if !c.wire.is_empty() {
+        c.chain.push(Piece::Owned(std::mem::take(&mut c.wire)));
+    }
+    let mut parts: Vec<&[u8]> = plain
+        .iter()
+        .map(|p| match p {
+            Piece::Owned(b) => b.as_slice(),
+            Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
+        })
+        .collect();
+    parts.push(&c.out);
+    let mut sealed = Vec::new();
+    tls.write_parts(&parts, &mut sealed);
+    c.out.clear();
+    c.chain.push(Piece::Owned(sealed));
 }
 
 /// Body bytes of one input too few to hold a buffer for when the chunk

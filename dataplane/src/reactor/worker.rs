@@ -1417,20 +1417,17 @@ impl Worker {
                         let found = match &target {
                             Target::Conn(conn) => self.ring_target(*conn),
                             Target::NextHop {
-                                secure: false,
-                                host,
-                                port,
-                                ..
-                            } => self.next_hop_ring_target(host, *port, now),
+                                secure, host, port, ..
+                            } => self.next_hop_ring_target(*secure, host, *port, now),
                             _ => None,
                         };
                         match found {
                             Some(idx) => {
-                                // The common relay case: a plain TCP or
+                                // The common relay case: a TCP or
                                 // WebSocket target on this core (a client
                                 // of ours or an open outbound connection
                                 // to the next hop) takes the body where it
-                                // was received.
+                                // was received (TLS encrypts it from there).
                                 if let (Target::NextHop { .. }, Some(t)) = (&target, &txn) {
                                     let generation =
                                         self.conns.get_any(idx).map_or(0, |c| c.generation);
@@ -1439,7 +1436,7 @@ impl Worker {
                                 }
                                 let by_ref = r.segs.ring_len() as u64;
                                 let c = self.conns.get_any(idx).expect("live");
-                                glue::queue_ring(
+                                let sealed = glue::queue_ring(
                                     c,
                                     frame,
                                     r,
@@ -1449,6 +1446,7 @@ impl Worker {
                                     &mut self.displaced,
                                     &mut self.stats,
                                 );
+                                self.drop_pieces(sealed);
                                 // The head's buffer goes where every emptied
                                 // buffer goes (the output pool or the relay
                                 // engine).
@@ -2186,11 +2184,17 @@ impl Worker {
 
     /// Connection `id` of this core, if it may take a chunk whose body
     /// stays in a provided buffer.
-    /// The open outbound connection to plain `msrp://host:port` if it can
+    /// The open outbound connection to `msrp(s)://host:port` if it can
     /// take a body by reference (see [`Self::ring_target`]).
-    fn next_hop_ring_target(&mut self, host: &str, port: u16, now: u64) -> Option<u32> {
+    fn next_hop_ring_target(
+        &mut self,
+        secure: bool,
+        host: &str,
+        port: u16,
+        now: u64,
+    ) -> Option<u32> {
         let addr = self.next_hop_addr(host, port, now)?;
-        let &(idx, generation) = self.outbound.get(&(addr, false))?;
+        let &(idx, generation) = self.outbound.get(&(addr, secure))?;
         let c = self.conns.get_mut(idx, generation)?;
         glue::takes_ring(c).then_some(idx)
     }
