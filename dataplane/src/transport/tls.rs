@@ -9,7 +9,7 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ServerConfig};
-use std::io::{IoSlice, Read, Write};
+use std::io::{BufRead, IoSlice, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -208,10 +208,18 @@ impl TlsSession {
             };
             let n = state.plaintext_bytes_to_read();
             if n > 0 {
-                let start = plain.len();
-                plain.resize(start + n, 0);
-                let got = self.conn.reader().read(&mut plain[start..]).unwrap_or(0);
-                plain.truncate(start + got);
+                // Taken chunk by chunk where rustls holds them: reading
+                // into `plain` resized first zeroed it for nothing.
+                plain.reserve(n);
+                let mut reader = self.conn.reader();
+                while let Ok(chunk) = reader.fill_buf() {
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let taken = chunk.len();
+                    plain.extend_from_slice(chunk);
+                    reader.consume(taken);
+                }
             }
             if state.peer_has_closed() {
                 progress.peer_closed = true;
@@ -316,6 +324,7 @@ impl TlsSession {
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
+    use std::io::Read;
 
     fn acceptor_and_client() -> (TlsAcceptor, rustls::ClientConnection) {
         let cert = rcgen_like_self_signed();
