@@ -6,8 +6,8 @@
 //! out from the receive buffer they arrived in — also when a body spans two
 //! buffers, to a plain WebSocket receiver (text or binary as the chunk is
 //! UTF-8 or not) and from a WebSocket sender — and a stalled receiver (TCP
-//! or WebSocket) pins no more than a bounded share of those buffers. The
-//! client writes frames
+//! or WebSocket) pins no more than a bounded share of those buffers; one
+//! on `msrps` slows its sender too. The client writes frames
 //! as text from the RFC 4975 §9 grammar and reads them with its own
 //! streaming parser.
 
@@ -904,5 +904,43 @@ async fn sender_stopping_mid_chunk_pins_no_receive_buffer() {
     assert!(
         r.is_err() && d.rd.buf.is_empty(),
         "bytes of an unfinished chunk arrived"
+    );
+}
+
+/// A receiver on `msrps` stops reading while its sender (plain TCP) pushes
+/// 4 KiB chunks, which the relay encrypts for it as they are queued: the
+/// sender is slowed (it cannot get everything in), the relay holds no
+/// more than a share of receive buffers (none for the receiver), and
+/// when the receiver resumes every chunk
+/// arrives intact and in order.
+#[tokio::test]
+async fn stalled_tls_receiver_slows_its_sender() {
+    let srv = ServerConfig::new()
+        .workers(1)
+        .listen_msrp()
+        .listen_msrps()
+        .msrp_users(REALM, USERS)
+        .reactor("recv_buffers = 32")
+        .start();
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let a = authed(srv.addrs[0], "alice1", "alice", "wonderland").await;
+    let mut b = common::msrp::Client::connect_tls(srv.addrs[1], "b", &der).await;
+    b.authed_as("bob", "builder").await;
+    let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let mut most = 0;
+    let (stalled, writer) = stall_sender(&srv, a.wr, to, a.uri.clone(), 31, &mut most).await;
+    // Held at most while a sender's chunk spans reads: bodies for the
+    // TLS receiver are encrypted as they are queued.
+    assert!(most <= HOLD_CAP, "{most} receive buffers held");
+    for (i, body) in stalled.iter().enumerate() {
+        let f = b.read().await;
+        assert_eq!(f.method(), Some("SEND"), "{f:?}");
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == *body, "message {i}: the body arrived altered");
+    }
+    let _w = writer.await.expect("writer");
+    assert!(
+        srv.counter(Counter::MsrpZeroCopyChunks) > 0,
+        "no body encrypted from its receive buffer"
     );
 }
