@@ -10,9 +10,10 @@
 //!
 //! - The common relay case — a chunk whose body (≥ 1 KiB in all) lies in
 //!   provided buffers (the one being read, and those before it when the
-//!   body began there), for a plain TCP MSRP connection or a plain
-//!   WebSocket MSRP session of this core that keeps up with its output —
-//!   has its body sent without a copy: the target queues the head, the
+//!   body began there), for a TCP MSRP connection (a client or an open
+//!   outbound connection to the next hop) or a WebSocket MSRP session of
+//!   this core that keeps up with its output — has its body sent without
+//!   a copy: the target queues the head, the
 //!   body *by reference* ([`Piece::Ring`], one piece per buffer) and the
 //!   end-line, and they leave in one writev with whatever is queued around
 //!   them. On a WebSocket the frame header comes first (one message per
@@ -30,8 +31,15 @@
 //!   for 100 ms (the peer stopped reading: it is cancelled), copies the
 //!   bodies out and releases them, so a slow peer pins no receive buffer;
 //!   likewise a sender whose chunk has held a buffer for 100 ms waiting
-//!   for the rest of its body.
-//! - Otherwise (another core, TLS on either side, a next hop, a small
+//!   for the rest of its body. A TLS target past its handshake takes the
+//!   chunk the same way but encrypts it at once, reading the body where
+//!   it lies, and the buffers go back then (nothing stays held).
+//! - A TLS target seals every frame of 1 KiB or more into records of its
+//!   own buffer as it is queued (the plaintext output before it shares
+//!   them), so neither its plaintext output nor its ciphertext grows by
+//!   reallocation.
+//! - Otherwise (another core, a TLS sender, a next hop still connecting,
+//!   a small
 //!   body, a reassembled or spliced WebSocket message, a slow target, the
 //!   hold cap reached when the body's buffer was read) the chunk — or,
 //!   when the cap is reached midway, the rest of its body — is copied:

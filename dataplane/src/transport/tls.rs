@@ -4,7 +4,11 @@
 //! `wants_read()` (feeding more makes rustls refuse input once its plaintext
 //! buffer is full); plaintext is drained after every `process_new_packets`.
 //! Outgoing plaintext is written in chunks with the TLS records flushed after
-//! each, so rustls's send buffer limit is never hit.
+//! each, so rustls's send buffer limit is never hit; several pieces of
+//! plaintext go through one vectored write and share records
+//! ([`TlsSession::write_parts`]), and the ciphertext buffer is sized for all
+//! the records first. Received plaintext is taken where rustls holds it
+//! (`BufRead`), one copy into the caller's buffer.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
