@@ -62,6 +62,7 @@ use super::worker::BufPool;
 use super::{Shared, worker};
 use crate::msrp::auth::UsePath;
 use crate::msrp::relay::{Action, EndLine, Env, MsrpConn, RelayCore, Target, TxnId};
+use crate::transport::TlsSession;
 use crate::ws::frame::{self, OpCode};
 use crate::ws::session::State;
 use std::net::SocketAddr;
@@ -397,16 +398,36 @@ fn sealable(c: &Conn, len: usize) -> bool {
 /// instead, every large frame was copied once more, and again by each
 /// reallocation of `out` as it grew (measured at 10 × 4 KiB over msrps).
 fn seal_behind_output(c: &mut Conn, frame: &[u8]) {
-    let Some(tls) = c.tls.as_mut() else {
+    let Conn {
+        tls: Some(tls),
+        out,
+        wire,
+        chain,
+        ..
+    } = c
+    else {
         return;
     };
-    if !c.wire.is_empty() {
-        c.chain.push(Piece::Owned(std::mem::take(&mut c.wire)));
+    seal_into_chain(tls, wire, chain, &[out, frame]);
+    out.clear();
+}
+
+/// `parts` encrypted into records of their own buffer, queued on `chain`
+/// behind the records already written to `wire`.
+pub(super) fn seal_into_chain(
+    tls: &mut TlsSession,
+    wire: &mut Vec<u8>,
+    chain: &mut Vec<Piece>,
+    parts: &[&[u8]],
+) {
+    if !wire.is_empty() {
+        chain.push(Piece::Owned(std::mem::take(wire)));
     }
     let mut sealed = Vec::new();
-    tls.write_parts(&[&c.out, frame], &mut sealed);
-    c.out.clear();
-    c.chain.push(Piece::Owned(sealed));
+    tls.write_parts(parts, &mut sealed);
+    if !sealed.is_empty() {
+        chain.push(Piece::Owned(sealed));
+    }
 }
 
 /// Bodies shorter than this are copied: an iovec of their own (and a held
@@ -555,12 +576,16 @@ pub(super) fn queue_ring(
 /// past its handshake) into records queued behind the records before
 /// them, as [`seal_behind_output`] does for one frame.
 fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
-    let Some(tls) = c.tls.as_mut() else {
+    let Conn {
+        tls: Some(tls),
+        out,
+        wire,
+        chain,
+        ..
+    } = c
+    else {
         return;
     };
-    if !c.wire.is_empty() {
-        c.chain.push(Piece::Owned(std::mem::take(&mut c.wire)));
-    }
     let mut parts: Vec<&[u8]> = plain
         .iter()
         .map(|p| match p {
@@ -568,11 +593,9 @@ fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
             Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
         })
         .collect();
-    parts.push(&c.out);
-    let mut sealed = Vec::new();
-    tls.write_parts(&parts, &mut sealed);
-    c.out.clear();
-    c.chain.push(Piece::Owned(sealed));
+    parts.push(out);
+    seal_into_chain(tls, wire, chain, &parts);
+    out.clear();
 }
 
 /// Body bytes of one input too few to hold a buffer for when the chunk

@@ -1876,18 +1876,19 @@ impl Worker {
             if let Some(m) = c.msrp_mut() {
                 m.owed.output_taken();
             }
-            if let Some(tls) = c.tls.as_mut()
-                && !c.chain.is_empty()
+            if let Conn {
+                tls: Some(tls),
+                out,
+                wire,
+                chain,
+                ..
+            } = &mut *c
+                && !chain.is_empty()
             {
                 // Records sealed as frames were queued: what came after
                 // them goes behind, and all leave in one writev.
-                if !c.out.is_empty() {
-                    tls.write(&c.out, &mut c.wire);
-                    c.out.clear();
-                }
-                if !c.wire.is_empty() {
-                    c.chain.push(Piece::Owned(std::mem::take(&mut c.wire)));
-                }
+                glue::seal_into_chain(tls, wire, chain, &[out]);
+                out.clear();
             }
             let buf = if let Some(tls) = c.tls.as_mut()
                 && c.chain.is_empty()
@@ -2182,8 +2183,6 @@ impl Worker {
         }
     }
 
-    /// Connection `id` of this core, if it may take a chunk whose body
-    /// stays in a provided buffer.
     /// The open outbound connection to `msrp(s)://host:port` if it can
     /// take a body by reference (see [`Self::ring_target`]).
     fn next_hop_ring_target(
@@ -2211,6 +2210,8 @@ impl Worker {
             .and_then(|&(addr, until)| (until > now).then_some(addr))
     }
 
+    /// Connection `id` of this core, if it may take a chunk whose body
+    /// stays in a provided buffer.
     fn ring_target(&mut self, id: u64) -> Option<u32> {
         let (core, generation, idx) = split_conn_id(id);
         let c = self.conns.get_mut(idx, generation)?;
