@@ -398,6 +398,12 @@ fn sealable(c: &Conn, len: usize) -> bool {
 /// instead, every large frame was copied once more, and again by each
 /// reallocation of `out` as it grew (measured at 10 × 4 KiB over msrps).
 fn seal_behind_output(c: &mut Conn, frame: &[u8]) {
+    seal_with_output(c, &[], frame);
+}
+
+/// Seals `before`, then `c`'s plaintext output (emptied), then `after`
+/// into `c`'s chain (a TLS connection; see [`seal_into_chain`]).
+fn seal_with_output(c: &mut Conn, before: &[&[u8]], after: &[u8]) {
     let Conn {
         tls: Some(tls),
         out,
@@ -408,7 +414,11 @@ fn seal_behind_output(c: &mut Conn, frame: &[u8]) {
     else {
         return;
     };
-    seal_into_chain(tls, wire, chain, &[out, frame]);
+    let mut parts = Vec::with_capacity(before.len() + 2);
+    parts.extend_from_slice(before);
+    parts.push(out.as_slice());
+    parts.push(after);
+    seal_into_chain(tls, wire, chain, &parts);
     out.clear();
 }
 
@@ -576,26 +586,14 @@ pub(super) fn queue_ring(
 /// past its handshake) into records queued behind the records before
 /// them, as [`seal_behind_output`] does for one frame.
 fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
-    let Conn {
-        tls: Some(tls),
-        out,
-        wire,
-        chain,
-        ..
-    } = c
-    else {
-        return;
-    };
-    let mut parts: Vec<&[u8]> = plain
+    let parts: Vec<&[u8]> = plain
         .iter()
         .map(|p| match p {
             Piece::Owned(b) => b.as_slice(),
             Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
         })
         .collect();
-    parts.push(out);
-    seal_into_chain(tls, wire, chain, &parts);
-    out.clear();
+    seal_with_output(c, &parts, &[]);
 }
 
 /// Body bytes of one input too few to hold a buffer for when the chunk
