@@ -710,6 +710,123 @@ async fn bodies_across_two_receive_buffers_relay_without_a_copy() {
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }
 
+/// A relay on two workers with plain TCP (and, `ws`, plain WebSocket)
+/// MSRP listeners, and an AUTHed TCP sender on it.
+async fn two_core_relay(ws: bool) -> (Server, Client) {
+    let mut c = ServerConfig::new()
+        .workers(2)
+        .listen_msrp()
+        .msrp_users(REALM, USERS)
+        .reactor("recv_buffers = 256");
+    if ws {
+        c = c.listen_ws().sub_protocols(&["msrp"]);
+    }
+    let srv = c.start();
+    let a = authed(srv.addrs[0], "alice", "alice", "wonderland").await;
+    (srv, a)
+}
+
+/// Retries `connect` until the connection's session is owned by another
+/// core than `other`'s (SO_REUSEPORT spreads connections by hash).
+async fn on_another_core<C, F>(other: &str, mut connect: F) -> C
+where
+    F: AsyncFnMut(usize) -> (C, String),
+{
+    for tries in 0..64 {
+        let (c, relay_uri) = connect(tries).await;
+        if core_of(&relay_uri) != core_of(other) {
+            return c;
+        }
+    }
+    panic!("every connection landed on one core");
+}
+
+/// Plain TCP sender and receiver on different cores (workers = 2): the
+/// receiver's core sends each body from the receive buffer of the
+/// sender's core (handed over with the head, no copy), bodies arrive
+/// byte for byte, and every buffer goes back to the core that owns it
+/// (released through its queue).
+#[tokio::test]
+async fn bodies_for_another_core_relay_from_the_receive_buffer() {
+    let (srv, a) = two_core_relay(false).await;
+    let addr = srv.addrs[0];
+    let a_relay = a.relay_uri.clone();
+    let mut b = on_another_core(&a_relay, async |i| {
+        let b = authed(addr, &format!("bob{i}"), "bob", "builder").await;
+        let uri = b.relay_uri.clone();
+        (b, uri)
+    })
+    .await;
+    let n = 400;
+    let sent = sized_bodies(41, n, &[4096, 3000, 5000, 4096]);
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let handoffs0 = srv.counter(Counter::MsrpHandoffs);
+    let to = path(&a, &b);
+    let most = relay_in_batches(&srv, a, &to, &sent, 8, async |i, body| {
+        let f = b.rd.read().await;
+        assert_eq!(f.method(), Some("SEND"), "{f:?}");
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == body, "message {i}: the body arrived altered");
+        assert_eq!(f.flag, b'$');
+    })
+    .await;
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    let handoffs = srv.counter(Counter::MsrpHandoffs) - handoffs0;
+    eprintln!("{chunks} of {n} chunks to another core without a copy, at most {most} held");
+    assert_eq!(handoffs, n as u64, "every chunk crosses cores");
+    assert!(
+        chunks * 100 >= n as u64 * 90,
+        "{chunks} of {n} chunks sent without a copy"
+    );
+    assert!(most <= 256 / 4, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
+/// A TCP sender to a WebSocket receiver on another core: the receiver's
+/// core reads the body where the sender's core received it to choose the
+/// opcode (text when the chunk is UTF-8) and sends it from there.
+#[tokio::test]
+async fn bodies_for_a_websocket_on_another_core_relay_from_the_receive_buffer() {
+    let (srv, a) = two_core_relay(true).await;
+    let ws = srv.addrs[1];
+    let a_relay = a.relay_uri.clone();
+    let mut b = on_another_core(&a_relay, async |i| {
+        let mut b = common::msrp::Client::connect_ws(ws, &format!("bob{i}")).await;
+        b.authed_as("bob", "builder").await;
+        let uri = b.relay_uri.clone();
+        (b, uri)
+    })
+    .await;
+    let n = 240;
+    let mut rng = Rng::new(43);
+    let sizes = [4096, 3000, 5000];
+    let sent: Vec<(Vec<u8>, bool)> = (0..n)
+        .map(|i| {
+            let binary = i % 3 == 1;
+            (mixed_body(&mut rng, sizes[i % 3], binary), !binary)
+        })
+        .collect();
+    let bodies: Vec<Vec<u8>> = sent.iter().map(|(b, _)| b.clone()).collect();
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
+        let f = b.read().await;
+        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+        assert!(f.body == body, "message {i}: the body arrived altered");
+        assert_eq!(b.last_text, Some(sent[i].1), "message {i}: wrong opcode");
+    })
+    .await;
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    eprintln!("{chunks} of {n} chunks to a WebSocket on another core without a copy");
+    assert!(
+        chunks * 100 >= n as u64 * 90,
+        "{chunks} of {n} chunks sent without a copy"
+    );
+    assert!(most <= 256 / 4, "{most} receive buffers held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    b.quiet(Duration::from_millis(100)).await;
+}
+
 /// A relay with plain TCP and plain WebSocket MSRP listeners (in that
 /// order) on one worker.
 fn relay_with_ws(recv_buffers: u32) -> Server {

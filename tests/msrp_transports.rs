@@ -296,6 +296,35 @@ async fn mixed_sizes_both_ways_to_msrps() {
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }
 
+/// The same with B's TLS connection on the other core: B's core
+/// encrypts A's large bodies from the receive buffer of A's core (handed
+/// over with their heads), and each buffer goes back to A's core.
+#[tokio::test]
+async fn mixed_sizes_both_ways_to_msrps_on_another_core() {
+    let srv = all_transports(2);
+    let der = srv.config.cert.as_ref().expect("cert").der.clone();
+    let mut a = Client::connect(srv.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let a_core = a.session()[..2].to_string();
+    let mut b = None;
+    for _ in 0..64 {
+        let mut c = Client::connect_tls(srv.addrs[1], "b", &der).await;
+        c.authed_as("bob", "builder").await;
+        if c.session()[..2] != a_core {
+            b = Some(c);
+            break;
+        }
+    }
+    let mut b = b.expect("a TLS connection on the other core");
+    let handoffs = srv.counter(Counter::MsrpHandoffs);
+    mixed_sizes_both_ways(&mut a, &mut b).await;
+    assert_eq!(srv.counter(Counter::MsrpFailureReports), 0);
+    assert!(srv.counter(Counter::MsrpHandoffs) > handoffs);
+    let by_ref = srv.counter(Counter::MsrpZeroCopyChunks);
+    assert!(by_ref > 0, "no body encrypted from the other core's buffer");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+}
+
 #[tokio::test]
 async fn mixed_sizes_both_ways_to_wss() {
     let srv = all_transports(1);

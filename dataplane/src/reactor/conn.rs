@@ -133,18 +133,20 @@ impl BodySegs {
         self.as_slice().iter().any(Piece::is_ring)
     }
 
-    /// Append `len` bytes at `off` of provided buffer `bid`: `Some(true)`
+    /// Append `len` bytes at `off` of provided buffer `bid` of core `core`: `Some(true)`
     /// when that is a new segment (the caller takes a hold on `bid` for
     /// it), `Some(false)` when it extends the last one, `None` when the
     /// list is full (the caller copies the bytes instead). A new ring
     /// segment always leaves room for an owned one after it, so
     /// [`BodySegs::push_owned`] cannot fail.
-    pub fn push_ring(&mut self, bid: u16, off: u32, len: u32) -> Option<bool> {
+    pub fn push_ring(&mut self, core: u8, bid: u16, off: u32, len: u32) -> Option<bool> {
         if let Some(Piece::Ring {
+            core: c,
             bid: b,
             off: o,
             len: l,
         }) = self.as_mut_slice().last_mut()
+            && *c == core
             && *b == bid
             && o.checked_add(*l) == Some(off)
         {
@@ -154,7 +156,12 @@ impl BodySegs {
         if self.n + 2 > MAX_SEGS {
             return None;
         }
-        self.segs[self.n] = Piece::Ring { bid, off, len };
+        self.segs[self.n] = Piece::Ring {
+            core,
+            bid,
+            off,
+            len,
+        };
         self.n += 1;
         Some(true)
     }
@@ -192,10 +199,13 @@ impl BodySegs {
 pub enum Piece {
     Owned(Vec<u8>),
     /// A forwarded chunk's body where it was received: `len` bytes at `off`
-    /// of provided buffer `bid`, which the piece holds
+    /// of provided buffer `bid` of core `core` (this one's, or another's
+    /// when the chunk was handed over), which the piece holds
     /// ([`super::bufring::BufRing::hold`]). Whoever drops the piece
-    /// releases the hold, exactly once.
+    /// releases the hold, exactly once
+    /// ([`super::bufring::BufRing::release`]).
     Ring {
+        core: u8,
         bid: u16,
         off: u32,
         len: u32,
@@ -523,7 +533,12 @@ impl Conn {
             }
             let (p, len) = match b {
                 Piece::Owned(v) => (v.as_ptr(), v.len()),
-                Piece::Ring { bid, off, len } => ring.held_ptr(*bid, *off, *len),
+                Piece::Ring {
+                    core,
+                    bid,
+                    off,
+                    len,
+                } => ring.held_ptr(*core, *bid, *off, *len),
             };
             self.iov.push(libc::iovec {
                 iov_base: p.wrapping_add(skip) as *mut libc::c_void,
@@ -648,10 +663,10 @@ mod tests {
         let mut s = BodySegs::default();
         assert!(s.is_empty());
         // A new ring segment needs a hold; its continuation does not.
-        assert_eq!(s.push_ring(1, 100, 50), Some(true));
-        assert_eq!(s.push_ring(1, 150, 50), Some(false));
+        assert_eq!(s.push_ring(0, 1, 100, 50), Some(true));
+        assert_eq!(s.push_ring(0, 1, 150, 50), Some(false));
         // Not contiguous, or another buffer: new segments.
-        assert_eq!(s.push_ring(1, 300, 10), Some(true));
+        assert_eq!(s.push_ring(0, 1, 300, 10), Some(true));
         s.push_owned(b"abc", Vec::new);
         s.push_owned(b"de", Vec::new);
         assert_eq!(s.as_slice().len(), 3);
@@ -659,17 +674,17 @@ mod tests {
         assert_eq!(s.ring_len(), 110);
         // Ring segments stop one short of the bound, so copies can follow.
         let mut bid = 2;
-        while s.push_ring(bid, 0, 1) == Some(true) {
+        while s.push_ring(0, bid, 0, 1) == Some(true) {
             bid += 1;
         }
         assert_eq!(s.as_slice().len(), MAX_SEGS - 1);
-        assert_eq!(s.push_ring(bid, 0, 1), None);
+        assert_eq!(s.push_ring(0, bid, 0, 1), None);
         s.push_owned(b"xyz", Vec::new);
         s.push_owned(b"!", Vec::new);
         assert_eq!(s.as_slice().len(), MAX_SEGS);
         assert!(matches!(s.as_slice().last(), Some(Piece::Owned(b)) if b == b"xyz!"));
         // A full list still extends its last ring piece? No: owned last.
-        assert_eq!(s.push_ring(bid - 1, 1, 1), None);
+        assert_eq!(s.push_ring(0, bid - 1, 1, 1), None);
         let taken: Vec<Piece> = s.take().collect();
         assert_eq!(taken.len(), MAX_SEGS);
         assert!(s.is_empty() && s.as_slice().is_empty() && !s.has_ring());

@@ -51,8 +51,12 @@ pub enum InboxMsg {
         from_conn: u64,
         origin_core: u8,
         frame: Vec<u8>,
+        /// The body and end-line where the origin core received them
+        /// (`frame` is then the head only): the target sends them from
+        /// there, or copies them, and gives the holds back.
+        body: Option<Box<msrp::RingBody>>,
         txn: Option<crate::msrp::relay::TxnId>,
-        /// The sender's flow window, charged with `frame.len()`.
+        /// The sender's flow window, charged with the chunk's length.
         window: Arc<flow::FlowWindow>,
         /// Monotonic µs when the chunk was read (relay latency).
         in_us: u64,
@@ -88,6 +92,9 @@ pub struct Shared {
     /// Names of next hops are resolved off the reactors.
     pub resolver: resolver::Resolver,
     pub inboxes: Vec<Arc<Inbox<InboxMsg>>>,
+    /// Every worker's provided-buffer memory, for bodies another worker
+    /// sends from where they were received.
+    pub rings: Arc<bufring::RingTable>,
     /// Per core: entries all its connections' [`conn::HandedOver`] hold.
     pub handed_over: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     /// AUTH and handshake credentials (`[auth] users_file`; empty without
@@ -301,6 +308,7 @@ impl Dataplane {
             tls,
             next_hop_tls,
             resolver,
+            rings: bufring::RingTable::new(workers as usize),
             inboxes,
             handed_over: (0..workers).map(|_| Arc::default()).collect(),
             users,

@@ -11,9 +11,14 @@
 //! - The common relay case — a chunk whose body (≥ 1 KiB in all) lies in
 //!   provided buffers (the one being read, and those before it when the
 //!   body began there), for a TCP MSRP connection (a client or an open
-//!   outbound connection to the next hop) or a WebSocket MSRP session of
-//!   this core that keeps up with its output — has its body sent without
-//!   a copy: the target queues the head, the
+//!   outbound connection to the next hop) or a WebSocket MSRP session
+//!   that keeps up with its output — has its body sent without a copy.
+//!   A client of another core gets the head through that core's inbox
+//!   with the body's pieces, which name this core's buffers (their memory
+//!   outlives every worker, [`super::bufring::RingTable`]); that core
+//!   sends from them, or copies them when its target cannot take them,
+//!   and gives each hold back through this core's release queue. The
+//!   target queues the head, the
 //!   body *by reference* ([`Piece::Ring`], one piece per buffer) and the
 //!   end-line, and they leave in one writev with whatever is queued around
 //!   them. On a WebSocket the frame header comes first (one message per
@@ -38,8 +43,7 @@
 //!   own buffer as it is queued (the plaintext output before it shares
 //!   them), so neither its plaintext output nor its ciphertext grows by
 //!   reallocation.
-//! - Otherwise (another core, a TLS sender, a next hop still connecting,
-//!   a small
+//! - Otherwise (a TLS sender, a next hop still connecting, a small
 //!   body, a reassembled or spliced WebSocket message, a slow target, the
 //!   hold cap reached when the body's buffer was read) the chunk — or,
 //!   when the cap is reached midway, the rest of its body — is copied:
@@ -133,6 +137,8 @@ impl RingBody {
 /// The provided buffer an input is read from, and the holds forwarded
 /// bodies took on it (the worker takes them before the reader is done).
 pub struct RingInput {
+    /// The core whose buffer this is.
+    pub core: u8,
     pub bid: u16,
     addr: usize,
     len: usize,
@@ -145,9 +151,10 @@ pub struct RingInput {
 }
 
 impl RingInput {
-    /// `data` is the start of buffer `bid` as received.
-    pub fn new(bid: u16, data: &[u8]) -> RingInput {
+    /// `data` is the start of buffer `bid` of core `core` as received.
+    pub fn new(core: u8, bid: u16, data: &[u8]) -> RingInput {
         RingInput {
+            core,
             bid,
             addr: data.as_ptr() as usize,
             len: data.len(),
@@ -537,7 +544,12 @@ pub(super) fn queue_ring(
             std::iter::once(head.as_slice())
                 .chain(body.segs.as_slice().iter().map(|p| match p {
                     Piece::Owned(b) => b.as_slice(),
-                    Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
+                    Piece::Ring {
+                        core,
+                        bid,
+                        off,
+                        len,
+                    } => bufs.held_bytes(*core, *bid, *off, *len),
                 }))
                 .chain(std::iter::once(body.end.as_slice())),
         );
@@ -590,7 +602,12 @@ fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
         .iter()
         .map(|p| match p {
             Piece::Owned(b) => b.as_slice(),
-            Piece::Ring { bid, off, len } => bufs.held_bytes(*bid, *off, *len),
+            Piece::Ring {
+                core,
+                bid,
+                off,
+                len,
+            } => bufs.held_bytes(*core, *bid, *off, *len),
         })
         .collect();
     seal_with_output(c, &parts, &[]);
@@ -620,9 +637,10 @@ fn settle_pending(
         && hold
     {
         let merges = matches!(f.segs.as_slice().last(),
-            Some(Piece::Ring { bid, off: o, len }) if *bid == r.bid && *o + *len == off);
+            Some(Piece::Ring { core, bid, off: o, len })
+                if *core == r.core && *bid == r.bid && *o + *len == off);
         if merges || bytes.len() >= SEG_MIN {
-            match f.segs.push_ring(r.bid, off, bytes.len() as u32) {
+            match f.segs.push_ring(r.core, r.bid, off, bytes.len() as u32) {
                 Some(true) => {
                     r.holds += 1;
                     return;
@@ -845,7 +863,7 @@ mod tests {
         for p in segs.as_slice() {
             match p {
                 Piece::Owned(b) => v.extend_from_slice(b),
-                Piece::Ring { bid, off, len } => {
+                Piece::Ring { bid, off, len, .. } => {
                     let (_, b) = bufs.iter().find(|(id, _)| id == bid).expect("buffer");
                     v.extend_from_slice(&b[*off as usize..(*off + *len) as usize]);
                 }
@@ -857,7 +875,7 @@ mod tests {
     #[test]
     fn locate_maps_buffer_and_spliced_bytes() {
         let buf: Vec<u8> = (0..200u8).collect();
-        let mut r = RingInput::new(3, &buf);
+        let mut r = RingInput::new(0, 3, &buf);
         // A slice of the buffer itself.
         assert_eq!(r.locate(&buf[10..60], &(5..20)), Some((5, 15)));
         // Not in the buffer: a copy elsewhere.
@@ -889,14 +907,14 @@ mod tests {
         let mut pool = BufPool::default();
         let mut f = forward(&a[..100]);
         // Input A: body from 100; its last 40 bytes held back.
-        let mut ring = Some(RingInput::new(1, &a));
+        let mut ring = Some(RingInput::new(0, 1, &a));
         forward_body(&mut f, &a, 100..500, &mut ring, &mut pool);
         forward_body(&mut f, &a, 500..960, &mut ring, &mut pool);
         assert!(f.segs.is_empty(), "held before the input ended");
         settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
         assert_eq!(ring.as_ref().map(|r| r.holds), Some(1));
         // Input B: the 40 held bytes with B's first 500 appended.
-        let mut ring = Some(RingInput::new(2, &b));
+        let mut ring = Some(RingInput::new(0, 2, &b));
         let mut p = a[960..].to_vec();
         p.extend_from_slice(&b[..500]);
         if let Some(r) = ring.as_mut() {
@@ -929,7 +947,7 @@ mod tests {
         let mut pool = BufPool::default();
         let mut f = forward(b"HEAD");
         forward_body(&mut f, &a, 0..300, &mut None, &mut pool);
-        let mut ring = Some(RingInput::new(1, &a));
+        let mut ring = Some(RingInput::new(0, 1, &a));
         forward_body(&mut f, &a, 300..600, &mut ring, &mut pool);
         settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
         assert!(f.segs.is_empty());
@@ -944,7 +962,7 @@ mod tests {
         let a: Vec<u8> = (0..=255u8).cycle().take(2000).collect();
         let mut pool = BufPool::default();
         let mut f = forward(b"H");
-        let mut ring = Some(RingInput::new(1, &a));
+        let mut ring = Some(RingInput::new(0, 1, &a));
         forward_body(&mut f, &a, 1950..2000, &mut ring, &mut pool);
         settle_pending(&mut f, &a, ring.as_mut(), true, &mut pool);
         assert_eq!(ring.as_ref().map(|r| r.holds), Some(0));

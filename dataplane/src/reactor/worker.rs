@@ -213,7 +213,14 @@ impl Worker {
     pub fn new(core: u32, shared: Arc<Shared>, listeners: Vec<Listener>) -> io::Result<Worker> {
         let rc = &shared.config.reactor;
         let ring = build_ring(rc.ring_entries)?;
-        let bufs = BufRing::new(&ring, 0, rc.recv_buffers, rc.recv_buffer_size)?;
+        let bufs = BufRing::new(
+            &ring,
+            0,
+            rc.recv_buffers,
+            rc.recv_buffer_size,
+            shared.rings.clone(),
+            core as u8,
+        )?;
         let fixed_files = register_file_table(&ring, rc.max_connections_per_worker);
         let ring_min_timeout = ring.params().is_feature_min_timeout();
         let now = shared.now_ms();
@@ -332,6 +339,11 @@ impl Worker {
                     .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
             );
             self.stats.completions(cqes.len() as u64);
+            // Holds other cores ended (bodies they sent from our buffers)
+            // first: the buffers go back before this turn reads more.
+            if self.bufs.drain_released() {
+                self.stats.recv_buffers_held(self.bufs.held());
+            }
             for &(ud, res, flags) in &cqes {
                 self.on_completion(ud, res, flags, now);
             }
@@ -613,7 +625,7 @@ impl Worker {
                 Proto::Ws(ws) => ws.msrp.is_some(),
                 _ => false,
             };
-            let ring = (can_hold && relays).then(|| RingInput::new(bid, data));
+            let ring = (can_hold && relays).then(|| RingInput::new(self.core as u8, bid, data));
             let mut ctx = MsrpCtx {
                 relay: &mut self.relay,
                 actions: &mut self.msrp_actions,
@@ -1178,6 +1190,7 @@ impl Worker {
                     from_conn,
                     origin_core,
                     frame,
+                    body,
                     txn,
                     window,
                     in_us,
@@ -1186,6 +1199,7 @@ impl Worker {
                     from_conn,
                     origin_core,
                     frame,
+                    body.map(|b| *b),
                     txn,
                     window,
                     in_us,
@@ -1248,37 +1262,61 @@ impl Worker {
         from_conn: u64,
         origin_core: u8,
         frame: Vec<u8>,
+        body: Option<RingBody>,
         txn: Option<TxnId>,
         window: Arc<FlowWindow>,
         in_us: u64,
         now: u64,
     ) {
         self.stats.msrp_handoff();
-        let len = frame.len();
+        let len = frame.len() + body.as_ref().map_or(0, RingBody::len);
         let next = crate::msrp::message::first_to_uri(&frame);
-        match self.relay.resolve_handoff(&session, from_conn, next, now) {
+        let resolved = self.relay.resolve_handoff(&session, from_conn, next, now);
+        // The body where the origin core received it: sent from there by a
+        // target that takes it, else copied (and the holds given back).
+        let body = match (body, &resolved) {
+            (Some(b), Ok(conn)) => match self.ring_target(*conn) {
+                Some(idx) => {
+                    self.queue_by_reference(idx, frame, b, window, in_us);
+                    self.remember_handed_over(*conn, origin_core, txn, now);
+                    return;
+                }
+                None => Some(b),
+            },
+            (body, _) => body,
+        };
+        let frame = self.materialize(frame, body);
+        match resolved {
             Ok(conn) => {
                 if !self.deliver_local(conn, frame, Some((window.clone(), in_us))) {
                     self.release_credit(&window, len);
                     self.fail_on(origin_core, txn, 481, now);
-                } else if let Some(t) = txn {
-                    // The origin cannot see this connection: remember the
-                    // transaction, so losing the connection fails it now.
-                    let timeout = self.relay.config().transaction_timeout_ms;
-                    let (_, generation, idx) = split_conn_id(conn);
-                    if let Some(m) = self
-                        .conns
-                        .get_mut(idx, generation)
-                        .and_then(|c| c.msrp_mut())
-                    {
-                        m.handed_over.insert(t, origin_core, now, timeout);
-                    }
+                } else {
+                    self.remember_handed_over(conn, origin_core, txn, now);
                 }
             }
             Err(code) => {
                 self.release_credit(&window, len);
                 self.fail_on(origin_core, txn, code, now);
             }
+        }
+    }
+
+    /// A chunk of `origin_core`'s transaction `txn` is queued on `conn`:
+    /// the origin cannot see this connection, so the transaction is
+    /// remembered here and losing the connection fails it at once.
+    fn remember_handed_over(&mut self, conn: u64, origin_core: u8, txn: Option<TxnId>, now: u64) {
+        let Some(t) = txn else {
+            return;
+        };
+        let timeout = self.relay.config().transaction_timeout_ms;
+        let (_, generation, idx) = split_conn_id(conn);
+        if let Some(m) = self
+            .conns
+            .get_mut(idx, generation)
+            .and_then(|c| c.msrp_mut())
+        {
+            m.handed_over.insert(t, origin_core, now, timeout);
         }
     }
 
@@ -1419,7 +1457,25 @@ impl Worker {
                             Target::NextHop {
                                 secure, host, port, ..
                             } => self.next_hop_ring_target(*secure, host, *port, now),
-                            _ => None,
+                            Target::Core { core, session } => {
+                                // Another core's client: the body goes
+                                // there where it lies; that core sends it
+                                // from here (or copies it) and gives the
+                                // holds back.
+                                let (core, session) = (*core, *session);
+                                self.hand_off(
+                                    core,
+                                    session,
+                                    from_conn,
+                                    frame,
+                                    Some(r),
+                                    txn,
+                                    window,
+                                    in_us,
+                                    now,
+                                );
+                                return;
+                            }
                         };
                         match found {
                             Some(idx) => {
@@ -1434,26 +1490,7 @@ impl Worker {
                                     self.relay
                                         .set_downstream(t, conn_id(self.core, idx, generation));
                                 }
-                                let by_ref = r.segs.ring_len() as u64;
-                                let c = self.conns.get_any(idx).expect("live");
-                                let sealed = glue::queue_ring(
-                                    c,
-                                    frame,
-                                    r,
-                                    window,
-                                    &self.bufs,
-                                    &mut self.pool,
-                                    &mut self.displaced,
-                                    &mut self.stats,
-                                );
-                                self.drop_pieces(sealed);
-                                // The head's buffer goes where every emptied
-                                // buffer goes (the output pool or the relay
-                                // engine).
-                                self.recycle_displaced();
-                                self.stats.msrp_zero_copy(by_ref);
-                                self.relayed_in_us.push(in_us);
-                                self.mark_dirty(idx);
+                                self.queue_by_reference(idx, frame, r, window, in_us);
                                 return;
                             }
                             None => Some(r),
@@ -1461,11 +1498,88 @@ impl Worker {
                     }
                     r => r,
                 };
-                // Anywhere else (another core, TLS, a next hop still
+                // Anywhere else (a small body, TLS, a next hop still
                 // connecting or resolving, a slow target): one owned frame.
                 let frame = self.materialize(frame, ring);
                 self.deliver(target, frame, txn, from_conn, window, in_us, now);
             }
+        }
+    }
+
+    /// Queue a chunk on connection `idx` of this core (which
+    /// [`glue::takes_ring`]) with its body where it was received, on this
+    /// core or another.
+    fn queue_by_reference(
+        &mut self,
+        idx: u32,
+        frame: Vec<u8>,
+        body: RingBody,
+        window: Arc<FlowWindow>,
+        in_us: u64,
+    ) {
+        let by_ref = body.segs.ring_len() as u64;
+        let Some(c) = self.conns.get_any(idx) else {
+            return;
+        };
+        let sealed = glue::queue_ring(
+            c,
+            frame,
+            body,
+            window,
+            &self.bufs,
+            &mut self.pool,
+            &mut self.displaced,
+            &mut self.stats,
+        );
+        self.drop_pieces(sealed);
+        // The head's buffer goes where every emptied buffer goes (the
+        // output pool or the relay engine).
+        self.recycle_displaced();
+        self.stats.msrp_zero_copy(by_ref);
+        self.relayed_in_us.push(in_us);
+        self.mark_dirty(idx);
+    }
+
+    /// Hand a chunk to `core`, which owns the target session: `frame`
+    /// whole, or its head with `body` where this core received it.
+    #[allow(clippy::too_many_arguments)]
+    fn hand_off(
+        &mut self,
+        core: u8,
+        session: SessionId,
+        from_conn: u64,
+        frame: Vec<u8>,
+        body: Option<RingBody>,
+        txn: Option<TxnId>,
+        window: Arc<FlowWindow>,
+        in_us: u64,
+        now: u64,
+    ) {
+        let me = self.core as u8;
+        let len = frame.len() + body.as_ref().map_or(0, RingBody::len);
+        let msg = InboxMsg::MsrpForward {
+            session,
+            from_conn,
+            origin_core: me,
+            frame,
+            body: body.map(Box::new),
+            txn,
+            window,
+            in_us,
+        };
+        let sent = match self.shared.inboxes.get(usize::from(core)) {
+            Some(inbox) => inbox.send(msg),
+            None => Err(msg),
+        };
+        if let Err(InboxMsg::MsrpForward {
+            txn, window, body, ..
+        }) = sent
+        {
+            if let Some(mut b) = body {
+                self.drop_pieces(b.segs.take());
+            }
+            self.release_credit(&window, len);
+            self.fail_on(me, txn, 408, now);
         }
     }
 
@@ -1491,24 +1605,9 @@ impl Worker {
                 }
             }
             Target::Core { core, session } => {
-                let len = frame.len();
-                let msg = InboxMsg::MsrpForward {
-                    session,
-                    from_conn,
-                    origin_core: me,
-                    frame,
-                    txn,
-                    window,
-                    in_us,
-                };
-                let sent = match self.shared.inboxes.get(usize::from(core)) {
-                    Some(inbox) => inbox.send(msg),
-                    None => Err(msg),
-                };
-                if let Err(InboxMsg::MsrpForward { txn, window, .. }) = sent {
-                    self.release_credit(&window, len);
-                    self.fail_on(me, txn, 408, now);
-                }
+                self.hand_off(
+                    core, session, from_conn, frame, None, txn, window, in_us, now,
+                );
             }
             Target::NextHop {
                 secure, host, port, ..
@@ -2115,8 +2214,8 @@ impl Worker {
         for p in pieces {
             match p {
                 Piece::Owned(b) => self.recycle_buf(b),
-                Piece::Ring { bid, .. } => {
-                    self.bufs.release(bid);
+                Piece::Ring { core, bid, .. } => {
+                    self.bufs.release(core, bid);
                     released = true;
                 }
             }
@@ -2137,9 +2236,14 @@ impl Worker {
                         frame.extend_from_slice(&b);
                         self.recycle_buf(b);
                     }
-                    Piece::Ring { bid, off, len } => {
-                        frame.extend_from_slice(self.bufs.held_bytes(bid, off, len));
-                        self.bufs.release(bid);
+                    Piece::Ring {
+                        core,
+                        bid,
+                        off,
+                        len,
+                    } => {
+                        frame.extend_from_slice(self.bufs.held_bytes(core, bid, off, len));
+                        self.bufs.release(core, bid);
                     }
                 }
             }
@@ -2265,10 +2369,17 @@ impl Worker {
             return;
         };
         let (bufs, pool) = (&mut self.bufs, &mut self.pool);
-        fn copy(bufs: &mut BufRing, pool: &mut BufPool, bid: u16, off: u32, len: u32) -> Piece {
+        fn copy(
+            bufs: &mut BufRing,
+            pool: &mut BufPool,
+            core: u8,
+            bid: u16,
+            off: u32,
+            len: u32,
+        ) -> Piece {
             let mut b = pool.take();
-            b.extend_from_slice(bufs.held_bytes(bid, off, len));
-            bufs.release(bid);
+            b.extend_from_slice(bufs.held_bytes(core, bid, off, len));
+            bufs.release(core, bid);
             Piece::Owned(b)
         }
         if !c.sending && c.inflight_chain.iter().any(Piece::is_ring) {
@@ -2285,12 +2396,17 @@ impl Worker {
                     continue;
                 }
                 match p {
-                    Piece::Ring { bid, off, len } => {
+                    Piece::Ring {
+                        core,
+                        bid,
+                        off,
+                        len,
+                    } => {
                         let from = if kept.is_empty() { sent as u32 } else { 0 };
                         if kept.is_empty() {
                             sent = 0;
                         }
-                        kept.push(copy(bufs, pool, bid, off + from, len - from));
+                        kept.push(copy(bufs, pool, core, bid, off + from, len - from));
                     }
                     owned => kept.push(owned),
                 }
@@ -2300,13 +2416,19 @@ impl Worker {
             for p in gone {
                 match p {
                     Piece::Owned(b) => pool.put(b),
-                    Piece::Ring { bid, .. } => bufs.release(bid),
+                    Piece::Ring { core, bid, .. } => bufs.release(core, bid),
                 }
             }
         }
         for p in c.chain.iter_mut() {
-            if let Piece::Ring { bid, off, len } = *p {
-                *p = copy(bufs, pool, bid, off, len);
+            if let Piece::Ring {
+                core,
+                bid,
+                off,
+                len,
+            } = *p
+            {
+                *p = copy(bufs, pool, core, bid, off, len);
             }
         }
         self.stats.recv_buffers_held(self.bufs.held());
@@ -2317,10 +2439,16 @@ impl Worker {
 /// buffers and release those.
 fn unpin_segs(segs: &mut BodySegs, bufs: &mut BufRing, pool: &mut BufPool) {
     for p in segs.as_mut_slice() {
-        if let Piece::Ring { bid, off, len } = *p {
+        if let Piece::Ring {
+            core,
+            bid,
+            off,
+            len,
+        } = *p
+        {
             let mut b = pool.take();
-            b.extend_from_slice(bufs.held_bytes(bid, off, len));
-            bufs.release(bid);
+            b.extend_from_slice(bufs.held_bytes(core, bid, off, len));
+            bufs.release(core, bid);
             *p = Piece::Owned(b);
         }
     }
@@ -2680,15 +2808,23 @@ mod tests {
     #[test]
     fn unpinned_body_segments_are_copies_and_release_their_buffers() {
         let ring = IoUring::new(8).expect("io_uring");
-        let mut bufs = BufRing::new(&ring, 0, 8, 64).expect("buffer ring");
+        let mut bufs = BufRing::new(
+            &ring,
+            0,
+            8,
+            64,
+            crate::reactor::bufring::RingTable::new(1),
+            0,
+        )
+        .expect("buffer ring");
         let data = bufs.buffer(3, 64);
         for (i, b) in data.iter_mut().enumerate() {
             *b = i as u8;
         }
         let mut segs = BodySegs::default();
-        assert_eq!(segs.push_ring(3, 4, 10), Some(true));
+        assert_eq!(segs.push_ring(0, 3, 4, 10), Some(true));
         segs.push_owned(b"held", Vec::new);
-        assert_eq!(segs.push_ring(3, 20, 6), Some(true));
+        assert_eq!(segs.push_ring(0, 3, 20, 6), Some(true));
         bufs.hold(3, 2);
         bufs.recycle(3);
         assert_eq!(bufs.held(), 1);
