@@ -968,6 +968,143 @@ async fn websocket_sender_bodies_relay_from_the_receive_buffer() {
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
 }
 
+/// A text message re-chunked on its way from one WebSocket to another: the
+/// relay cuts the body every 64 KiB, inside a character, so a piece goes
+/// out as text only when it is UTF-8 by itself (RFC 6455 §8.1; a chunk
+/// forwarded whole from a text message is sent as text unchecked, a cut
+/// one never is), and the pieces put together are the body.
+#[tokio::test]
+async fn a_text_message_cut_by_rechunking_goes_out_as_text_only_where_valid() {
+    let srv = relay_with_ws(256);
+    let mut a = common::msrp::Client::connect_ws(srv.addrs[1], "alice").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = common::msrp::Client::connect_ws(srv.addrs[1], "bob").await;
+    b.authed_as("bob", "builder").await;
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    // 3-byte characters: 64 KiB (65536 = 3 × 21845 + 1) cuts one.
+    let body = "€".repeat(70_000).into_bytes();
+    a.send(&small_send(0, &to, &a.uri.clone(), &body)).await;
+    let mut got = Vec::new();
+    let mut binary = 0;
+    while got.len() < body.len() {
+        let f = b.read().await;
+        let text = b.last_text.expect("a WebSocket message");
+        assert_eq!(
+            text,
+            std::str::from_utf8(&f.body).is_ok(),
+            "a piece sent as text must be UTF-8, and one that is, as text"
+        );
+        binary += usize::from(!text);
+        got.extend_from_slice(&f.body);
+    }
+    assert!(got == body, "the body arrived altered");
+    assert!(binary > 0, "no piece was cut inside a character");
+    // A message that is not cut goes as text.
+    let body = "€ ok".repeat(1000).into_bytes();
+    a.send(&small_send(1, &to, &a.uri.clone(), &body)).await;
+    let f = b.read().await;
+    assert!(f.body == body && b.last_text == Some(true));
+}
+
+/// (WebSocket header length, message length) → (cuts in the wire bytes,
+/// frame boundaries in the message).
+type CutShape = fn(usize, usize) -> (Vec<usize>, Vec<usize>);
+
+/// WebSocket messages that reach the relay in two or three reads — a frame
+/// cut in its header, a body cut once or twice, a message in three frames
+/// — are parsed as their bytes arrive, not put back together first: each
+/// chunk relays intact, and every body goes from the receive buffers it
+/// arrived in (before, a message cut by a read was reassembled and then
+/// copied). Cuts inside the MSRP head or end-line relay intact too (those
+/// few bytes are carried over). A message that ends inside its chunk
+/// still closes the connection (RFC 7977 §5.3), its neighbours unaffected.
+#[tokio::test]
+async fn websocket_messages_cut_by_reads_relay_from_the_receive_buffers() {
+    let srv = relay_with_ws(256);
+    let mut a = common::msrp::Client::connect_ws(srv.addrs[1], "alice").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = authed(srv.addrs[0], "bob", "bob", "builder").await;
+    let to = [a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to: Vec<&str> = to.iter().map(String::as_str).collect();
+    let mut rng = Rng::new(77);
+    let shapes: [(&str, CutShape); 4] = [
+        ("cut in the frame header", |_, _| (vec![3], vec![])),
+        ("body cut once", |h, len| (vec![h + len / 2], vec![])),
+        ("body cut twice", |h, len| {
+            (vec![h + len / 3, h + 2 * len / 3], vec![])
+        }),
+        ("three frames, each read apart", |h, len| {
+            // Frame 2 starts after frame 1 (header h + len/3 bytes of
+            // payload); frame 3 after frame 2 (a 4-byte mask and a 2-byte
+            // length: the pieces are under 64 KiB but over 125 bytes).
+            let f2 = h + len / 3;
+            let f3 = f2 + 8 + (2 * len / 3 - len / 3);
+            (vec![f2, f3 + 4], vec![len / 3, 2 * len / 3])
+        }),
+    ];
+    let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
+    let mut n = 0;
+    for round in 0..3 {
+        for (name, shape) in &shapes {
+            let body = mixed_body(&mut rng, 4096 + 700 * round, round == 1);
+            let msg = small_send(n, &to, &a.uri.clone(), &body);
+            let (cuts, fragments) = shape(8, msg.len());
+            a.send_ws_cut(&msg, &fragments, &cuts).await;
+            let f = b.rd.read().await;
+            assert_eq!(
+                f.header("Message-ID"),
+                Some(format!("mz{n}").as_str()),
+                "{name}"
+            );
+            assert!(f.body == body, "{name}: the body arrived altered");
+            n += 1;
+        }
+    }
+    let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
+    assert_eq!(
+        chunks, n as u64,
+        "bodies copied instead of relayed from the receive buffers"
+    );
+    // Cut inside the MSRP head, and inside the end-line.
+    let body = mixed_body(&mut rng, 5000, false);
+    let msg = small_send(n, &to, &a.uri.clone(), &body);
+    let head_cut = 8 + 40;
+    let end_cut = 8 + msg.len() - 6;
+    a.send_ws_cut(&msg, &[], &[head_cut, end_cut]).await;
+    let f = b.rd.read().await;
+    assert_eq!(f.header("Message-ID"), Some(format!("mz{n}").as_str()));
+    assert!(
+        f.body == body,
+        "head and end-line cuts: the body arrived altered"
+    );
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // A message that ends mid-body, in two reads: Close 1002.
+    let mut c = common::msrp::Client::connect_ws(srv.addrs[1], "carol").await;
+    c.authed_as("alice", "wonderland").await;
+    let to_c = [c.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
+    let to_c: Vec<&str> = to_c.iter().map(String::as_str).collect();
+    let msg = small_send(n + 1, &to_c, &c.uri.clone(), &body);
+    c.send_ws_cut(&msg[..msg.len() - 100], &[], &[2000]).await;
+    assert_eq!(c.close_code().await, Some(1002));
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // Nothing of it reached B, and A still relays.
+    let mut one = [0u8; 1];
+    let r = tokio::time::timeout(common::msrp::QUIET, b.rd.io.read(&mut one)).await;
+    assert!(
+        r.is_err() && b.rd.buf.is_empty(),
+        "bytes of the broken message arrived"
+    );
+    let body = mixed_body(&mut rng, 4096, false);
+    let msg = small_send(n + 2, &to, &a.uri.clone(), &body);
+    a.send_ws_cut(&msg, &[], &[]).await;
+    let f = b.rd.read().await;
+    assert_eq!(
+        f.header("Message-ID"),
+        Some(format!("mz{}", n + 2).as_str())
+    );
+}
+
 /// Polls the held-buffer gauge briefly for `value` (it may not stay long).
 async fn saw_held(srv: &Server, value: i64) -> bool {
     for _ in 0..40 {

@@ -254,6 +254,49 @@ impl Client {
         }
     }
 
+    /// Over WebSocket: writes `msg` as the frames `fragments` cut it into
+    /// (payload boundaries; none: one frame), masked here by RFC 6455
+    /// §5.2–§5.3 rather than by the WebSocket library, and puts the bytes
+    /// on the wire in parts cut at the offsets `cuts`, each part its own
+    /// write after a short pause (so the relay reads them apart).
+    pub async fn send_ws_cut(&mut self, msg: &[u8], fragments: &[usize], cuts: &[usize]) {
+        let Link::Ws(ws) = &mut self.link else {
+            panic!("send_ws_cut: not a WebSocket client");
+        };
+        let text = std::str::from_utf8(msg).is_ok();
+        let mut wire = Vec::new();
+        let mut start = 0;
+        let ends = fragments.iter().copied().chain(std::iter::once(msg.len()));
+        for (i, end) in ends.enumerate() {
+            let fin = end == msg.len();
+            let opcode = match (i, text) {
+                (0, true) => 0x1,
+                (0, false) => 0x2,
+                _ => 0x0,
+            };
+            masked_frame(
+                &mut wire,
+                fin,
+                opcode,
+                &msg[start..end],
+                [0x37, 0xfa, 0x21, i as u8],
+            );
+            start = end;
+        }
+        let io = ws.get_mut();
+        let mut at = 0;
+        for end in cuts.iter().copied().chain(std::iter::once(wire.len())) {
+            within("ws raw write", async {
+                io.write_all(&wire[at..end]).await?;
+                io.flush().await
+            })
+            .await
+            .expect("write");
+            at = end;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+
     /// The next frame, or `None` when nothing complete arrives within `d`.
     pub async fn read_within(&mut self, d: Duration) -> Option<Frame> {
         let deadline = Instant::now() + d;
@@ -371,6 +414,21 @@ impl Client {
                     Some(Ok(_)) => {}
                 }
             },
+        }
+    }
+
+    /// Over WebSocket: reads until the relay's Close and returns its code
+    /// (`None`: no code, or the connection ended without a Close).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let Link::Ws(ws) = &mut self.link else {
+            panic!("close_code: not a WebSocket client");
+        };
+        loop {
+            match within("ws close", ws.next()).await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
         }
     }
 
@@ -551,4 +609,24 @@ pub fn assert_failure_report(rep: &Frame, to: &str, from: &str, msg_id: &str, co
         "want 000 {code}: {rep:?}"
     );
     assert!(rep.body.is_empty(), "{rep:?}");
+}
+
+/// A client's frame (RFC 6455 §5.2): FIN and opcode, the payload length in
+/// 7, 16 or 64 bits with the mask bit set, the masking key, then the
+/// payload XORed with it (§5.3).
+fn masked_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], key: [u8; 4]) {
+    out.push(if fin { 0x80 } else { 0 } | opcode);
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
 }

@@ -145,6 +145,9 @@ pub enum Action {
 pub struct EndLine {
     len: u8,
     buf: [u8; super::parser::MAX_END_LINE],
+    /// Ends a piece the relay cut (re-chunking): its body may end inside
+    /// a character of a text body.
+    cut: bool,
 }
 
 impl EndLine {
@@ -152,6 +155,7 @@ impl EndLine {
         let mut e = EndLine {
             len: 0,
             buf: [0; super::parser::MAX_END_LINE],
+            cut: false,
         };
         let mut w = 0;
         let mut put = |bytes: &[u8]| {
@@ -169,6 +173,12 @@ impl EndLine {
         put(b"\r\n");
         e.len = w as u8;
         e
+    }
+
+    /// Whether this ends a piece the relay cut (re-chunking) rather than
+    /// the sender's own chunk.
+    pub fn cut(&self) -> bool {
+        self.cut
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -751,18 +761,38 @@ impl RelayCore {
         env: &mut Env<'_>,
         actions: &mut Vec<Action>,
     ) {
+        self.on_ws_bytes(conn, msg, text, true, env, actions);
+    }
+
+    /// The next bytes of a WebSocket message, as they arrive (`last`: its
+    /// end; `text`: a text message, whose bytes the WebSocket layer has
+    /// checked are UTF-8 so far). Returns how many were taken: the rest (a
+    /// line cut by the end of a read) comes again with the message's next
+    /// bytes behind it. At its end the message must be exactly one chunk
+    /// (RFC 7977 §5.3); anything else closes the connection.
+    pub fn on_ws_bytes(
+        &mut self,
+        conn: &mut MsrpConn,
+        bytes: &[u8],
+        text: bool,
+        last: bool,
+        env: &mut Env<'_>,
+        actions: &mut Vec<Action>,
+    ) -> usize {
         conn.parser.set_input_is_utf8(text);
-        let n = self.on_bytes(conn, msg, env, actions);
+        let n = self.on_bytes(conn, bytes, env, actions);
         conn.parser.set_input_is_utf8(false);
         if matches!(actions.last(), Some(Action::Close { .. })) {
-            return;
+            return bytes.len();
         }
-        if n != msg.len() || !conn.parser.at_boundary() {
+        if last && (n != bytes.len() || !conn.parser.at_boundary()) {
             actions.push(Action::Stat(Stat::Malformed));
             actions.push(Action::Close {
                 reason: "WebSocket message is not one complete MSRP chunk",
             });
+            return bytes.len();
         }
+        n
     }
 
     fn reject(&self, head: &Head<'_>, code: u16, actions: &mut Vec<Action>) -> Current {
@@ -1142,7 +1172,10 @@ impl RelayCore {
             off += take;
             left -= take;
             actions.push(Action::ForwardEnd {
-                end_line: EndLine::new(tid.as_slice(), Flag::More, true),
+                end_line: EndLine {
+                    cut: true,
+                    ..EndLine::new(tid.as_slice(), Flag::More, true)
+                },
             });
             s.range.start = s.range.start.saturating_add(limit as u64);
             *body = 0;

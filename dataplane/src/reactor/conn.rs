@@ -56,6 +56,13 @@ pub struct MsrpState {
     pub waiting: Vec<TxnId>,
     /// Other cores' transactions queued or written here, not yet answered.
     pub handed_over: HandedOver,
+    /// MSRP over WebSocket, streamed: bytes of the message being received
+    /// that the engine has not taken yet (a line cut by the end of a
+    /// read), presented again in front of the message's next piece.
+    pub ws_carry: Vec<u8>,
+    /// The input being read is a WebSocket text message's: valid UTF-8
+    /// (RFC 6455 §8.1), as is then every chunk forwarded whole from it.
+    pub input_text: bool,
 }
 
 pub struct Forward {
@@ -77,6 +84,9 @@ pub struct Forward {
     /// The worker watches how long `segs` holds provided buffers (a sender
     /// that stops mid-chunk must not pin them).
     pub watched: bool,
+    /// The chunk comes whole from a WebSocket text message: UTF-8 (its
+    /// WebSocket target sends it as text without checking it again).
+    pub text: bool,
 }
 
 /// Segments a forwarded chunk's body may have (an iovec each); beyond,
@@ -239,6 +249,8 @@ impl MsrpState {
             fwd: None,
             waiting: Vec::new(),
             handed_over: HandedOver::new(handed_over),
+            ws_carry: Vec::new(),
+            input_text: false,
         }
     }
 }

@@ -28,8 +28,10 @@
 //!   small copy, the few bytes the reactor held between them (an end-line
 //!   candidate, or a short tail); its pieces are bounded
 //!   ([`super::conn::MAX_SEGS`]: beyond, the rest is copied). A WebSocket
-//!   sender's bodies go the same way when its message was unmasked in
-//!   place in the provided buffer (not reassembled or spliced).
+//!   sender's bodies go the same way: its messages are streamed
+//!   ([`feed_ws_piece`]), each frame's payload unmasked in place in the
+//!   provided buffers it arrives in and parsed there, so only a frame
+//!   header or a line cut by a read is ever held between reads.
 //!   Provided buffers are held ([`super::bufring`]) until every piece
 //!   referring to them is sent or dropped; a worker holds at most a
 //!   quarter of its buffers. A send that goes short, or makes no progress
@@ -44,7 +46,7 @@
 //!   them), so neither its plaintext output nor its ciphertext grows by
 //!   reallocation.
 //! - Otherwise (a TLS sender, a next hop still connecting, a small
-//!   body, a reassembled or spliced WebSocket message, a slow target, the
+//!   body, a slow target, the
 //!   hold cap reached when the body's buffer was read) the chunk — or,
 //!   when the cap is reached midway, the rest of its body — is copied:
 //!   assembled into one owned frame (head + a copy of the body +
@@ -68,7 +70,8 @@ use crate::msrp::auth::UsePath;
 use crate::msrp::relay::{Action, EndLine, Env, MsrpConn, RelayCore, Target, TxnId};
 use crate::transport::TlsSession;
 use crate::ws::frame::{self, OpCode};
-use crate::ws::session::State;
+use crate::ws::session::{MessageKind, MessagePiece, State};
+use crate::ws::utf8::Utf8Validator;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -116,6 +119,8 @@ pub struct MsrpCtx<'a> {
 pub struct RingBody {
     pub segs: BodySegs,
     pub end: EndLine,
+    /// Head, body and end-line are known UTF-8 (see [`Forward::text`]).
+    pub utf8: bool,
 }
 
 impl RingBody {
@@ -142,11 +147,13 @@ pub struct RingInput {
     pub bid: u16,
     addr: usize,
     len: usize,
-    /// While the engine reads a held partial frame with the start of this
-    /// buffer appended behind it: the spliced bytes' address and length,
-    /// and how many of them were held (the rest are a copy of the buffer's
-    /// first bytes). Plain TCP only: WebSocket unmasks the spliced copy.
-    splice: Option<(usize, usize, usize)>,
+    /// While the engine reads held bytes with bytes of this buffer appended
+    /// behind them: the spliced bytes' address and length, how many of
+    /// them were held, and where in the buffer the copied rest starts.
+    /// (Plain TCP: a held partial frame and the buffer's first bytes;
+    /// WebSocket, streamed: a line carried over and a piece's first bytes,
+    /// unmasked in the buffer before they were copied.)
+    splice: Option<(usize, usize, usize, usize)>,
     pub holds: u32,
 }
 
@@ -167,7 +174,19 @@ impl RingInput {
     /// frame then a copy of this buffer's first bytes (`None`: it reads
     /// the buffer itself again).
     pub fn set_splice(&mut self, spliced: Option<(&[u8], usize)>) {
-        self.splice = spliced.map(|(d, held)| (d.as_ptr() as usize, d.len(), held));
+        self.set_splice_at(spliced.map(|(d, held)| (d, held, 0)));
+    }
+
+    /// As [`Self::set_splice`], with the copied bytes starting at offset
+    /// `from` of the buffer.
+    pub fn set_splice_at(&mut self, spliced: Option<(&[u8], usize, usize)>) {
+        self.splice = spliced.map(|(d, held, from)| (d.as_ptr() as usize, d.len(), held, from));
+    }
+
+    /// Where `bytes` starts in this buffer, if it lies in it.
+    pub fn offset_of(&self, bytes: &[u8]) -> Option<usize> {
+        let a = bytes.as_ptr() as usize;
+        (a >= self.addr && a + bytes.len() <= self.addr + self.len).then(|| a - self.addr)
     }
 
     /// Where `data[range]` lies: `Some((split, off))` when
@@ -182,7 +201,7 @@ impl RingInput {
         if a >= self.addr && a + data.len() <= self.addr + self.len {
             return Some((range.start, a - self.addr + range.start));
         }
-        let (pa, plen, held) = self.splice?;
+        let (pa, plen, held, from) = self.splice?;
         if a < pa || a + data.len() > pa + plen {
             return None;
         }
@@ -190,7 +209,7 @@ impl RingInput {
         let base = a - pa;
         let split = held.saturating_sub(base).clamp(range.start, range.end);
         // All of the range may be held bytes: then no offset is used.
-        let off = (base + split).saturating_sub(held);
+        let off = from + (base + split).saturating_sub(held);
         (off + (range.end - split) <= self.len).then_some((split, off))
     }
 }
@@ -201,6 +220,15 @@ pub struct Outcome {
     pub close: Option<&'static str>,
     pub frames_in: u64,
     pub frames_out: u64,
+}
+
+impl Outcome {
+    /// Adds what a later step of the same input produced.
+    fn add(&mut self, o: Outcome) {
+        self.close = self.close.or(o.close);
+        self.frames_in += o.frames_in;
+        self.frames_out += o.frames_out;
+    }
 }
 
 /// Cryptographically secure randomness for session and transaction ids:
@@ -477,40 +505,8 @@ pub fn takes_ring(c: &Conn) -> bool {
 /// Whether `pieces`, one after another, are UTF-8 (a character may be cut
 /// between two of them). SIMD-validated piece by piece, no copy.
 pub fn utf8_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> bool {
-    // The start of a character cut at the end of the last piece.
-    let mut carry = [0u8; 4];
-    let mut n = 0;
-    for mut p in pieces {
-        if n > 0 {
-            let want = match carry[0] {
-                0xC2..=0xDF => 2,
-                0xE0..=0xEF => 3,
-                0xF0..=0xF4 => 4,
-                _ => return false,
-            };
-            let take = (want - n).min(p.len());
-            carry[n..n + take].copy_from_slice(&p[..take]);
-            n += take;
-            p = &p[take..];
-            if n < want {
-                continue;
-            }
-            if std::str::from_utf8(&carry[..n]).is_err() {
-                return false;
-            }
-            n = 0;
-        }
-        if let Err(e) = simdutf8::compat::from_utf8(p) {
-            if e.error_len().is_some() {
-                return false;
-            }
-            // Cut short at the end: at most 3 bytes of one character.
-            let tail = &p[e.valid_up_to()..];
-            carry[..tail.len()].copy_from_slice(tail);
-            n = tail.len();
-        }
-    }
-    n == 0
+    let mut v = Utf8Validator::new();
+    pieces.into_iter().all(|p| v.feed(p).is_ok()) && v.finish().is_ok()
 }
 
 /// Queue a forwarded chunk on `c` (which [`takes_ring`]) in the same writev
@@ -540,19 +536,20 @@ pub(super) fn queue_ring(
     let len = head.len() + body.len();
     let queued_before = c.chain.len();
     if matches!(c.proto, Proto::Ws(_)) {
-        let text = utf8_pieces(
-            std::iter::once(head.as_slice())
-                .chain(body.segs.as_slice().iter().map(|p| match p {
-                    Piece::Owned(b) => b.as_slice(),
-                    Piece::Ring {
-                        core,
-                        bid,
-                        off,
-                        len,
-                    } => bufs.held_bytes(*core, *bid, *off, *len),
-                }))
-                .chain(std::iter::once(body.end.as_slice())),
-        );
+        let text = body.utf8
+            || utf8_pieces(
+                std::iter::once(head.as_slice())
+                    .chain(body.segs.as_slice().iter().map(|p| match p {
+                        Piece::Owned(b) => b.as_slice(),
+                        Piece::Ring {
+                            core,
+                            bid,
+                            off,
+                            len,
+                        } => bufs.held_bytes(*core, *bid, *off, *len),
+                    }))
+                    .chain(std::iter::once(body.end.as_slice())),
+            );
         let op = if text { OpCode::Text } else { OpCode::Binary };
         if c.out.capacity() == 0 {
             c.out = pool.take();
@@ -665,6 +662,8 @@ pub fn run_actions(
     stats: &mut WorkerStats,
 ) -> Outcome {
     let mut o = Outcome::default();
+    // A chunk was cut (re-chunked) in this input.
+    let mut after_cut = false;
     for a in ctx.actions.drain(..) {
         match a {
             Action::Reply(r) => {
@@ -691,6 +690,8 @@ pub fn run_actions(
                     pending: None,
                     segs: BodySegs::default(),
                     watched: false,
+                    // A piece after a cut starts wherever the cut fell.
+                    text: m.input_text && !after_cut,
                 });
                 if let Some(f) = old
                     && !f.segs.is_empty()
@@ -713,6 +714,7 @@ pub fn run_actions(
                 }
             }
             Action::ForwardEnd { end_line } => {
+                after_cut |= end_line.cut();
                 if let Some(mut f) = m.fwd.take() {
                     let held = f.pending.as_ref().map_or(0, |p| p.0.len()) + f.segs.len();
                     let body = f.frame.len().saturating_sub(f.head_len) + held;
@@ -729,6 +731,7 @@ pub fn run_actions(
                         Some(RingBody {
                             segs: std::mem::take(&mut f.segs),
                             end: end_line,
+                            utf8: f.text && !end_line.cut(),
                         })
                     } else {
                         for p in f.segs.take() {
@@ -771,6 +774,88 @@ pub fn run_actions(
     }
     o
 }
+
+/// One piece of an MSRP-over-WebSocket message, streamed (see
+/// [`crate::ws::session::WsSession::on_bytes_streamed`]): its bytes lie
+/// unmasked in the receive buffer, so a body goes from there as a plain
+/// TCP one does, whichever reads its message came in. Bytes the engine
+/// leaves (a line cut by the end of a read) wait in `m.ws_carry` and are
+/// completed with as few of the piece's bytes as it takes; the rest is
+/// read where it lies.
+pub fn feed_ws_piece(
+    m: &mut MsrpState,
+    piece: MessagePiece<'_>,
+    env: &mut Env<'_>,
+    out: &mut Vec<u8>,
+    ctx: &mut MsrpCtx<'_>,
+    stats: &mut WorkerStats,
+) -> Outcome {
+    let text = piece.kind == MessageKind::Text;
+    m.input_text = text;
+    let bytes = piece.bytes;
+    let mut o = Outcome::default();
+    let mut resume = 0;
+    if !m.ws_carry.is_empty() {
+        let mut p = std::mem::take(&mut m.ws_carry);
+        let mut held = p.len();
+        let from = ctx.ring.as_ref().and_then(|r| r.offset_of(bytes));
+        let mut off = 0;
+        let mut step = CARRY_STEP;
+        loop {
+            let take = step.min(bytes.len() - off);
+            p.extend_from_slice(&bytes[off..off + take]);
+            off += take;
+            // p[held..] is a copy of bytes[..off]: bodies read there may go
+            // by reference to the buffer.
+            if let (Some(r), Some(from)) = (ctx.ring.as_mut(), from) {
+                r.set_splice_at(Some((&p, held, from)));
+            }
+            let last = piece.last && off == bytes.len();
+            let n = ctx
+                .relay
+                .on_ws_bytes(&mut m.conn, &p, text, last, env, ctx.actions);
+            o.add(run_actions(m, &p, true, out, ctx, stats));
+            if let Some(r) = ctx.ring.as_mut() {
+                r.set_splice_at(None);
+            }
+            if o.close.is_some() {
+                return o;
+            }
+            if n >= held {
+                // p[n..] is bytes[off - (p.len() - n)..off].
+                resume = off - (p.len() - n).min(off);
+                p.clear();
+                m.ws_carry = p;
+                if resume == bytes.len() {
+                    return o;
+                }
+                break;
+            }
+            p.drain(..n);
+            held -= n;
+            if off == bytes.len() {
+                m.ws_carry = p;
+                return o;
+            }
+            step = step.saturating_mul(2);
+        }
+    }
+    let rest = &bytes[resume..];
+    let n = ctx
+        .relay
+        .on_ws_bytes(&mut m.conn, rest, text, piece.last, env, ctx.actions);
+    o.add(run_actions(m, rest, true, out, ctx, stats));
+    if o.close.is_none()
+        && let Some(left) = rest.get(n..)
+    {
+        m.ws_carry.extend_from_slice(left);
+    }
+    o
+}
+
+/// Bytes of a piece first appended behind a carried line (then twice as
+/// many each time more are needed): lines are short.
+const CARRY_STEP: usize = 128;
 
 /// Body bytes `data[range]` of the chunk `f` forwards: left where they lie
 /// while the whole body so far is (`pending`, `segs`), else copied into
@@ -854,6 +939,7 @@ mod tests {
             pending: None,
             segs: BodySegs::default(),
             watched: false,
+            text: false,
         }
     }
 

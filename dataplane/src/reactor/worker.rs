@@ -2485,8 +2485,13 @@ fn feed_plain(
         let mut held = p.len();
         let mut off = 0;
         let mut step = SPLICE_STEP;
+        // A streamed WebSocket message (MSRP) holds back at most a frame
+        // header: completing just that leaves the payload to be read where
+        // it lies (a copy here would be relayed as a copy).
+        let streamed = matches!(&c.proto, Proto::Ws(ws) if ws.msrp.is_some());
         loop {
-            let take = step.min(data.len() - off);
+            let need = if streamed { frame::header_need(&p) } else { 0 };
+            let take = if need > 0 { need } else { step }.min(data.len() - off);
             p.extend_from_slice(&data[off..off + take]);
             off += take;
             // p[held..] is a copy of data[..off]: bodies read there may go
@@ -2597,35 +2602,39 @@ fn process_plain(
             let mut msrp_close = None;
             let rest = &mut data[consumed..];
             let WsConn { session, msrp, .. } = &mut **ws;
-            let n = session.on_bytes(rest, now, &mut c.out, &mut |kind, payload, out| {
-                messages += 1;
-                if let Some(m) = msrp.as_deref_mut() {
-                    // RFC 7977: one MSRP chunk per WebSocket message.
-                    let mut rng = glue::fill_random;
-                    let mut env = glue::env(shared, now, &mut rng);
-                    // A text message was validated whole (RFC 6455 §8.1).
-                    let text = kind == MessageKind::Text;
-                    ctx.relay
-                        .on_ws_message(&mut m.conn, payload, text, &mut env, ctx.actions);
-                    let o = glue::run_actions(m, payload, true, out, ctx, stats);
+            let n = if let Some(m) = msrp.as_deref_mut() {
+                // RFC 7977: one MSRP chunk per WebSocket message, parsed as
+                // its bytes arrive (bodies relayed from where they lie).
+                let mut rng = glue::fill_random;
+                let mut env = glue::env(shared, now, &mut rng);
+                session.on_bytes_streamed(rest, now, &mut c.out, &mut |piece, out| {
+                    if piece.last {
+                        messages += 1;
+                    }
+                    let o = glue::feed_ws_piece(m, piece, &mut env, out, ctx, stats);
                     msrp_out += o.frames_out;
                     if o.close.is_some() && msrp_close.is_none() {
                         msrp_close = o.close;
                     }
-                } else if sub == SubProtocol::Echo {
-                    let op = match kind {
-                        MessageKind::Text => {
-                            echoed_text += 1;
-                            OpCode::Text
-                        }
-                        MessageKind::Binary => {
-                            echoed_binary += 1;
-                            OpCode::Binary
-                        }
-                    };
-                    frame::write_frame(out, op, payload);
-                }
-            });
+                })
+            } else {
+                session.on_bytes(rest, now, &mut c.out, &mut |kind, payload, out| {
+                    messages += 1;
+                    if sub == SubProtocol::Echo {
+                        let op = match kind {
+                            MessageKind::Text => {
+                                echoed_text += 1;
+                                OpCode::Text
+                            }
+                            MessageKind::Binary => {
+                                echoed_binary += 1;
+                                OpCode::Binary
+                            }
+                        };
+                        frame::write_frame(out, op, payload);
+                    }
+                })
+            };
             stats.messages_in(sub, messages);
             if let Some(reason) = msrp_close {
                 ws.close_reason = reason;

@@ -146,6 +146,26 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     parse(buf, false)
 }
 
+/// How many more bytes complete the frame header that `held` begins (0 when
+/// it is complete or absent): a caller appending input behind a partial
+/// header can append exactly that (§5.2: the first two bytes give the
+/// length of the rest).
+pub fn header_need(held: &[u8]) -> usize {
+    match held {
+        [] => 0,
+        [_] => 1,
+        [_, b1, ..] => {
+            let ext = match b1 & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+            (2usize + ext + mask).saturating_sub(held.len())
+        }
+    }
+}
+
 /// Parse a frame header received by a server: as [`parse_header`], and an
 /// unmasked frame is a 1002 error (§5.1).
 pub fn parse_client_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
@@ -469,6 +489,35 @@ mod tests {
         fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..20)) {
             let _ = parse_client_header(&bytes);
             let _ = parse_header(&bytes);
+        }
+    }
+
+    #[test]
+    fn header_need_completes_exactly_the_header() {
+        let mut frames = Vec::new();
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let mut f = Vec::new();
+            write_masked_frame(&mut f, true, OpCode::Binary, &vec![0; len], [1, 2, 3, 4]);
+            frames.push(f);
+        }
+        let mut unmasked = Vec::new();
+        write_frame(&mut unmasked, OpCode::Text, &[0; 300]);
+        frames.push(unmasked);
+        for f in frames {
+            let h = parse_header(&f).unwrap().unwrap();
+            assert_eq!(header_need(&[]), 0);
+            for held in 1..h.header_len {
+                let need = header_need(&f[..held]);
+                assert!(need > 0 && held + need <= h.header_len, "{held} + {need}");
+                // Appending what it asks for, as often as it asks, ends
+                // exactly at the header's end.
+                let mut have = held + need;
+                while header_need(&f[..have]) > 0 {
+                    have += header_need(&f[..have]);
+                }
+                assert_eq!(have, h.header_len);
+            }
+            assert_eq!(header_need(&f[..h.header_len]), 0);
         }
     }
 }

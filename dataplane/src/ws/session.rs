@@ -23,7 +23,10 @@
 //! bytes it used and the caller presents the rest again with more appended.
 //! An unfragmented message whose frame is in the buffer is handed to the
 //! message handler as a slice of that buffer, unmasked in place: no copy and
-//! no allocation on that path.
+//! no allocation on that path. A protocol that parses a stream (MSRP) takes
+//! [`WsSession::on_bytes_streamed`] instead: each data frame's payload is
+//! handed over as its bytes arrive, in place, and nothing is reassembled,
+//! so only an incomplete frame header or control frame is ever left over.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -71,10 +74,52 @@ impl Default for SessionConfig {
 /// (`&mut Vec<u8>`, e.g. an echo).
 pub type OnMessage<'a> = dyn FnMut(MessageKind, &[u8], &mut Vec<u8>) + 'a;
 
+/// Receives a streamed data message piece by piece (see
+/// [`WsSession::on_bytes_streamed`]) and may append frames to send.
+pub type OnPiece<'a> = dyn FnMut(MessagePiece<'_>, &mut Vec<u8>) + 'a;
+
+/// Some bytes of a data message, in order: the payload of a frame, or as
+/// much of it as one input held, unmasked where it was received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessagePiece<'a> {
+    pub kind: MessageKind,
+    pub bytes: &'a [u8],
+    /// The message's first piece.
+    pub first: bool,
+    /// Its last: the message is complete (and, if text, valid UTF-8).
+    pub last: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageKind {
     Text,
     Binary,
+}
+
+/// Where a session hands its data messages.
+enum Sink<'s, 'a> {
+    Whole(&'s mut OnMessage<'a>),
+    Pieces(&'s mut OnPiece<'a>),
+}
+
+/// The message being streamed ([`WsSession::on_bytes_streamed`]).
+#[derive(Debug, Default)]
+struct Streamed {
+    /// Payload bytes of the message's frames so far (for the size limit).
+    len: u64,
+    /// No piece of the message handed over yet.
+    first: bool,
+    /// The frame whose payload is arriving.
+    frame: Option<StreamedFrame>,
+}
+
+#[derive(Debug)]
+struct StreamedFrame {
+    remaining: u64,
+    /// Payload bytes already unmasked (the mask's phase).
+    offset: usize,
+    mask: Option<[u8; 4]>,
+    fin: bool,
 }
 
 /// What happened, for statistics; drained with [`WsSession::poll_event`].
@@ -139,6 +184,9 @@ pub struct WsSession {
     fragmented: Option<MessageKind>,
     reassembly: Vec<u8>,
     utf8: Utf8Validator,
+    /// Data frames are handed over as their bytes arrive (see
+    /// [`Self::on_bytes_streamed`]), not reassembled.
+    streamed: Option<Box<Streamed>>,
     last_rx_ms: u64,
     last_tx_ms: u64,
     /// A message was sent by an API call that has no `now_ms`; the next call
@@ -159,6 +207,7 @@ impl WsSession {
             fragmented: None,
             reassembly: Vec::new(),
             utf8: Utf8Validator::new(),
+            streamed: None,
             last_rx_ms: now_ms,
             last_tx_ms: now_ms,
             tx_unstamped: false,
@@ -203,12 +252,72 @@ impl WsSession {
         out: &mut Vec<u8>,
         on_message: &mut OnMessage<'_>,
     ) -> usize {
+        self.run(buf, now_ms, out, &mut Sink::Whole(on_message))
+    }
+
+    /// As [`Self::on_bytes`], but data messages are not reassembled: each
+    /// frame's payload goes to `on_piece` as its bytes arrive, unmasked where
+    /// they lie, so only an incomplete frame header or control frame is left
+    /// unconsumed (for a protocol that parses a stream, as MSRP does: a chunk
+    /// of any size then never waits whole in a buffer, and its body can be
+    /// relayed from the receive buffers). A text message's pieces are
+    /// checked as they come (§8.1: invalid UTF-8 fails the connection at
+    /// once). A session takes its input through one of the two for life.
+    pub fn on_bytes_streamed(
+        &mut self,
+        buf: &mut [u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+        on_piece: &mut OnPiece<'_>,
+    ) -> usize {
+        if self.streamed.is_none() {
+            self.streamed = Some(Box::new(Streamed {
+                first: true,
+                ..Streamed::default()
+            }));
+        }
+        self.run(buf, now_ms, out, &mut Sink::Pieces(on_piece))
+    }
+
+    fn run(
+        &mut self,
+        buf: &mut [u8],
+        now_ms: u64,
+        out: &mut Vec<u8>,
+        sink: &mut Sink<'_, '_>,
+    ) -> usize {
         self.stamp_tx(now_ms);
         let mut pos = 0usize;
         while self.state != State::Closed {
             let Some(rest) = buf.get_mut(pos..) else {
                 break;
             };
+            if let Some(f) = self.streamed.as_deref_mut().and_then(|s| s.frame.as_mut()) {
+                // A streamed frame's payload goes on.
+                let take = usize::try_from(f.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(rest.len());
+                if take == 0 && f.remaining > 0 {
+                    break;
+                }
+                let Some(bytes) = rest.get_mut(..take) else {
+                    break;
+                };
+                if let Some(key) = f.mask {
+                    unmask(bytes, key, f.offset & 3);
+                }
+                f.offset = f.offset.wrapping_add(take);
+                f.remaining -= take as u64;
+                let last = f.remaining == 0 && f.fin;
+                if f.remaining == 0
+                    && let Some(st) = self.streamed.as_deref_mut()
+                {
+                    st.frame = None;
+                }
+                pos += take;
+                self.stream_piece(bytes, last, now_ms, out, sink);
+                continue;
+            }
             let hdr = match frame::parse_client_header(rest) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -222,6 +331,12 @@ impl WsSession {
             if let Err(e) = self.check_header(&hdr) {
                 self.fail(e, out);
                 break;
+            }
+            if self.streamed.is_some() && self.state == State::Open && !hdr.opcode.is_control() {
+                pos += hdr.header_len;
+                self.frame_seen(&hdr, now_ms);
+                self.start_streamed_frame(&hdr);
+                continue;
             }
             let Some(total) = usize::try_from(hdr.payload_len)
                 .ok()
@@ -240,12 +355,86 @@ impl WsSession {
                 unmask(payload, key, 0);
             }
             pos += total;
+            let on_message: &mut OnMessage<'_> = match sink {
+                Sink::Whole(f) => f,
+                // Data frames reach `on_frame` only to be discarded (closing).
+                Sink::Pieces(_) => &mut |_, _, _| {},
+            };
             self.on_frame(&hdr, payload, now_ms, out, on_message);
         }
         if self.state == State::Closed {
             buf.len()
         } else {
             pos
+        }
+    }
+
+    /// A data frame whose payload is streamed: a Text or Binary frame
+    /// starts a message (`check_header` saw that none is open).
+    fn start_streamed_frame(&mut self, h: &FrameHeader) {
+        let kind = match h.opcode {
+            OpCode::Text => Some(MessageKind::Text),
+            OpCode::Binary => Some(MessageKind::Binary),
+            _ => None,
+        };
+        if let Some(k) = kind {
+            self.fragmented = Some(k);
+            self.utf8.reset();
+        }
+        if let Some(st) = self.streamed.as_deref_mut() {
+            if kind.is_some() {
+                st.first = true;
+                st.len = 0;
+            }
+            st.len = st.len.saturating_add(h.payload_len);
+            st.frame = Some(StreamedFrame {
+                remaining: h.payload_len,
+                offset: 0,
+                mask: h.mask,
+                fin: h.fin,
+            });
+        }
+    }
+
+    /// Hand over the next bytes of the streamed message (`last`: its end).
+    fn stream_piece(
+        &mut self,
+        bytes: &[u8],
+        last: bool,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+        sink: &mut Sink<'_, '_>,
+    ) {
+        let Some(kind) = self.fragmented else {
+            return; // the rest of a frame of a message dropped by a close
+        };
+        if kind == MessageKind::Text {
+            let ok = self.utf8.feed(bytes).is_ok() && (!last || self.utf8.finish().is_ok());
+            if !ok {
+                return self.fail(BAD_UTF8, out);
+            }
+        }
+        let Some(st) = self.streamed.as_deref_mut() else {
+            return;
+        };
+        let first = std::mem::replace(&mut st.first, false);
+        if last {
+            self.fragmented = None;
+        }
+        let before = out.len();
+        if let Sink::Pieces(on_piece) = sink {
+            on_piece(
+                MessagePiece {
+                    kind,
+                    bytes,
+                    first,
+                    last,
+                },
+                out,
+            );
+        }
+        if out.len() > before {
+            self.last_tx_ms = self.last_tx_ms.max(now_ms);
         }
     }
 
@@ -396,7 +585,10 @@ impl WsSession {
             (OpCode::Continuation, None) => {
                 return Err(ProtocolError::protocol("continuation without a message"));
             }
-            (OpCode::Continuation, Some(_)) => self.reassembly.len() as u64,
+            (OpCode::Continuation, Some(_)) => match self.streamed.as_deref() {
+                Some(st) => st.len,
+                None => self.reassembly.len() as u64,
+            },
             (_, Some(_)) => {
                 return Err(ProtocolError::protocol(
                     "new message inside a fragmented one",
@@ -418,14 +610,7 @@ impl WsSession {
         out: &mut Vec<u8>,
         on_message: &mut OnMessage<'_>,
     ) {
-        self.push_event(SessionEvent::FrameIn {
-            opcode: h.opcode,
-            len: payload.len(),
-        });
-        // Any frame proves the peer alive (a Pong answering our Ping included).
-        self.last_rx_ms = self.last_rx_ms.max(now_ms);
-        self.unanswered_pings = 0;
-        self.keepalive_at = now_ms.saturating_add(self.cfg.keepalive_timeout_ms);
+        self.frame_seen(h, now_ms);
 
         match h.opcode {
             OpCode::Ping => {
@@ -492,6 +677,17 @@ impl WsSession {
         }
     }
 
+    fn frame_seen(&mut self, h: &FrameHeader, now_ms: u64) {
+        self.push_event(SessionEvent::FrameIn {
+            opcode: h.opcode,
+            len: usize::try_from(h.payload_len).unwrap_or(usize::MAX),
+        });
+        // Any frame proves the peer alive (a Pong answering our Ping included).
+        self.last_rx_ms = self.last_rx_ms.max(now_ms);
+        self.unanswered_pings = 0;
+        self.keepalive_at = now_ms.saturating_add(self.cfg.keepalive_timeout_ms);
+    }
+
     fn deliver(
         &mut self,
         kind: MessageKind,
@@ -549,6 +745,12 @@ impl WsSession {
         self.fragmented = None;
         self.reassembly = Vec::new();
         self.utf8.reset();
+        // A streamed frame's remaining payload is still skipped (its bytes
+        // are on the wire), but no longer handed over.
+        if let Some(st) = self.streamed.as_deref_mut() {
+            st.first = true;
+            st.len = 0;
+        }
     }
 
     fn send_close(&mut self, out: &mut Vec<u8>, code: u16, reason: &str) {
@@ -640,6 +842,54 @@ mod tests {
             msgs.push((k, p.to_vec()))
         });
         (n, out, msgs)
+    }
+
+    /// Pieces of streamed messages, as (kind, bytes, first, last).
+    type Pieces = Vec<(MessageKind, Vec<u8>, bool, bool)>;
+
+    /// Feed `input` cut into the given pieces to a streaming session, the
+    /// way the reactor does: unconsumed bytes are presented again with the
+    /// next input behind them. Returns the pieces, the output and the most
+    /// bytes ever left unconsumed.
+    fn feed_streamed(s: &mut WsSession, input: &[u8], cuts: &[usize]) -> (Pieces, Vec<u8>, usize) {
+        let mut held: Vec<u8> = Vec::new();
+        let mut out = Vec::new();
+        let mut pieces = Vec::new();
+        let mut most_held = 0;
+        let mut start = 0;
+        for &end in cuts.iter().chain(std::iter::once(&input.len())) {
+            let end = end.clamp(start, input.len());
+            let mut buf = std::mem::take(&mut held);
+            buf.extend_from_slice(&input[start..end]);
+            start = end;
+            let n = s.on_bytes_streamed(&mut buf, 1, &mut out, &mut |p, _| {
+                pieces.push((p.kind, p.bytes.to_vec(), p.first, p.last))
+            });
+            held = buf[n..].to_vec();
+            most_held = most_held.max(held.len());
+        }
+        (pieces, out, most_held)
+    }
+
+    /// Whole messages put back together from their pieces, checking that
+    /// each message's pieces begin with `first` and end with `last`.
+    fn joined(pieces: &Pieces) -> Msgs {
+        let mut msgs = Vec::new();
+        let mut cur: Option<(MessageKind, Vec<u8>)> = None;
+        for (k, b, first, last) in pieces {
+            if *first {
+                assert!(cur.is_none(), "a first piece inside a message");
+                cur = Some((*k, Vec::new()));
+            }
+            let (ck, m) = cur.as_mut().expect("a piece before any first piece");
+            assert_eq!(ck, k);
+            m.extend_from_slice(b);
+            if *last {
+                msgs.extend(cur.take());
+            }
+        }
+        assert!(cur.is_none(), "a message without its last piece");
+        msgs
     }
 
     fn events(s: &mut WsSession) -> Vec<SessionEvent> {
@@ -1282,5 +1532,123 @@ mod tests {
             let c = cut.index(bytes.len() + 1);
             let _ = feed_chunks(&bytes, &[c]);
         }
+    }
+
+    /// Data frames of every shape, then cut anywhere: the streamed pieces
+    /// put together are the messages, and what waits unconsumed is never
+    /// more than a frame header (the payload is never held back).
+    fn streamed_input() -> (Vec<u8>, Msgs) {
+        let big: Vec<u8> = "MSRP abcd SEND\r\n€ body ".repeat(40).into_bytes();
+        let mut input = Vec::new();
+        input.extend(cf(true, OpCode::Text, &big));
+        input.extend(cf(true, OpCode::Binary, &[0, 255, 7, 9, 1]));
+        input.extend(cf(false, OpCode::Text, "ab€".as_bytes()));
+        input.extend(cf(false, OpCode::Continuation, b""));
+        input.extend(cf(true, OpCode::Continuation, "cd".as_bytes()));
+        input.extend(cf(true, OpCode::Text, b""));
+        let msgs = vec![
+            (MessageKind::Text, big),
+            (MessageKind::Binary, vec![0, 255, 7, 9, 1]),
+            (MessageKind::Text, "ab€cd".as_bytes().to_vec()),
+            (MessageKind::Text, Vec::new()),
+        ];
+        (input, msgs)
+    }
+
+    #[test]
+    fn streamed_messages_arrive_whole_however_the_input_is_cut() {
+        let (input, want) = streamed_input();
+        for cut in 0..=input.len() {
+            let mut s = session_with(SessionConfig {
+                max_message_size: 4096,
+                ..cfg()
+            });
+            let (pieces, out, most_held) = feed_streamed(&mut s, &input, &[cut]);
+            assert_eq!(joined(&pieces), want, "cut at {cut}");
+            assert!(out.is_empty());
+            assert!(most_held <= 14, "cut at {cut}: {most_held} bytes held");
+            assert_eq!(s.state(), State::Open);
+        }
+    }
+
+    #[test]
+    fn a_streamed_frame_with_a_control_frame_between_fragments() {
+        let mut input = cf(false, OpCode::Binary, b"one-");
+        input.extend(cf(true, OpCode::Ping, b"p"));
+        input.extend(cf(true, OpCode::Continuation, b"two"));
+        let mut s = session();
+        let (pieces, out, _) = feed_streamed(&mut s, &input, &[3, 9, 12]);
+        assert_eq!(
+            joined(&pieces),
+            vec![(MessageKind::Binary, b"one-two".to_vec())]
+        );
+        assert_eq!(out, sf(OpCode::Pong, b"p"));
+    }
+
+    proptest! {
+        #[test]
+        fn streamed_pieces_survive_any_cuts(mut cuts in proptest::collection::vec(0usize..1200, 0..6)) {
+            let (input, want) = streamed_input();
+            cuts.sort_unstable();
+            let mut s = session_with(SessionConfig { max_message_size: 4096, ..cfg() });
+            let (pieces, _, most_held) = feed_streamed(&mut s, &input, &cuts);
+            prop_assert_eq!(joined(&pieces), want);
+            prop_assert!(most_held <= 14);
+        }
+    }
+
+    #[test]
+    fn streamed_text_fails_at_the_first_invalid_piece() {
+        let mut payload = b"valid start ".to_vec();
+        payload.extend_from_slice(&[0xff, b'x']);
+        let input = cf(true, OpCode::Text, &payload);
+        let mut s = session();
+        // The valid first part is handed over; the piece with 0xff fails.
+        let (pieces, out, _) = feed_streamed(&mut s, &input, &[6 + 12]);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(pieces[0].1, b"valid start ");
+        assert!(pieces[0].2 && !pieces[0].3);
+        assert_eq!(
+            out.get(2..4),
+            Some(&close::INVALID_PAYLOAD.to_be_bytes()[..])
+        );
+        assert_eq!(s.state(), State::Closed);
+        // A code point cut by the end of the message is invalid too.
+        let mut s = session();
+        let (_, out, _) = feed_streamed(&mut s, &cf(true, OpCode::Text, &[b'a', 0xe2, 0x82]), &[7]);
+        assert_eq!(
+            out.get(2..4),
+            Some(&close::INVALID_PAYLOAD.to_be_bytes()[..])
+        );
+    }
+
+    #[test]
+    fn a_streamed_message_over_the_limit_is_refused_from_its_header() {
+        let mut s = session(); // max_message_size 1000
+        let mut input = cf(false, OpCode::Binary, &[1; 600]);
+        input.extend(cf(true, OpCode::Continuation, &[2; 600]));
+        let (pieces, out, _) = feed_streamed(&mut s, &input, &[]);
+        assert_eq!(pieces.len(), 1, "the first frame, within the limit");
+        assert_eq!(
+            out.get(2..4),
+            Some(&close::MESSAGE_TOO_BIG.to_be_bytes()[..])
+        );
+        assert_eq!(s.state(), State::Closed);
+    }
+
+    #[test]
+    fn closing_mid_frame_skips_the_rest_of_it_and_reads_the_close() {
+        let mut s = session();
+        let frame = cf(true, OpCode::Binary, &[7; 300]);
+        let (pieces, _, _) = feed_streamed(&mut s, &frame[..100], &[]);
+        assert_eq!(pieces.len(), 1);
+        let mut out = Vec::new();
+        s.close(1000, "bye", 1, &mut out);
+        let mut rest = frame[100..].to_vec();
+        rest.extend(cf(true, OpCode::Close, &1000u16.to_be_bytes()));
+        let (pieces, _, held) = feed_streamed(&mut s, &rest, &[50]);
+        assert!(pieces.is_empty(), "nothing handed over after the close");
+        assert_eq!(held, 0);
+        assert_eq!(s.state(), State::Closed, "the peer's Close was read");
     }
 }

@@ -57,6 +57,11 @@ impl Utf8Validator {
                 Err(_) => {}
             }
         }
+        // Most pieces are whole code points: the faster check first, the
+        // one that finds where an incomplete tail starts only if it fails.
+        if simdutf8::basic::from_utf8(data).is_ok() {
+            return Ok(());
+        }
         match simdutf8::compat::from_utf8(data) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_some() => Err(InvalidUtf8),
