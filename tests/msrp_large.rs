@@ -1017,8 +1017,9 @@ type CutShape = fn(usize, usize) -> (Vec<usize>, Vec<usize>);
 /// chunk relays intact, and every body goes from the receive buffers it
 /// arrived in (before, a message cut by a read was reassembled and then
 /// copied). Cuts inside the MSRP head or end-line relay intact too (those
-/// few bytes are carried over). A message that ends inside its chunk
-/// still closes the connection (RFC 7977 §5.3), its neighbours unaffected.
+/// few bytes are carried over). A sender that stops mid-message pins no
+/// receive buffer. A message that ends inside its chunk still closes the
+/// connection (RFC 7977 §5.3), its neighbours unaffected.
 #[tokio::test]
 async fn websocket_messages_cut_by_reads_relay_from_the_receive_buffers() {
     let srv = relay_with_ws(256);
@@ -1079,6 +1080,21 @@ async fn websocket_messages_cut_by_reads_relay_from_the_receive_buffers() {
         "head and end-line cuts: the body arrived altered"
     );
     srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    // A sender that stops mid-message pins its receive buffer only
+    // briefly (copied out after 100 ms); the chunk relays once the rest
+    // comes.
+    let body = mixed_body(&mut rng, 6000, false);
+    let wire = common::msrp::ws_frames(&small_send(n + 3, &to, &a.uri.clone(), &body), &[]);
+    a.send_ws_raw(&wire[..3000]).await;
+    assert!(saw_held(&srv, 1).await, "the body so far was not held");
+    srv.wait_gauge(Counter::RecvBuffersHeld, 0).await;
+    a.send_ws_raw(&wire[3000..]).await;
+    let f = b.rd.read().await;
+    assert_eq!(
+        f.header("Message-ID"),
+        Some(format!("mz{}", n + 3).as_str())
+    );
+    assert!(f.body == body, "after a stall: the body arrived altered");
     // A message that ends mid-body, in two reads: Close 1002.
     let mut c = common::msrp::Client::connect_ws(srv.addrs[1], "carol").await;
     c.authed_as("alice", "wonderland").await;

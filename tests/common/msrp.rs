@@ -255,46 +255,32 @@ impl Client {
     }
 
     /// Over WebSocket: writes `msg` as the frames `fragments` cut it into
-    /// (payload boundaries; none: one frame), masked here by RFC 6455
-    /// §5.2–§5.3 rather than by the WebSocket library, and puts the bytes
-    /// on the wire in parts cut at the offsets `cuts`, each part its own
-    /// write after a short pause (so the relay reads them apart).
+    /// (see [`ws_frames`]), putting the bytes on the wire in parts cut at
+    /// the offsets `cuts`, each part its own write after a short pause (so
+    /// the relay reads them apart).
     pub async fn send_ws_cut(&mut self, msg: &[u8], fragments: &[usize], cuts: &[usize]) {
-        let Link::Ws(ws) = &mut self.link else {
-            panic!("send_ws_cut: not a WebSocket client");
-        };
-        let text = std::str::from_utf8(msg).is_ok();
-        let mut wire = Vec::new();
-        let mut start = 0;
-        let ends = fragments.iter().copied().chain(std::iter::once(msg.len()));
-        for (i, end) in ends.enumerate() {
-            let fin = end == msg.len();
-            let opcode = match (i, text) {
-                (0, true) => 0x1,
-                (0, false) => 0x2,
-                _ => 0x0,
-            };
-            masked_frame(
-                &mut wire,
-                fin,
-                opcode,
-                &msg[start..end],
-                [0x37, 0xfa, 0x21, i as u8],
-            );
-            start = end;
-        }
-        let io = ws.get_mut();
+        let wire = ws_frames(msg, fragments);
         let mut at = 0;
         for end in cuts.iter().copied().chain(std::iter::once(wire.len())) {
-            within("ws raw write", async {
-                io.write_all(&wire[at..end]).await?;
-                io.flush().await
-            })
-            .await
-            .expect("write");
+            self.send_ws_raw(&wire[at..end]).await;
             at = end;
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
+    }
+
+    /// Over WebSocket: puts `bytes` on the wire as they are (frames made
+    /// with [`ws_frames`], or part of them).
+    pub async fn send_ws_raw(&mut self, bytes: &[u8]) {
+        let Link::Ws(ws) = &mut self.link else {
+            panic!("send_ws_raw: not a WebSocket client");
+        };
+        let io = ws.get_mut();
+        within("ws raw write", async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        })
+        .await
+        .expect("write");
     }
 
     /// The next frame, or `None` when nothing complete arrives within `d`.
@@ -609,6 +595,34 @@ pub fn assert_failure_report(rep: &Frame, to: &str, from: &str, msg_id: &str, co
         "want 000 {code}: {rep:?}"
     );
     assert!(rep.body.is_empty(), "{rep:?}");
+}
+
+/// `msg` as a client's WebSocket message in frames ending at the payload
+/// offsets `fragments` (none: one frame), masked here by RFC 6455
+/// §5.2–§5.3 rather than by the WebSocket library: text when `msg` is
+/// UTF-8, else binary.
+pub fn ws_frames(msg: &[u8], fragments: &[usize]) -> Vec<u8> {
+    let text = std::str::from_utf8(msg).is_ok();
+    let mut wire = Vec::new();
+    let mut start = 0;
+    let ends = fragments.iter().copied().chain(std::iter::once(msg.len()));
+    for (i, end) in ends.enumerate() {
+        let fin = end == msg.len();
+        let opcode = match (i, text) {
+            (0, true) => 0x1,
+            (0, false) => 0x2,
+            _ => 0x0,
+        };
+        masked_frame(
+            &mut wire,
+            fin,
+            opcode,
+            &msg[start..end],
+            [0x37, 0xfa, 0x21, i as u8],
+        );
+        start = end;
+    }
+    wire
 }
 
 /// A client's frame (RFC 6455 §5.2): FIN and opcode, the payload length in

@@ -539,15 +539,7 @@ pub(super) fn queue_ring(
         let text = body.utf8
             || utf8_pieces(
                 std::iter::once(head.as_slice())
-                    .chain(body.segs.as_slice().iter().map(|p| match p {
-                        Piece::Owned(b) => b.as_slice(),
-                        Piece::Ring {
-                            core,
-                            bid,
-                            off,
-                            len,
-                        } => bufs.held_bytes(*core, *bid, *off, *len),
-                    }))
+                    .chain(body.segs.as_slice().iter().map(|p| piece_bytes(p, bufs)))
                     .chain(std::iter::once(body.end.as_slice())),
             );
         let op = if text { OpCode::Text } else { OpCode::Binary };
@@ -595,19 +587,22 @@ pub(super) fn queue_ring(
 /// past its handshake) into records queued behind the records before
 /// them, as [`seal_behind_output`] does for one frame.
 fn seal_pieces(c: &mut Conn, plain: &[Piece], bufs: &BufRing) {
-    let parts: Vec<&[u8]> = plain
-        .iter()
-        .map(|p| match p {
-            Piece::Owned(b) => b.as_slice(),
-            Piece::Ring {
-                core,
-                bid,
-                off,
-                len,
-            } => bufs.held_bytes(*core, *bid, *off, *len),
-        })
-        .collect();
+    let parts: Vec<&[u8]> = plain.iter().map(|p| piece_bytes(p, bufs)).collect();
     seal_with_output(c, &parts, &[]);
+}
+
+/// The bytes `p` stands for: its own, or those it refers to in a provided
+/// buffer (of this core or another, see [`BufRing::held_bytes`]).
+fn piece_bytes<'a>(p: &'a Piece, bufs: &'a BufRing) -> &'a [u8] {
+    match p {
+        Piece::Owned(b) => b.as_slice(),
+        Piece::Ring {
+            core,
+            bid,
+            off,
+            len,
+        } => bufs.held_bytes(*core, *bid, *off, *len),
+    }
 }
 
 /// Body bytes of one input too few to hold a buffer for when the chunk
