@@ -10,8 +10,9 @@
 # Binaries: $RTEDGE and $LOADGEN, else ${CARGO_TARGET_DIR:-target}/release/.
 # $RTEDGE may name several builds (space-separated): each case then runs
 # them in turn, $RUNS times (default 1), for an A/B in one session.
-# Transports: SENDERS=msrp|msrps and RECEIVERS=msrp|msrps (default msrp);
-# TLS uses a throwaway self-signed certificate (openssl).
+# Transports: SENDERS=msrp|msrps|ws and RECEIVERS=msrp|msrps|ws (default
+# msrp; ws = MSRP over a plain WebSocket); TLS uses a throwaway
+# self-signed certificate (openssl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -26,15 +27,22 @@ WORK=$(mktemp -d /tmp/rtedge-cpu-split.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 TLS_PORT=$(free_port)
+WS_PORT=$(free_port)
 . bench/msrp/rtedge-config.sh
-write_rtedge_config "$WORK" loadgen split "$PORT"
+write_rtedge_config "$WORK" loadgen split "$PORT" "$WS_PORT"
 if [ "$SENDERS" = msrps ] || [ "$RECEIVERS" = msrps ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -subj /CN=localhost -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
   printf '\n[[listen]]\ntransport = "msrps"\naddress = "127.0.0.1:%s"\ntls_cert = "%s"\ntls_key = "%s"\n' \
     "$TLS_PORT" "$WORK/cert.pem" "$WORK/key.pem" >>"$WORK/rtedge.toml"
 fi
-url() { if [ "$1" = msrps ]; then echo "msrps://127.0.0.1:$TLS_PORT"; else echo "msrp://127.0.0.1:$PORT"; fi; }
+url() {
+  case "$1" in
+    msrps) echo "msrps://127.0.0.1:$TLS_PORT" ;;
+    ws) echo "ws://127.0.0.1:$WS_PORT/" ;;
+    *) echo "msrp://127.0.0.1:$PORT" ;;
+  esac
+}
 ROUTE=(--url "$(url "$SENDERS")")
 [ "$SENDERS" = "$RECEIVERS" ] || ROUTE+=(--receiver-url "$(url "$RECEIVERS")")
 TCK=$(getconf CLK_TCK)

@@ -333,6 +333,38 @@ impl WsSession {
                 break;
             }
             if self.streamed.is_some() && self.state == State::Open && !hdr.opcode.is_control() {
+                // The common case, a whole unfragmented message in this
+                // input, goes over in one piece without a streamed frame.
+                if hdr.fin
+                    && hdr.opcode != OpCode::Continuation
+                    && let Some(payload) = usize::try_from(hdr.payload_len)
+                        .ok()
+                        .and_then(|n| n.checked_add(hdr.header_len))
+                        .and_then(|total| rest.get_mut(hdr.header_len..total))
+                {
+                    if let Some(key) = hdr.mask {
+                        unmask(payload, key, 0);
+                    }
+                    pos += hdr.header_len + payload.len();
+                    self.frame_seen(&hdr, now_ms);
+                    let kind = if hdr.opcode == OpCode::Text {
+                        MessageKind::Text
+                    } else {
+                        MessageKind::Binary
+                    };
+                    if kind == MessageKind::Text && !utf8::is_valid(payload) {
+                        self.fail(BAD_UTF8, out);
+                        break;
+                    }
+                    let piece = MessagePiece {
+                        kind,
+                        bytes: payload,
+                        first: true,
+                        last: true,
+                    };
+                    self.deliver_piece(piece, now_ms, out, sink);
+                    continue;
+                }
                 pos += hdr.header_len;
                 self.frame_seen(&hdr, now_ms);
                 self.start_streamed_frame(&hdr);
@@ -421,18 +453,27 @@ impl WsSession {
         if last {
             self.fragmented = None;
         }
+        let piece = MessagePiece {
+            kind,
+            bytes,
+            first,
+            last,
+        };
+        self.deliver_piece(piece, now_ms, out, sink);
+    }
+
+    fn deliver_piece(
+        &mut self,
+        piece: MessagePiece<'_>,
+        now_ms: u64,
+        out: &mut Vec<u8>,
+        sink: &mut Sink<'_, '_>,
+    ) {
         let before = out.len();
         if let Sink::Pieces(on_piece) = sink {
-            on_piece(
-                MessagePiece {
-                    kind,
-                    bytes,
-                    first,
-                    last,
-                },
-                out,
-            );
+            on_piece(piece, out);
         }
+        // The handler's frames count as traffic for the idle timeout.
         if out.len() > before {
             self.last_tx_ms = self.last_tx_ms.max(now_ms);
         }
