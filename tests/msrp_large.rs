@@ -1012,8 +1012,9 @@ async fn a_text_message_cut_by_rechunking_goes_out_as_text_only_where_valid() {
 type CutShape = fn(usize, usize) -> (Vec<usize>, Vec<usize>);
 
 /// WebSocket messages that reach the relay in two or three reads — a frame
-/// cut in its header, a body cut once or twice, a message in three frames
-/// — are parsed as their bytes arrive, not put back together first: each
+/// cut in its header, a body cut once or twice, a message in three frames,
+/// a message behind a Ping cut by a read — are parsed as their bytes
+/// arrive, not put back together first: each
 /// chunk relays intact, and every body goes from the receive buffers it
 /// arrived in (before, a message cut by a read was reassembled and then
 /// copied). Cuts inside the MSRP head or end-line relay intact too (those
@@ -1062,6 +1063,24 @@ async fn websocket_messages_cut_by_reads_relay_from_the_receive_buffers() {
             n += 1;
         }
     }
+    // A Ping cut by a read, then a whole message behind it in the next
+    // read: the message is still read where it lies.
+    let body = mixed_body(&mut rng, 4096, true);
+    let mut wire = common::msrp::ws_ping(&[7; 100]);
+    wire.extend(common::msrp::ws_frames(
+        &small_send(n, &to, &a.uri.clone(), &body),
+        &[],
+    ));
+    a.send_ws_raw(&wire[..50]).await;
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    a.send_ws_raw(&wire[50..]).await;
+    let f = b.rd.read().await;
+    assert_eq!(f.header("Message-ID"), Some(format!("mz{n}").as_str()));
+    assert!(
+        f.body == body,
+        "behind a cut Ping: the body arrived altered"
+    );
+    n += 1;
     let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
     assert_eq!(
         chunks, n as u64,

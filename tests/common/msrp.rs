@@ -625,6 +625,14 @@ pub fn ws_frames(msg: &[u8], fragments: &[usize]) -> Vec<u8> {
     wire
 }
 
+/// A client's Ping frame carrying `payload` (at most 125 bytes, §5.5),
+/// masked as [`ws_frames`] masks.
+pub fn ws_ping(payload: &[u8]) -> Vec<u8> {
+    let mut wire = Vec::new();
+    masked_frame(&mut wire, true, 0x9, payload, [0x5a, 0x01, 0x33, 0xc4]);
+    wire
+}
+
 /// A client's frame (RFC 6455 §5.2): FIN and opcode, the payload length in
 /// 7, 16 or 64 bits with the mask bit set, the masking key, then the
 /// payload XORed with it (§5.3).

@@ -2486,11 +2486,16 @@ fn feed_plain(
         let mut off = 0;
         let mut step = SPLICE_STEP;
         // A streamed WebSocket message (MSRP) holds back at most a frame
-        // header: completing just that leaves the payload to be read where
-        // it lies (a copy here would be relayed as a copy).
+        // header or a control frame: completing just that leaves the next
+        // payload to be read where it lies (a copy here would be relayed
+        // as a copy).
         let streamed = matches!(&c.proto, Proto::Ws(ws) if ws.msrp.is_some());
         loop {
-            let need = if streamed { frame::header_need(&p) } else { 0 };
+            let need = if streamed {
+                frame::streamed_need(&p)
+            } else {
+                0
+            };
             let take = if need > 0 { need } else { step }.min(data.len() - off);
             p.extend_from_slice(&data[off..off + take]);
             off += take;

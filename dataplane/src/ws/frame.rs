@@ -146,22 +146,28 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>, ProtocolError> {
     parse(buf, false)
 }
 
-/// How many more bytes complete the frame header that `held` begins (0 when
-/// it is complete or absent): a caller appending input behind a partial
-/// header can append exactly that (§5.2: the first two bytes give the
-/// length of the rest).
-pub fn header_need(held: &[u8]) -> usize {
+/// How many more bytes a streaming reader (one that takes data frames'
+/// payloads as they arrive) needs behind `held`, the start of a frame:
+/// those that complete its header and, for a control frame (whole before
+/// it is handled, at most 125 bytes of payload), its payload too; 0 when
+/// that is all there or `held` is empty. A caller appending input behind
+/// held bytes can append exactly that, leaving the rest where it lies
+/// (§5.2: the first two bytes give the length of the rest).
+pub fn streamed_need(held: &[u8]) -> usize {
     match held {
         [] => 0,
         [_] => 1,
-        [_, b1, ..] => {
-            let ext = match b1 & 0x7f {
+        [b0, b1, ..] => {
+            let len7 = b1 & 0x7f;
+            let ext = match len7 {
                 126 => 2,
                 127 => 8,
                 _ => 0,
             };
             let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-            (2usize + ext + mask).saturating_sub(held.len())
+            // Control opcodes have the high bit of the opcode set (§5.5).
+            let payload = if b0 & 0x08 != 0 { usize::from(len7) } else { 0 };
+            (2usize + ext + mask + payload).saturating_sub(held.len())
         }
     }
 }
@@ -493,31 +499,39 @@ mod tests {
     }
 
     #[test]
-    fn header_need_completes_exactly_the_header() {
+    fn streamed_need_completes_exactly_a_header_or_a_control_frame() {
         let mut frames = Vec::new();
         for len in [0usize, 125, 126, 65535, 65536] {
             let mut f = Vec::new();
             write_masked_frame(&mut f, true, OpCode::Binary, &vec![0; len], [1, 2, 3, 4]);
-            frames.push(f);
+            frames.push((f, false));
         }
         let mut unmasked = Vec::new();
         write_frame(&mut unmasked, OpCode::Text, &[0; 300]);
-        frames.push(unmasked);
-        for f in frames {
+        frames.push((unmasked, false));
+        for (op, len) in [(OpCode::Ping, 125), (OpCode::Close, 2), (OpCode::Pong, 0)] {
+            let mut f = Vec::new();
+            write_masked_frame(&mut f, true, op, &vec![7; len], [5, 6, 7, 8]);
+            frames.push((f, true));
+        }
+        assert_eq!(streamed_need(&[]), 0);
+        for (f, control) in frames {
             let h = parse_header(&f).unwrap().unwrap();
-            assert_eq!(header_need(&[]), 0);
-            for held in 1..h.header_len {
-                let need = header_need(&f[..held]);
-                assert!(need > 0 && held + need <= h.header_len, "{held} + {need}");
+            // A data frame's payload is read where it lies; a control
+            // frame is wanted whole.
+            let want = if control { f.len() } else { h.header_len };
+            for held in 1..want {
+                let need = streamed_need(&f[..held]);
+                assert!(need > 0 && held + need <= want, "{held} + {need}");
                 // Appending what it asks for, as often as it asks, ends
-                // exactly at the header's end.
+                // exactly there.
                 let mut have = held + need;
-                while header_need(&f[..have]) > 0 {
-                    have += header_need(&f[..have]);
+                while streamed_need(&f[..have]) > 0 {
+                    have += streamed_need(&f[..have]);
                 }
-                assert_eq!(have, h.header_len);
+                assert_eq!(have, want);
             }
-            assert_eq!(header_need(&f[..h.header_len]), 0);
+            assert_eq!(streamed_need(&f[..want]), 0);
         }
     }
 }
