@@ -770,6 +770,7 @@ impl RelayCore {
     /// line cut by the end of a read) comes again with the message's next
     /// bytes behind it. At its end the message must be exactly one chunk
     /// (RFC 7977 §5.3); anything else closes the connection.
+    #[inline]
     pub fn on_ws_bytes(
         &mut self,
         conn: &mut MsrpConn,

@@ -31,7 +31,8 @@
 //!   sender's bodies go the same way: its messages are streamed
 //!   ([`feed_ws_piece`]), each frame's payload unmasked in place in the
 //!   provided buffers it arrives in and parsed there, so only a frame
-//!   header or a line cut by a read is ever held between reads.
+//!   header, a control frame or an MSRP line cut by a read is ever held
+//!   between reads.
 //!   Provided buffers are held ([`super::bufring`]) until every piece
 //!   referring to them is sent or dropped; a worker holds at most a
 //!   quarter of its buffers. A send that goes short, or makes no progress
@@ -777,6 +778,7 @@ pub fn run_actions(
 /// leaves (a line cut by the end of a read) wait in `m.ws_carry` and are
 /// completed with as few of the piece's bytes as it takes; the rest is
 /// read where it lies.
+#[inline]
 pub fn feed_ws_piece(
     m: &mut MsrpState,
     piece: MessagePiece<'_>,
