@@ -798,15 +798,7 @@ async fn bodies_for_a_websocket_on_another_core_relay_from_the_receive_buffer() 
     })
     .await;
     let n = 240;
-    let mut rng = Rng::new(43);
-    let sizes = [4096, 3000, 5000];
-    let sent: Vec<(Vec<u8>, bool)> = (0..n)
-        .map(|i| {
-            let binary = i % 3 == 1;
-            (mixed_body(&mut rng, sizes[i % 3], binary), !binary)
-        })
-        .collect();
-    let bodies: Vec<Vec<u8>> = sent.iter().map(|(b, _)| b.clone()).collect();
+    let (sent, bodies) = mixed_sends(43, n);
     let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
     let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
     let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
@@ -838,6 +830,24 @@ fn relay_with_ws(recv_buffers: u32) -> Server {
         .msrp_users(REALM, USERS)
         .reactor(&format!("recv_buffers = {recv_buffers}"))
         .start()
+}
+
+/// A body and whether it is text (UTF-8).
+type TextOrNot = (Vec<u8>, bool);
+
+/// `n` bodies of 4096, 3000 and 5000 bytes in turn, every third binary
+/// (see [`mixed_body`]), each with whether it is text; and the bodies alone.
+fn mixed_sends(seed: u64, n: usize) -> (Vec<TextOrNot>, Vec<Vec<u8>>) {
+    let mut rng = Rng::new(seed);
+    let sizes = [4096, 3000, 5000];
+    let sent: Vec<TextOrNot> = (0..n)
+        .map(|i| {
+            let binary = i % 3 == 1;
+            (mixed_body(&mut rng, sizes[i % 3], binary), !binary)
+        })
+        .collect();
+    let bodies = sent.iter().map(|(b, _)| b.clone()).collect();
+    (sent, bodies)
 }
 
 /// A body of `n` bytes that is UTF-8 with characters of 1 to 4 bytes (so
@@ -873,15 +883,7 @@ async fn tcp_to_websocket_relays_from_the_receive_buffer() {
     let mut b = common::msrp::Client::connect_ws(srv.addrs[1], "bob").await;
     b.authed_as("bob", "builder").await;
     let n = 240;
-    let mut rng = Rng::new(31);
-    let sizes = [4096, 3000, 5000];
-    let sent: Vec<(Vec<u8>, bool)> = (0..n)
-        .map(|i| {
-            let binary = i % 3 == 1;
-            (mixed_body(&mut rng, sizes[i % 3], binary), !binary)
-        })
-        .collect();
-    let bodies: Vec<Vec<u8>> = sent.iter().map(|(b, _)| b.clone()).collect();
+    let (sent, bodies) = mixed_sends(31, n);
     let chunks0 = srv.counter(Counter::MsrpZeroCopyChunks);
     let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
     let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
