@@ -684,11 +684,7 @@ async fn bodies_across_two_receive_buffers_relay_without_a_copy() {
     let bytes0 = srv.counter(Counter::MsrpZeroCopyBytes);
     let to = path(&a, &b);
     let most = relay_in_batches(&srv, a, &to, &sent, 8, async |i, body| {
-        let f = b.rd.read().await;
-        assert_eq!(f.method(), Some("SEND"), "{f:?}");
-        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
-        assert!(f.body == body, "message {i}: the body arrived altered");
-        assert_eq!(f.flag, b'$');
+        is_relayed_send(&b.rd.read().await, i, body)
     })
     .await;
     let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
@@ -763,11 +759,7 @@ async fn bodies_for_another_core_relay_from_the_receive_buffer() {
     let handoffs0 = srv.counter(Counter::MsrpHandoffs);
     let to = path(&a, &b);
     let most = relay_in_batches(&srv, a, &to, &sent, 8, async |i, body| {
-        let f = b.rd.read().await;
-        assert_eq!(f.method(), Some("SEND"), "{f:?}");
-        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
-        assert!(f.body == body, "message {i}: the body arrived altered");
-        assert_eq!(f.flag, b'$');
+        is_relayed_send(&b.rd.read().await, i, body)
     })
     .await;
     let chunks = srv.counter(Counter::MsrpZeroCopyChunks) - chunks0;
@@ -803,8 +795,7 @@ async fn bodies_for_a_websocket_on_another_core_relay_from_the_receive_buffer() 
     let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
     let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
         let f = b.read().await;
-        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
-        assert!(f.body == body, "message {i}: the body arrived altered");
+        is_relayed_send(&f, i, body);
         assert_eq!(b.last_text, Some(sent[i].1), "message {i}: wrong opcode");
     })
     .await;
@@ -834,6 +825,15 @@ fn relay_with_ws(recv_buffers: u32) -> Server {
 
 /// A body and whether it is text (UTF-8).
 type TextOrNot = (Vec<u8>, bool);
+
+/// `f` is SEND number `i` of [`relay_in_batches`], whole (`$`), with
+/// `body` unaltered.
+fn is_relayed_send(f: &Frame, i: usize, body: &[u8]) {
+    assert_eq!(f.method(), Some("SEND"), "{f:?}");
+    assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
+    assert!(f.body == body, "message {i}: the body arrived altered");
+    assert_eq!(f.flag, b'$');
+}
 
 /// `n` bodies of 4096, 3000 and 5000 bytes in turn, every third binary
 /// (see [`mixed_body`]), each with whether it is text; and the bodies alone.
@@ -888,10 +888,7 @@ async fn tcp_to_websocket_relays_from_the_receive_buffer() {
     let to = vec![a.relay_uri.clone(), b.relay_uri.clone(), b.uri.clone()];
     let most = relay_in_batches(&srv, a, &to, &bodies, 8, async |i, body| {
         let f = b.read().await;
-        assert_eq!(f.method(), Some("SEND"), "{f:?}");
-        assert_eq!(f.header("Message-ID"), Some(format!("mz{i}").as_str()));
-        assert!(f.body == body, "message {i}: the body arrived altered");
-        assert_eq!(f.flag, b'$');
+        is_relayed_send(&f, i, body);
         assert_eq!(
             b.last_text,
             Some(sent[i].1),

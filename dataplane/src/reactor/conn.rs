@@ -60,9 +60,6 @@ pub struct MsrpState {
     /// that the engine has not taken yet (a line cut by the end of a
     /// read), presented again in front of the message's next piece.
     pub ws_carry: Vec<u8>,
-    /// The input being read is a WebSocket text message's: valid UTF-8
-    /// (RFC 6455 §8.1), as is then every chunk forwarded whole from it.
-    pub input_text: bool,
 }
 
 pub struct Forward {
@@ -250,7 +247,6 @@ impl MsrpState {
             waiting: Vec::new(),
             handed_over: HandedOver::new(handed_over),
             ws_carry: Vec::new(),
-            input_text: false,
         }
     }
 }

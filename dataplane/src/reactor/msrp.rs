@@ -646,17 +646,30 @@ fn settle_pending(
     f.segs.push_owned(bytes, || pool.take());
 }
 
+/// What the engine read: a byte stream, or bytes of a WebSocket message
+/// (replies then go in messages of their own).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Stream,
+    /// `text`: a text message, valid UTF-8 (RFC 6455 §8.1), as is then
+    /// every chunk forwarded whole from it.
+    WebSocket {
+        text: bool,
+    },
+}
+
 /// Carry out the engine's actions after it read `data` from connection
 /// `m`: replies into `out`, forwarded chunks assembled, the rest as
 /// [`Effect`]s.
 pub fn run_actions(
     m: &mut MsrpState,
     data: &[u8],
-    websocket: bool,
+    input: Input,
     out: &mut Vec<u8>,
     ctx: &mut MsrpCtx<'_>,
     stats: &mut WorkerStats,
 ) -> Outcome {
+    let websocket = input != Input::Stream;
     let mut o = Outcome::default();
     // A chunk was cut (re-chunked) in this input.
     let mut after_cut = false;
@@ -687,7 +700,7 @@ pub fn run_actions(
                     segs: BodySegs::default(),
                     watched: false,
                     // A piece after a cut starts wherever the cut fell.
-                    text: m.input_text && !after_cut,
+                    text: input == Input::WebSocket { text: true } && !after_cut,
                 });
                 if let Some(f) = old
                     && !f.segs.is_empty()
@@ -788,7 +801,6 @@ pub fn feed_ws_piece(
     stats: &mut WorkerStats,
 ) -> Outcome {
     let text = piece.kind == MessageKind::Text;
-    m.input_text = text;
     let bytes = piece.bytes;
     let mut o = Outcome::default();
     let mut resume = 0;
@@ -811,7 +823,14 @@ pub fn feed_ws_piece(
             let n = ctx
                 .relay
                 .on_ws_bytes(&mut m.conn, &p, text, last, env, ctx.actions);
-            o.add(run_actions(m, &p, true, out, ctx, stats));
+            o.add(run_actions(
+                m,
+                &p,
+                Input::WebSocket { text },
+                out,
+                ctx,
+                stats,
+            ));
             if let Some(r) = ctx.ring.as_mut() {
                 r.set_splice_at(None);
             }
@@ -841,7 +860,14 @@ pub fn feed_ws_piece(
     let n = ctx
         .relay
         .on_ws_bytes(&mut m.conn, rest, text, piece.last, env, ctx.actions);
-    o.add(run_actions(m, rest, true, out, ctx, stats));
+    o.add(run_actions(
+        m,
+        rest,
+        Input::WebSocket { text },
+        out,
+        ctx,
+        stats,
+    ));
     if o.close.is_none()
         && let Some(left) = rest.get(n..)
     {

@@ -2665,7 +2665,7 @@ fn process_plain(
             let mut rng = glue::fill_random;
             let mut env = glue::env(shared, now, &mut rng);
             let n = ctx.relay.on_bytes(&mut m.conn, rest, &mut env, ctx.actions);
-            let o = glue::run_actions(m, rest, false, &mut c.out, ctx, stats);
+            let o = glue::run_actions(m, rest, glue::Input::Stream, &mut c.out, ctx, stats);
             c.frames_in += o.frames_in;
             c.frames_out += o.frames_out;
             if let Some(reason) = o.close {
