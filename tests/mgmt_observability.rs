@@ -139,6 +139,8 @@ async fn dashboard_and_alert_metrics_exist_in_metrics_output() {
         "rtedge_msrp_auth_total",
         "rtedge_reactor_heartbeat_age_seconds",
         "rtedge_connections_limit",
+        "rtedge_msrp_failure_reports_total",
+        "rtedge_msrp_malformed_total",
     ] {
         assert!(alert_metrics.contains(needle), "alerts lack {needle}");
     }
@@ -181,13 +183,16 @@ fn deploy_files_are_valid() {
     // Grafana provisioning files name their kinds.
     assert!(read("grafana/provisioning/dashboards/rtedge.yml").contains("type: file"));
     assert!(read("grafana/provisioning/datasources/prometheus.yml").contains("type: prometheus"));
-    // promtool validates the Prometheus files.
+    // promtool validates the Prometheus files, and runs the alert rules'
+    // unit tests: each alert fires on the incident it is for and stays quiet
+    // below its threshold.
     let Some(promtool) = required_tool("promtool") else {
         return;
     };
     for args in [
         vec!["check", "rules", "rtedge-alerts.yml"],
         vec!["check", "config", "prometheus.yml"],
+        vec!["test", "rules", "rtedge-alerts.test.yml"],
     ] {
         let out = Command::new(&promtool)
             .args(&args)
