@@ -26,25 +26,6 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(deploy(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
 }
 
-/// `tool` on PATH, or None. Under CI (`CI=true`) a missing tool fails the
-/// test instead of skipping it.
-fn required_tool(tool: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "`{tool}` is not on PATH but CI=true: .ci/run must install the Debian package \
-             `prometheus` (apt-get install -y --no-install-recommends prometheus)"
-        );
-        eprintln!("SKIPPED: `{tool}` is not on PATH (apt-get install prometheus to run this test)");
-    }
-    found
-}
-
 /// Metric names (`rtedge_*`, `process_*`) mentioned in a PromQL-bearing text.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -186,7 +167,7 @@ fn deploy_files_are_valid() {
     // promtool validates the Prometheus files, and runs the alert rules'
     // unit tests: each alert fires on the incident it is for and stays quiet
     // below its threshold.
-    let Some(promtool) = required_tool("promtool") else {
+    let Some(promtool) = required_tool("promtool", "prometheus") else {
         return;
     };
     for args in [
@@ -219,13 +200,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 fn start_prometheus(bin: &Path, dir: &Path, target: std::net::SocketAddr) -> Prometheus {
@@ -286,7 +260,7 @@ async fn eventually<T>(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> 
 
 #[tokio::test]
 async fn real_prometheus_scrapes_rtedge_series() {
-    let Some(bin) = required_tool("prometheus") else {
+    let Some(bin) = required_tool("prometheus", "prometheus") else {
         return;
     };
     let srv = MgmtServer::start(Opts::default());

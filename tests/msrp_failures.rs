@@ -292,12 +292,6 @@ async fn unknown_session_on_another_core_is_a_481_report() {
     srv.wait_counter(Counter::MsrpFailureReports, 2).await;
 }
 
-/// A port on 127.0.0.1 where nothing listens.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 /// The next hop refuses the connection: failure REPORT `000 408` (the
 /// relay's code for an undeliverable request, RFC 4975 §7.1.1 — 408 is
 /// carried only in REPORTs).
@@ -306,7 +300,7 @@ async fn unreachable_next_hop_is_a_408_report() {
     let srv = relay(1);
     let addr = srv.addrs[0];
     let mut a = authed(addr, "a", "alice", "wonderland").await;
-    let hop = format!("msrp://127.0.0.1:{}/far1;tcp", closed_port());
+    let hop = format!("msrp://127.0.0.1:{}/far1;tcp", common::free_port());
     let ar = a.relay_uri.clone();
     let to = [ar.as_str(), hop.as_str()];
     three_failure_reports(&mut a, &to, 408, "nh", Receiver::None).await;

@@ -7,10 +7,10 @@
 mod common;
 
 use common::msrp::{
-    Client, QUIET, REALM, USERS, assert_failure_report, client_not_on, relay_config, response_to,
-    send_frame,
+    Client, QUIET, REALM, USERS, assert_failure_report, client_not_on, exchange, relay_config,
+    response_to, send_frame,
 };
-use common::{Server, ServerConfig};
+use common::{Server, ServerConfig, free_port};
 use dataplane::region::{Counter, MsrpMethod};
 
 /// One relay with every MSRP transport: `msrp`, `msrps`, `ws`, `wss`
@@ -25,56 +25,6 @@ fn all_transports(workers: u32) -> Server {
         .sub_protocols(&["msrp"])
         .msrp_users(REALM, USERS)
         .start()
-}
-
-/// `from` sends one SEND to `to` through their relay URIs (RFC 4976 §6.4:
-/// each relay pops itself from To-Path and pushes itself onto From-Path;
-/// the body is untouched); `to` answers 200, which is absorbed (hop by
-/// hop, §6.4.1) while `from` gets the relay's own 200.
-async fn one_way(from: &mut Client, to: &mut Client, tid: &str, body: &[u8]) {
-    from.send(&send_frame(
-        tid,
-        &[&from.relay_uri, &to.relay_uri, &to.uri],
-        &from.uri,
-        &format!("m-{tid}"),
-        body,
-    ))
-    .await;
-    let got = to.read().await;
-    assert_eq!(got.method(), Some("SEND"), "{got:?}");
-    assert_eq!(got.header("To-Path"), Some(to.uri.as_str()));
-    assert_eq!(
-        got.header("From-Path"),
-        Some(format!("{} {} {}", to.relay_uri, from.relay_uri, from.uri).as_str()),
-        "{got:?}"
-    );
-    assert_eq!(got.header("Message-ID"), Some(format!("m-{tid}").as_str()));
-    assert_eq!(
-        got.header("Byte-Range"),
-        Some(format!("1-{}/{}", body.len(), body.len()).as_str())
-    );
-    assert_eq!(got.header("Content-Type"), Some("text/plain"));
-    assert_eq!(got.body, body);
-    assert_eq!(got.flag, b'$');
-    assert_ne!(got.tid, tid, "the relay uses its own transaction id");
-    let ok = from.read().await;
-    assert_eq!(ok.first, format!("MSRP {tid} 200 OK"), "{ok:?}");
-    let me = to.uri.clone();
-    to.send(&response_to(&got, 200, "OK", &me)).await;
-    from.quiet(QUIET).await;
-}
-
-/// Both directions, with a body that is not ASCII (multi-byte UTF-8, and
-/// a line of dashes that is not this transaction's end-line).
-async fn exchange(a: &mut Client, b: &mut Client) {
-    one_way(
-        a,
-        b,
-        "ab01x",
-        "héllo ✓\r\n-------ab01y$\r\nstill body".as_bytes(),
-    )
-    .await;
-    one_way(b, a, "ba01x", b"and back").await;
 }
 
 #[tokio::test]
@@ -195,12 +145,7 @@ async fn chain_of_two_relays() {
     // The connection slots (the management API's connection dump) show
     // each MSRP connection's role: relay1's client with its user and
     // session, and its outbound connection to relay2 as the next hop.
-    let infos: Vec<String> = relay1
-        .region()
-        .connections()
-        .iter()
-        .map(|c| c.info.as_str().to_string())
-        .collect();
+    let infos = relay1.connection_infos();
     let client = format!("msrp client alice {}", a.session());
     assert!(infos.contains(&client), "{client} not in {infos:?}");
     let hop = format!("msrp next-hop msrp://{}", relay2.addrs[0]);
@@ -524,14 +469,6 @@ async fn lost_next_hop_connection_is_reported_at_once() {
     drop(conn);
     let rep = a.read().await;
     assert_failure_report(&rep, &au, &ar, "m-lost", 408);
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
 }
 
 /// A next hop named by a host name: relay1 resolves it off its reactor

@@ -468,6 +468,17 @@ impl Server {
         })
     }
 
+    /// The info line of every connection slot in use (what the management
+    /// API's connection dump shows: an MSRP connection's role, user and
+    /// session).
+    pub fn connection_infos(&self) -> Vec<String> {
+        self.region()
+            .connections()
+            .iter()
+            .map(|c| c.info.as_str().to_string())
+            .collect()
+    }
+
     /// A counter summed over cores.
     pub fn counter(&self, c: Counter) -> u64 {
         self.region().snapshot_counters().get(c)
@@ -569,6 +580,37 @@ pub fn run_to_exit(config: &ServerConfig, limit: Duration) -> (Option<ExitStatus
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// A loopback TCP port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+/// `tool` on PATH or in the sbin folders where Debian puts daemons (off a
+/// non-root PATH), or None: the test then skips. Under CI (`CI=true`) a
+/// missing tool fails the test instead: `.ci/run` must install the Debian
+/// `packages` that have it.
+pub fn required_tool(tool: &str, packages: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "`{tool}` is not installed but CI=true: .ci/run must install the Debian \
+             packages `{packages}` (apt-get install -y --no-install-recommends {packages})"
+        );
+        eprintln!(
+            "SKIPPED: `{tool}` is not installed (apt-get install {packages} to run this test)"
+        );
+    }
+    found
+}
 
 /// `timeout(IO_TIMEOUT, f)`, panicking with `what` when it expires.
 pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {

@@ -566,6 +566,56 @@ pub async fn relays_one(a: &mut Client, b: &mut Client, tag: &str, n: usize) {
     assert_eq!(a.read().await.status(), Some(200));
 }
 
+/// `from` sends one SEND to `to` through their relay URIs (RFC 4976 §6.4:
+/// each relay pops itself from To-Path and pushes itself onto From-Path;
+/// the body is untouched); `to` answers 200, which is absorbed (hop by
+/// hop, §6.4.1) while `from` gets the relay's own 200.
+pub async fn one_way(from: &mut Client, to: &mut Client, tid: &str, body: &[u8]) {
+    from.send(&send_frame(
+        tid,
+        &[&from.relay_uri, &to.relay_uri, &to.uri],
+        &from.uri,
+        &format!("m-{tid}"),
+        body,
+    ))
+    .await;
+    let got = to.read().await;
+    assert_eq!(got.method(), Some("SEND"), "{got:?}");
+    assert_eq!(got.header("To-Path"), Some(to.uri.as_str()));
+    assert_eq!(
+        got.header("From-Path"),
+        Some(format!("{} {} {}", to.relay_uri, from.relay_uri, from.uri).as_str()),
+        "{got:?}"
+    );
+    assert_eq!(got.header("Message-ID"), Some(format!("m-{tid}").as_str()));
+    assert_eq!(
+        got.header("Byte-Range"),
+        Some(format!("1-{}/{}", body.len(), body.len()).as_str())
+    );
+    assert_eq!(got.header("Content-Type"), Some("text/plain"));
+    assert_eq!(got.body, body);
+    assert_eq!(got.flag, b'$');
+    assert_ne!(got.tid, tid, "the relay uses its own transaction id");
+    let ok = from.read().await;
+    assert_eq!(ok.first, format!("MSRP {tid} 200 OK"), "{ok:?}");
+    let me = to.uri.clone();
+    to.send(&response_to(&got, 200, "OK", &me)).await;
+    from.quiet(QUIET).await;
+}
+
+/// Both directions, with a body that is not ASCII (multi-byte UTF-8, and
+/// a line of dashes that is not this transaction's end-line).
+pub async fn exchange(a: &mut Client, b: &mut Client) {
+    one_way(
+        a,
+        b,
+        "ab01x",
+        "héllo ✓\r\n-------ab01y$\r\nstill body".as_bytes(),
+    )
+    .await;
+    one_way(b, a, "ba01x", b"and back").await;
+}
+
 /// A response (RFC 4975 §7.2) to the request `req` as received by `me`:
 /// To-Path is the first From-Path URI (the previous hop; SEND responses go
 /// hop by hop, RFC 4976 §6.4.1).
