@@ -20,7 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::msrp::{
-    Client, QUIET, REALM, assert_failure_report, exchange, relay_config, response_to, send_frame,
+    Client, QUIET, REALM, assert_failure_report, auth_frame, authorization, exchange, param,
+    relay_config, response_to, send_frame,
 };
 use common::{Server, TempDir, free_port, required_tool};
 use dataplane::region::{Counter, MsrpMethod};
@@ -340,4 +341,39 @@ async fn chunked_messages_cross_both_relays() {
         }
         b.quiet(QUIET).await;
     }
+}
+
+/// A authenticates at Kamailio through rtedge: an AUTH whose To-Path
+/// names a relay beyond rtedge is forwarded (RFC 4976 §5, §6.4), and
+/// Kamailio's 401 and 200 come back end to end with A's transaction ids
+/// restored; the digest URI is the right-most To-Path URI, Kamailio's.
+#[tokio::test]
+async fn auth_at_kamailio_through_rtedge() {
+    let Some((kamailio, rtedge, mut a, _b)) = pair_across().await else {
+        return;
+    };
+    let far = format!("msrp://{};tcp", kamailio.addr);
+    let to = format!("{} {far}", a.relay_uri);
+    let me = a.uri.clone();
+    a.send(&auth_frame("ka1x", &to, &me, None, None)).await;
+    let r = a.read().await;
+    assert_eq!(r.first, "MSRP ka1x 401 Unauthorized", "{r:?}");
+    assert_eq!(r.header("To-Path"), Some(me.as_str()), "{r:?}");
+    let nonce = param(r.header("WWW-Authenticate").expect("challenge"), "nonce");
+    let authz = authorization("alice", KAMAILIO_PASSWORD, &nonce, &far, 1);
+    a.send(&auth_frame("ka2x", &to, &me, Some(&authz), None))
+        .await;
+    let r = a.read().await;
+    assert_eq!(r.tid, "ka2x", "{r:?}");
+    assert_eq!(r.status(), Some(200), "{r:?}");
+    let use_path = r.header("Use-Path").expect("Use-Path");
+    assert!(
+        use_path.starts_with(&format!("msrp://{}/", kamailio.addr)),
+        "{r:?}"
+    );
+    assert_eq!(
+        rtedge.counter(Counter::MsrpRequestsRelayed(MsrpMethod::Auth)),
+        2
+    );
+    a.quiet(QUIET).await;
 }

@@ -251,6 +251,35 @@ pub fn write_relayed_head_ranged(
     pops: usize,
     byte_range: Option<&ByteRange>,
 ) -> bool {
+    write_relayed(out, head, new_tid, pops, byte_range, &[])
+}
+
+/// [`write_relayed_head`] for an end-to-end response (RFC 4976 §6.4.3) to
+/// a request that arrived with From-Path `request_from`. A response
+/// whose To-Path ends at our URI goes on toward `request_from`: RFC 4975
+/// §7.2 makes a response's To-Path the request's From-Path, but some
+/// relays (Kamailio 5.6's `msrp` module, for AUTH) address only the
+/// previous hop, and the transaction id still says where it belongs.
+pub fn write_relayed_response_head(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    new_tid: &[u8],
+    pops: usize,
+    request_from: &[u8],
+) -> bool {
+    write_relayed(out, head, new_tid, pops, None, trim_end(request_from))
+}
+
+/// [`write_relayed_head_ranged`], with `to_if_ends_here` as the To-Path
+/// when nothing is left of the head's after the pops (empty: refuse).
+fn write_relayed(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    new_tid: &[u8],
+    pops: usize,
+    byte_range: Option<&ByteRange>,
+    to_if_ends_here: &[u8],
+) -> bool {
     let (Some(to), Some(from)) = (head.to_path(), head.from_path()) else {
         return false;
     };
@@ -266,7 +295,10 @@ pub fn write_relayed_head_ranged(
     }
     // The To-Path URIs left, copied as they are (RFC 4976 §6.4 changes
     // only the front of the paths).
-    let to_rest = trim_end(to_uris.rest());
+    let to_rest = match trim_end(to_uris.rest()) {
+        [] => to_if_ends_here,
+        rest => rest,
+    };
     if pops > popped.len() || to_rest.is_empty() {
         return false;
     }

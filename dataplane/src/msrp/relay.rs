@@ -26,7 +26,8 @@
 //!   timeout or a lost destination produce a failure REPORT (`Status: 000
 //!   code`) back along the From-Path when Failure-Report is yes or partial.
 //! - Responses to AUTH and other non-SEND requests travel end to end with
-//!   the original transaction id restored.
+//!   the original transaction id restored, toward the request's From-Path
+//!   when the responder addressed only us.
 //! - REPORTs are forwarded and never answered (RFC 4975 §7.1.2); unknown
 //!   methods are forwarded (RFC 4976 §6.4.2).
 //! - A malformed frame gets 400 when it is a request with usable paths; a
@@ -38,7 +39,8 @@ use std::ops::Range;
 use super::auth::{AuthEnv, AuthOutcome, AuthPolicy, ConnAuth, UsePath, handle_auth};
 use super::message::{
     ByteRange, FailureReport, Head, Method, PathUris, ReportContext, build_response, restatus,
-    write_end_line, write_relayed_head, write_relayed_head_ranged, write_response_into,
+    write_end_line, write_relayed_head, write_relayed_head_ranged, write_relayed_response_head,
+    write_response_into,
 };
 use super::parser::{
     Event, FatalError, Flag, FrameParser, HeadIndex, HeaderName, MAX_TID, ParserLimits,
@@ -1340,7 +1342,14 @@ impl RelayCore {
                 // End to end (RFC 4976 §6.4.3): pop our URI, restore the id.
                 let mut out = Vec::with_capacity(frame.len() + 32);
                 let orig = pending.orig_tid;
-                if write_relayed_head(&mut out, &head, orig.as_slice(), pending.pops) {
+                let request_from = pending.report.to_path();
+                if write_relayed_response_head(
+                    &mut out,
+                    &head,
+                    orig.as_slice(),
+                    pending.pops,
+                    request_from,
+                ) {
                     write_end_line(&mut out, orig.as_slice(), Flag::Last, false);
                     actions.push(Action::SendTo {
                         conn: pending.origin_conn,

@@ -684,6 +684,50 @@ fn next_hop_relay_and_forwarded_auth() {
     assert!(replies(&acts)[0].starts_with(b"MSRP h002 481 "));
 }
 
+/// RFC 4975 §7.2 makes a response's To-Path the request's From-Path;
+/// Kamailio 5.6 answers a forwarded AUTH to the previous hop alone. The
+/// transaction id says whose it is: it goes back to the requester, toward
+/// the From-Path the request came with, with the original id restored.
+#[test]
+fn a_response_addressed_to_us_alone_goes_back_to_the_requester() {
+    let mut w = World::new();
+    let mut a = w.conn(1);
+    let ua = w.login(&mut a);
+    let far = "msrp://kamailio.example.net:2855;tcp";
+    let auth =
+        format!("MSRP a003 AUTH\r\nTo-Path: {ua} {far}\r\nFrom-Path: {ALICE}\r\n-------a003$\r\n");
+    let acts = w.feed(&mut a, auth.as_bytes());
+    let (_, _, txn) = forward_head(&acts).unwrap();
+    let txn = String::from_utf8_lossy(txn.unwrap()).into_owned();
+    let mut hop = w.conn(3);
+    let resp = format!(
+        "MSRP {txn} 401 Unauthorized\r\nTo-Path: {ua}\r\nFrom-Path: {far}\r\n\
+         WWW-Authenticate: Digest realm=\"k\", nonce=\"n\", qop=\"auth\"\r\n-------{txn}$\r\n"
+    );
+    let acts = w.feed(&mut hop, resp.as_bytes());
+    let back = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
+            _ => None,
+        })
+        .expect("response back to Alice");
+    assert!(
+        back.starts_with(&format!(
+            "MSRP a003 401 Unauthorized\r\nTo-Path: {ALICE}\r\nFrom-Path: {ua} {far}\r\n\
+             WWW-Authenticate: "
+        )),
+        "{back}"
+    );
+    assert!(back.ends_with("-------a003$\r\n"), "{back}");
+    // Answered once: the transaction is over.
+    let acts = w.feed(&mut hop, resp.as_bytes());
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::SendTo { .. })),
+        "{acts:?}"
+    );
+}
+
 #[test]
 fn forward_failure_reports() {
     let mut w = World::new();
