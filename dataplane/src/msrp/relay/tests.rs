@@ -166,6 +166,16 @@ fn forward_head(a: &[Action]) -> Option<(&Target, String, Option<&TxnId>)> {
     })
 }
 
+/// The first frame for connection `conn` of this core, as text.
+fn sent_to(a: &[Action], conn: u64) -> Option<String> {
+    a.iter().find_map(|a| match a {
+        Action::SendTo { conn: c, frame } if *c == conn => {
+            Some(String::from_utf8_lossy(frame).into_owned())
+        }
+        _ => None,
+    })
+}
+
 fn closes(a: &[Action]) -> bool {
     a.iter().any(|a| matches!(a, Action::Close { .. }))
 }
@@ -391,13 +401,7 @@ fn downstream_error_becomes_failure_report() {
         "MSRP {txn} 415 Unsupported\r\nTo-Path: {ub}\r\nFrom-Path: {BOB}\r\n-------{txn}$\r\n"
     );
     let acts = w.feed(&mut b, resp.as_bytes());
-    let rep = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
-            _ => None,
-        })
-        .expect("REPORT to Alice");
+    let rep = sent_to(&acts, 1).expect("REPORT to Alice");
     assert!(
         rep.contains(" REPORT\r\nTo-Path: msrps://alice.example.com:9892/98cjs;tcp\r\n"),
         "{rep}"
@@ -628,13 +632,7 @@ fn report_and_unknown_methods_are_forwarded() {
         "MSRP {txn} 200 OK\r\nTo-Path: {ub} {ua} {ALICE}\r\nFrom-Path: {BOB}\r\n-------{txn}$\r\n"
     );
     let acts = w.feed(&mut b, resp.as_bytes());
-    let back = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
-            _ => None,
-        })
-        .expect("response back to Alice");
+    let back = sent_to(&acts, 1).expect("response back to Alice");
     assert!(back.starts_with("MSRP n001 200 OK\r\n"), "{back}");
     assert!(back.ends_with("-------n001$\r\n"));
 }
@@ -705,13 +703,7 @@ fn a_response_addressed_to_us_alone_goes_back_to_the_requester() {
          WWW-Authenticate: Digest realm=\"k\", nonce=\"n\", qop=\"auth\"\r\n-------{txn}$\r\n"
     );
     let acts = w.feed(&mut hop, resp.as_bytes());
-    let back = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
-            _ => None,
-        })
-        .expect("response back to Alice");
+    let back = sent_to(&acts, 1).expect("response back to Alice");
     assert!(
         back.starts_with(&format!(
             "MSRP a003 401 Unauthorized\r\nTo-Path: {ALICE}\r\nFrom-Path: {ua} {far}\r\n\
@@ -932,13 +924,7 @@ fn rechunked_piece_failure_reports_its_range() {
     let resp =
         format!("MSRP {t} 415 Unsupported\r\nTo-Path: {ub}\r\nFrom-Path: {BOB}\r\n-------{t}$\r\n");
     let acts = w.feed(&mut b, resp.as_bytes());
-    let report = acts
-        .iter()
-        .find_map(|a| match a {
-            Action::SendTo { conn: 1, frame } => Some(String::from_utf8_lossy(frame).into_owned()),
-            _ => None,
-        })
-        .expect("failure REPORT to the sender");
+    let report = sent_to(&acts, 1).expect("failure REPORT to the sender");
     assert!(report.contains(" REPORT\r\n"), "{report}");
     assert!(report.contains("Byte-Range: 1001-*/1500\r\n"), "{report}");
     assert!(report.contains("Status: 000 415"), "{report}");
