@@ -7,9 +7,11 @@
 //! itself from To-Path and pushes itself onto From-Path (§6.4), answers
 //! the SEND hop by hop, and the body arrives intact. A downstream error
 //! from Kamailio comes back to A as a failure REPORT (§6.4.1), which
-//! Kamailio itself does not generate. Kamailio answers 501 to chunks of
-//! about 11 kB and more; rtedge reports those too, and with a smaller
-//! `max_chunk_size` it re-chunks what it sends on so that they pass.
+//! Kamailio itself does not generate. B may also reach Kamailio over
+//! WebSocket (RFC 7977), and A may AUTH at Kamailio through rtedge.
+//! Kamailio answers 501 to chunks of about 11 kB and more; rtedge reports
+//! those too, and with a smaller `max_chunk_size` it re-chunks what it
+//! sends on so that they pass.
 
 mod common;
 
@@ -376,4 +378,21 @@ async fn auth_at_kamailio_through_rtedge() {
         2
     );
     a.quiet(QUIET).await;
+}
+
+/// B reaches Kamailio over WebSocket (RFC 7977, Kamailio's `websocket`
+/// module on the same port): SENDs cross rtedge and Kamailio's WebSocket
+/// side both ways.
+#[tokio::test]
+async fn relays_to_a_websocket_client_of_kamailio() {
+    let Some(kamailio) = start_kamailio() else {
+        return;
+    };
+    let rtedge = relay_config(1).start();
+    let mut a = Client::connect(rtedge.addrs[0], "a").await;
+    a.authed_as("alice", "wonderland").await;
+    let mut b = Client::connect_ws(kamailio.addr, "b").await;
+    b.authed_as("bob", KAMAILIO_PASSWORD).await;
+    exchange(&mut a, &mut b).await;
+    assert!(b.last_text.is_some(), "B's SEND came over its WebSocket");
 }
