@@ -271,7 +271,7 @@ pub fn write_relayed_response_head(
 }
 
 /// [`write_relayed_head_ranged`], with `to_if_ends_here` as the To-Path
-/// when nothing is left of the head's after the pops (empty: refuse).
+/// when nothing of the head's To-Path is left after the pops (empty: refuse).
 fn write_relayed(
     out: &mut Vec<u8>,
     head: &Head<'_>,
