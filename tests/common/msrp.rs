@@ -531,11 +531,40 @@ pub fn send_frame_with(
     extra: &[(&str, &str)],
     body: &[u8],
 ) -> Vec<u8> {
+    let whole = Chunk {
+        start: 1,
+        total: body.len(),
+        flag: '$',
+    };
+    chunk_frame(tid, to, from, msg_id, extra, whole, body)
+}
+
+/// Where a chunk's body lies in its message (RFC 4975 §7.1): from byte
+/// `start` (1-based) of `total`, with end-line flag `+` (more to come) or
+/// `$` (the last).
+#[derive(Clone, Copy)]
+pub struct Chunk {
+    pub start: usize,
+    pub total: usize,
+    pub flag: char,
+}
+
+/// One chunk of message `msg_id` carrying `body`, with `extra` headers
+/// before Content-Type.
+pub fn chunk_frame(
+    tid: &str,
+    to: &[&str],
+    from: &str,
+    msg_id: &str,
+    extra: &[(&str, &str)],
+    chunk: Chunk,
+    body: &[u8],
+) -> Vec<u8> {
+    let Chunk { start, total, flag } = chunk;
     let mut s = format!(
-        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: {msg_id}\r\nByte-Range: 1-{}/{}\r\n",
+        "MSRP {tid} SEND\r\nTo-Path: {}\r\nFrom-Path: {from}\r\nMessage-ID: {msg_id}\r\nByte-Range: {start}-{}/{total}\r\n",
         to.join(" "),
-        body.len(),
-        body.len()
+        start + body.len() - 1,
     );
     for (n, v) in extra {
         s.push_str(&format!("{n}: {v}\r\n"));
@@ -543,7 +572,7 @@ pub fn send_frame_with(
     s.push_str("Content-Type: text/plain\r\n\r\n");
     let mut s = s.into_bytes();
     s.extend_from_slice(body);
-    s.extend_from_slice(format!("\r\n-------{tid}$\r\n").as_bytes());
+    s.extend_from_slice(format!("\r\n-------{tid}{flag}\r\n").as_bytes());
     s
 }
 
